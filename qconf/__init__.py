@@ -1,0 +1,43 @@
+"""qconf: declarative, composable, validated quantization plans for diffusers pipelines.
+
+The compose/validate path is torch-free; torch, diffusers and backends load only in resolve/load.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from qconf.compose import compose
+from qconf.errors import BackendUnavailableError, ModelSourceError, PlanError, Problem, QconfError
+from qconf.schema import Plan, validate
+
+if TYPE_CHECKING:
+    from qconf.load import LoadReport
+
+__all__ = [
+    "BackendUnavailableError",
+    "LoadReport",
+    "ModelSourceError",
+    "Plan",
+    "PlanError",
+    "Problem",
+    "QconfError",
+    "check_environment",
+    "compose",
+    "load_pipeline",
+    "validate",
+]
+
+
+def load_pipeline(cfg: Any = None, **kwargs: Any) -> Any:
+    """Validate `cfg`, check the environment, load the quantized pipeline (see qconf.load)."""
+    from qconf.load import load_pipeline as _load
+
+    return _load(cfg, **kwargs)
+
+
+def check_environment(plan: Plan) -> None:
+    """Raise BackendUnavailableError if a backend of `plan` is missing or cannot run here."""
+    from qconf.environment import check_environment as _check
+
+    _check(plan)

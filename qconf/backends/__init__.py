@@ -1,0 +1,33 @@
+"""The backend registry: the single source for the schema's tagged union, `qconf list`,
+the JSON Schema, error messages and test parametrization. Adding a backend = one module here,
+one YAML under conf/backend/, one extra in pyproject.toml."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from qconf.backends.base import LIBRARIES, Backend, EntryBase, Library, StrictModel
+from qconf.backends.bitsandbytes import BNB_4BIT, BNB_8BIT, CPU_ALTERNATIVE
+from qconf.backends.gguf import GGUF
+from qconf.backends.quanto import QUANTO
+from qconf.backends.torchao import TORCHAO
+
+REGISTRY: dict[str, Backend] = {b.key: b for b in (BNB_4BIT, BNB_8BIT, TORCHAO, QUANTO, GGUF)}
+
+BackendEntry = Annotated[
+    BNB_4BIT.entry | BNB_8BIT.entry | TORCHAO.entry | QUANTO.entry | GGUF.entry,
+    Field(discriminator="backend"),
+]
+
+__all__ = [
+    "LIBRARIES",
+    "REGISTRY",
+    "Backend",
+    "BackendEntry",
+    "CPU_ALTERNATIVE",
+    "EntryBase",
+    "Library",
+    "StrictModel",
+]

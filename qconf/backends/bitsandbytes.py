@@ -1,0 +1,130 @@
+"""bitsandbytes 4-bit (NF4/FP4) and 8-bit (LLM.int8()). Same config class in both libraries."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from qconf.backends.base import Backend, EntryBase, FloatDType, KwargsBase, Library
+from qconf.errors import Problem
+
+_CUDA_REASON = (
+    "diffusers' bitsandbytes quantizer refuses to load a diffusers part without a GPU "
+    "('No GPU found. A GPU is needed for quantization.')"
+)
+_CPU_ALTERNATIVE = "on CPU use a torchao option (int8wo, int4wo) or quanto-int8/quanto-int4"
+
+
+class BitsAndBytesKwargs(KwargsBase):
+    load_in_4bit: bool | None = Field(None, description="Set by the backend key; must agree.")
+    load_in_8bit: bool | None = Field(None, description="Set by the backend key; must agree.")
+    llm_int8_threshold: float | None = Field(None, description="Outlier threshold (8-bit).")
+    llm_int8_skip_modules: list[str] | None = Field(
+        None, description="Modules left unquantized (replaces the library's default list)."
+    )
+    llm_int8_enable_fp32_cpu_offload: bool | None = Field(
+        None, description="Keep offloaded parts in fp32 on CPU (8-bit)."
+    )
+    llm_int8_has_fp16_weight: bool | None = Field(None, description="Keep fp16 main weights.")
+    bnb_4bit_compute_dtype: FloatDType | None = Field(
+        None, description="dtype of 4-bit matmuls (bfloat16 for Flux-class models)."
+    )
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] | None = Field(
+        None, description="4-bit data type: nf4 (NormalFloat) or fp4."
+    )
+    bnb_4bit_use_double_quant: bool | None = Field(
+        None, description="Quantize the absmax constants too (saves ~0.4 bit/param)."
+    )
+    bnb_4bit_quant_storage: Literal["uint8", "float16", "bfloat16", "float32"] | None = Field(
+        None, description="Storage dtype of packed 4-bit weights."
+    )
+
+
+_PARAMS = {name: name for name in BitsAndBytesKwargs.model_fields}
+_DTYPE_KWARGS = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage")
+
+
+class _BitsAndBytesEntry(EntryBase):
+    kwargs: BitsAndBytesKwargs = Field(default_factory=BitsAndBytesKwargs)
+    bits: ClassVar[int]
+
+    def check_consistency(self) -> list[Problem]:
+        given = self.kwargs.given()
+        problems = []
+        wrong_flag = "load_in_8bit" if self.bits == 4 else "load_in_4bit"
+        if given.get(wrong_flag):
+            problems.append(
+                Problem(
+                    f"kwargs.{wrong_flag}",
+                    f"true, but backend {self.spec.key} is {self.bits}-bit",
+                    f"remove it, or use backend bitsandbytes_{12 - self.bits}bit",
+                )
+            )
+        if given.get(f"load_in_{self.bits}bit") is False:
+            problems.append(
+                Problem(
+                    f"kwargs.load_in_{self.bits}bit",
+                    f"false contradicts backend {self.spec.key}",
+                    "remove it (the backend key sets it)",
+                )
+            )
+        if self.bits == 8:
+            four_bit = [k for k in given if k.startswith("bnb_4bit_")]
+            for name in four_bit:
+                problems.append(
+                    Problem(
+                        f"kwargs.{name}",
+                        "is a 4-bit setting but the backend is bitsandbytes_8bit",
+                        "use backend bitsandbytes_4bit (e.g. option nf4) or drop it",
+                    )
+                )
+        return problems
+
+    def library_kwargs(self, library: Library) -> dict[str, Any]:
+        flag = {4: {"load_in_4bit": True}, 8: {"load_in_8bit": True}}[self.bits]
+        return {**flag, **super().library_kwargs(library)}
+
+    def build(self, library: Library) -> Any:
+        import torch
+
+        if library == "diffusers":
+            from diffusers import BitsAndBytesConfig
+        else:
+            from transformers import BitsAndBytesConfig
+        kwargs = self.library_kwargs(library)
+        for name in _DTYPE_KWARGS:
+            if name in kwargs:
+                kwargs[name] = getattr(torch, kwargs[name])
+        return BitsAndBytesConfig(**kwargs)
+
+
+class BitsAndBytes4bitEntry(_BitsAndBytesEntry):
+    backend: Literal["bitsandbytes_4bit"]
+    bits: ClassVar[int] = 4
+
+
+class BitsAndBytes8bitEntry(_BitsAndBytesEntry):
+    backend: Literal["bitsandbytes_8bit"]
+    bits: ClassVar[int] = 8
+
+
+def _spec(key: str, entry: type[_BitsAndBytesEntry], description: str) -> Backend:
+    entry.spec = Backend(
+        key=key,
+        description=description,
+        extra="bnb",
+        module="bitsandbytes",
+        distribution="bitsandbytes",
+        entry=entry,
+        config_class={"diffusers": "BitsAndBytesConfig", "transformers": "BitsAndBytesConfig"},
+        params={"diffusers": _PARAMS, "transformers": _PARAMS},
+        needs_cuda={"diffusers": _CUDA_REASON},
+        can_save={"diffusers": True, "transformers": True},
+    )
+    return entry.spec
+
+
+BNB_4BIT = _spec("bitsandbytes_4bit", BitsAndBytes4bitEntry, "bitsandbytes 4-bit (NF4/FP4)")
+BNB_8BIT = _spec("bitsandbytes_8bit", BitsAndBytes8bitEntry, "bitsandbytes 8-bit (LLM.int8())")
+CPU_ALTERNATIVE = _CPU_ALTERNATIVE

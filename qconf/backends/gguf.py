@@ -1,0 +1,45 @@
+"""GGUF: pre-quantized weights from a `.gguf` file, one diffusers part at a time.
+
+diffusers can only load GGUF through `Model.from_single_file(...)`; passing a
+GGUFQuantizationConfig through PipelineQuantizationConfig fails (dtype not JSON serializable),
+so qconf loads such parts itself and hands them to the pipeline as ready components."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from qconf.backends.base import Backend, EntryBase, FloatDType, KwargsBase, Library
+
+
+class GGUFKwargs(KwargsBase):
+    compute_dtype: FloatDType | None = Field(
+        None, description="dtype the dequantized weights compute in (default: model.torch_dtype)."
+    )
+
+
+class GGUFEntry(EntryBase):
+    backend: Literal["gguf"]
+    file: str = Field(description="Path to the pre-quantized .gguf file of this part.")
+    kwargs: GGUFKwargs = Field(default_factory=GGUFKwargs)
+
+    def build(self, library: Library) -> Any:
+        import torch
+        from diffusers import GGUFQuantizationConfig
+
+        dtype = self.kwargs.compute_dtype or "bfloat16"
+        return GGUFQuantizationConfig(compute_dtype=getattr(torch, dtype))
+
+
+GGUF = GGUFEntry.spec = Backend(
+    key="gguf",
+    description="GGUF pre-quantized file per part (diffusers parts, loaded with from_single_file)",
+    extra="gguf",
+    module="gguf",
+    distribution="gguf",
+    entry=GGUFEntry,
+    config_class={"diffusers": "GGUFQuantizationConfig"},
+    params={"diffusers": {"compute_dtype": "compute_dtype"}},
+    can_save={"diffusers": False},
+)

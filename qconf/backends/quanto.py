@@ -1,0 +1,55 @@
+"""optimum-quanto. The two libraries spell the weight dtype differently (diffusers
+`weights_dtype`, transformers `weights`); qconf uses diffusers' spelling for both."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from qconf.backends.base import Backend, EntryBase, KwargsBase, Library
+
+
+class QuantoKwargs(KwargsBase):
+    weights_dtype: Literal["float8", "int8", "int4", "int2"] = Field(
+        "int8", description="Weight dtype (transformers calls it `weights`)."
+    )
+    activations: Literal["int8", "float8"] | None = Field(
+        None, description="transformers parts only: quantize activations too."
+    )
+    modules_to_not_convert: list[str] | None = Field(
+        None, description="Module names left unquantized."
+    )
+
+
+class QuantoEntry(EntryBase):
+    backend: Literal["quanto"]
+    kwargs: QuantoKwargs = Field(default_factory=QuantoKwargs)
+
+    def build(self, library: Library) -> Any:
+        if library == "diffusers":
+            from diffusers import QuantoConfig
+        else:
+            from transformers import QuantoConfig
+        return QuantoConfig(**self.library_kwargs(library))
+
+
+QUANTO = QuantoEntry.spec = Backend(
+    key="quanto",
+    description="optimum-quanto (int8/int4/int2/float8 weights; deprecated in diffusers)",
+    extra="quanto",
+    module="optimum.quanto",
+    distribution="optimum-quanto",
+    entry=QuantoEntry,
+    config_class={"diffusers": "QuantoConfig", "transformers": "QuantoConfig"},
+    params={
+        "diffusers": {"weights_dtype": "weights_dtype", "modules_to_not_convert": "modules_to_not_convert"},
+        "transformers": {
+            "weights_dtype": "weights",
+            "activations": "activations",
+            "modules_to_not_convert": "modules_to_not_convert",
+        },
+    },
+    # transformers refuses to save quanto models (STACK-FACTS).
+    can_save={"diffusers": True, "transformers": False},
+)

@@ -1,0 +1,145 @@
+"""Which parts a pipeline has and which library owns each — without importing torch.
+
+Sources, in order: a built-in tiny pipeline name, a local folder's model_index.json, a hub id
+already in the local Hugging Face cache, and finally the generated table of pipeline classes
+(`model.pipeline`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from qconf.errors import Problem
+from qconf.pipeline_table import load_table
+
+TINY_PIPELINES: dict[str, str] = {
+    "tiny-flux": "FluxPipeline",
+    "tiny-sd": "StableDiffusionPipeline",
+    "tiny-sd3": "StableDiffusion3Pipeline",
+}
+# Parts the built-in tiny pipelines leave out (optional in their classes).
+_TINY_ABSENT = {"image_encoder", "feature_extractor", "safety_checker"}
+# Class-name endings of parts that hold no weights, for model_index.json entries whose class
+# is not in the generated table.
+_WEIGHTLESS_SUFFIXES = ("Tokenizer", "TokenizerFast", "Scheduler", "Processor", "FeatureExtractor")
+
+SourceKind = Literal["tiny", "folder", "hub"]
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    library: str  # "diffusers" | "transformers" | another package
+    class_name: str
+    weights: bool  # an nn.Module with parameters (quantizable)
+    optional: bool = False  # may be absent from a given checkpoint (known from the table only)
+
+
+@dataclass(frozen=True)
+class PipelineParts:
+    pipeline: str
+    parts: dict[str, Part]
+    origin: str  # where the part list came from, for messages
+
+    @property
+    def weighted(self) -> dict[str, Part]:
+        return {name: part for name, part in self.parts.items() if part.weights}
+
+
+def source_kind(source: str) -> SourceKind:
+    if source in TINY_PIPELINES:
+        return "tiny"
+    if source.startswith((".", "/", "~")) or Path(source).expanduser().is_dir():
+        return "folder"
+    return "hub"
+
+
+def _from_table(pipeline: str, origin: str, absent: set[str] = frozenset()) -> PipelineParts:
+    table = load_table()[pipeline]
+    parts = {
+        name: Part(name, info["library"], info["class"], info["weights"], info["optional"])
+        for name, info in table.items()
+        if name not in absent
+    }
+    return PipelineParts(pipeline, parts, origin)
+
+
+def _from_model_index(path: Path) -> PipelineParts:
+    index = json.loads(path.read_text())
+    pipeline = index.get("_class_name", "DiffusionPipeline")
+    known = load_table().get(pipeline, {})
+    parts = {}
+    for name, value in index.items():
+        if name.startswith("_") or not isinstance(value, list) or value[0] is None:
+            continue
+        library, class_name = value[0], value[1]
+        info = known.get(name)
+        if info is not None and info["class"] == class_name:
+            weights = info["weights"]
+        else:
+            weights = not class_name.endswith(_WEIGHTLESS_SUFFIXES)
+        parts[name] = Part(name, library, class_name, weights)
+    return PipelineParts(pipeline, parts, str(path))
+
+
+def _hub_cache_index(repo_id: str) -> Path | None:
+    """model_index.json of `repo_id` in the local Hugging Face cache, without importing the hub."""
+    hub_cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
+    )
+    snapshots = Path(hub_cache) / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    found = sorted(snapshots.glob("*/model_index.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def pipeline_parts(source: str, pipeline: str | None) -> tuple[PipelineParts | None, list[Problem]]:
+    """The parts of the pipeline `source` names; problems say why they cannot be known."""
+    table = load_table()
+    if pipeline is not None and pipeline not in table:
+        return None, [
+            Problem(
+                "model.pipeline",
+                f"unknown pipeline class '{pipeline}'",
+                "use a class name of the installed diffusers (e.g. FluxPipeline) or null",
+            )
+        ]
+    kind = source_kind(source)
+    if kind == "tiny":
+        found = _from_table(TINY_PIPELINES[source], f"built-in {source}", _TINY_ABSENT)
+    elif kind == "folder":
+        index = Path(source).expanduser() / "model_index.json"
+        if not index.is_file():
+            return None, [
+                Problem(
+                    "model.source",
+                    f"'{source}' has no model_index.json",
+                    "point model.source at a diffusers pipeline folder (save_pretrained output)",
+                )
+            ]
+        found = _from_model_index(index)
+    else:
+        cached = _hub_cache_index(source)
+        if cached is not None:
+            found = _from_model_index(cached)
+        elif pipeline is not None:
+            return _from_table(pipeline, f"{pipeline} (parts table)"), []
+        else:
+            return None, [
+                Problem(
+                    "model.pipeline",
+                    f"cannot tell the parts of '{source}': not a folder, not in the local cache",
+                    "set model.pipeline (e.g. FluxPipeline), or use a model= option or a local folder",
+                )
+            ]
+    if pipeline is not None and found.pipeline != pipeline:
+        return None, [
+            Problem(
+                "model.pipeline",
+                f"'{pipeline}' but {found.origin} is a {found.pipeline}",
+                f"set model.pipeline={found.pipeline} or null",
+            )
+        ]
+    return found, []

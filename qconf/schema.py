@@ -1,0 +1,360 @@
+"""The plan schema (pydantic v2, torch-free): shape, mutual exclusion of the two modes, kwargs
+against each receiving library, parts against the real pipeline. Validators check, never mutate;
+defaults are filled in resolve."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, model_validator
+
+from qconf.backends import REGISTRY, BackendEntry, EntryBase, StrictModel
+from qconf.backends.base import FloatDType
+from qconf.backends.torchao import TorchaoQuantType
+from qconf.errors import PlanError, Problem
+from qconf.parts import PipelineParts, pipeline_parts
+from qconf.paths import backend_options
+
+BackendKey = Literal[tuple(REGISTRY)]  # type: ignore[valid-type]
+
+
+def _expand_option(value: Any, info: ValidationInfo) -> Any:
+    """`quant.mapping.<part>: nf4` names conf/backend/nf4.yaml; expand it to {backend, kwargs}."""
+    if not isinstance(value, str):
+        return value
+    options = (info.context or {}).get("options") or backend_options()
+    if value not in options:
+        raise (
+            PlanProblems(
+                [
+                    Problem(
+                        "",
+                        f"unknown backend option '{value}'",
+                        _did_you_mean(value, options) + f"available: {', '.join(sorted(options))}",
+                    )
+                ]
+            )
+        )
+    return options[value]
+
+
+MappingEntry = Annotated[BackendEntry, BeforeValidator(_expand_option)]
+
+
+class ModelSpec(StrictModel):
+    source: str = Field(
+        description="Built-in tiny pipeline (tiny-flux, tiny-sd, tiny-sd3), a local folder or a hub id."
+    )
+    pipeline: str | None = Field(
+        None, description="Pipeline class name; read from model_index.json when null."
+    )
+    torch_dtype: FloatDType | None = Field(
+        "bfloat16", description="Load dtype; null = library default (bfloat16 for torchao plans)."
+    )
+
+
+class QuantSpec(StrictModel):
+    backend: BackendKey | None = Field(  # type: ignore[valid-type]
+        None, description="Global mode: one backend for many parts (diffusers quant_backend)."
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Global mode: the backend's kwargs (quant_kwargs)."
+    )
+    components: list[str] | None = Field(
+        None, description="Global mode: parts to quantize; null = every weight-bearing part."
+    )
+    mapping: dict[str, MappingEntry | None] = Field(
+        default_factory=dict,
+        description="Granular mode: part -> backend option name, {backend, kwargs}, or null.",
+    )
+
+    @property
+    def mode(self) -> Literal["global", "granular"]:
+        return "global" if self.backend is not None and not self.mapping else "granular"
+
+    def global_entry(self) -> EntryBase | None:
+        """The global backend and kwargs as one typed entry (valid once the plan validated)."""
+        if self.backend is None:
+            return None
+        return REGISTRY[self.backend].entry.model_validate(
+            {"backend": self.backend, "kwargs": self.kwargs}
+        )
+
+    @model_validator(mode="after")
+    def _check_modes(self) -> QuantSpec:
+        problems = []
+        if self.backend is not None and self.mapping:
+            problems.append(
+                Problem(
+                    "quant.mapping",
+                    "set together with quant.backend; global and granular mode are exclusive",
+                    "use quant.backend/kwargs/components or quant.mapping, not both",
+                )
+            )
+        if self.mapping and self.components is not None:
+            problems.append(
+                Problem(
+                    "quant.components",
+                    "set with quant.mapping (diffusers fails late with KeyError(None))",
+                    "list the parts as keys of quant.mapping and drop quant.components",
+                )
+            )
+        if self.backend is None and (self.kwargs or self.components is not None):
+            key = "quant.kwargs" if self.kwargs else "quant.components"
+            problems.append(
+                Problem(key, "set without quant.backend", "set quant.backend or remove it")
+            )
+        if self.backend is not None:
+            try:
+                self.global_entry()
+            except ValidationError as exc:
+                problems += problems_from_errors(exc.errors(), prefix=("quant",), tag=self.backend)
+        if problems:
+            raise PlanProblems(problems)
+        return self
+
+
+class RunSpec(StrictModel):
+    """Settings of `qconf run` (generation); ignored by the other commands."""
+
+    prompt: str = "a photo of a cat wearing a tiny hat"
+    steps: int = Field(2, ge=1)
+    height: int = Field(32, ge=8)
+    width: int = Field(32, ge=8)
+    guidance_scale: float = 3.5
+    seed: int = 0
+
+
+class Plan(StrictModel):
+    model: ModelSpec
+    quant: QuantSpec = Field(default_factory=QuantSpec)
+    run: RunSpec = Field(default_factory=RunSpec)
+
+    def parts(self) -> PipelineParts:
+        found, problems = pipeline_parts(self.model.source, self.model.pipeline)
+        if found is None:
+            raise PlanError(problems)
+        return found
+
+    def targets(self) -> dict[str, EntryBase | None]:
+        """Every weight-bearing part -> the entry that quantizes it (None = left alone)."""
+        weighted = self.parts().weighted
+        if self.quant.mode == "global":
+            entry = self.quant.global_entry()
+            wanted = self.quant.components
+            if wanted is None:  # like diffusers: every nn.Module part, the VAE included
+                wanted = [name for name, part in weighted.items() if not part.optional]
+            return {
+                name: entry if name in wanted else None
+                for name, part in weighted.items()
+                if not part.optional or name in wanted
+            }
+        return {
+            name: self.quant.mapping.get(name)
+            for name, part in weighted.items()
+            if not part.optional or name in self.quant.mapping
+        }
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _report_together(cls, data: Any, handler: Any) -> Plan:
+        """Field errors stop pydantic before the part checks; run the name checks anyway so one
+        pass reports every problem."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            problems = problems_from_errors(exc.errors())
+            if isinstance(data, dict) and not any(p.where.startswith("model") for p in problems):
+                problems += _raw_name_problems(data)
+            raise PlanProblems(problems) from None
+
+    @model_validator(mode="after")
+    def _check_parts(self) -> Plan:
+        found, problems = pipeline_parts(self.model.source, self.model.pipeline)
+        if found is not None:
+            problems += _part_problems(self.quant, found)
+        if problems:
+            raise PlanProblems(problems)
+        return self
+
+
+def _raw_name_problems(data: dict) -> list[Problem]:
+    """Unknown/weightless part names, from unvalidated data (used when fields failed)."""
+    model, quant = data.get("model"), data.get("quant")
+    if not isinstance(model, dict) or not isinstance(quant, dict):
+        return []
+    found, problems = pipeline_parts(str(model.get("source")), model.get("pipeline"))
+    if found is None:
+        return problems
+    mapping = quant.get("mapping") if isinstance(quant.get("mapping"), dict) else {}
+    components = quant.get("components") if isinstance(quant.get("components"), list) else []
+    named = {name: f"quant.mapping.{name}" for name in mapping}
+    named.update({str(n): f"quant.components[{i}]" for i, n in enumerate(components)})
+    return [p for name, where in named.items() if (p := _name_problem(name, where, found))]
+
+
+def _name_problem(name: str, where: str, found: PipelineParts) -> Problem | None:
+    weighted = sorted(found.weighted)
+    part = found.parts.get(name)
+    if part is None:
+        return Problem(
+            where,
+            f"'{name}' is not a part of {found.pipeline} ({found.origin})",
+            _did_you_mean(name, weighted) + f"its parts with weights: {', '.join(weighted)}",
+        )
+    if not part.weights:
+        return Problem(
+            where,
+            f"'{name}' ({part.class_name}) has no weights to quantize",
+            f"quantize one of: {', '.join(weighted)}",
+        )
+    return None
+
+
+def _part_problems(quant: QuantSpec, found: PipelineParts) -> list[Problem]:
+    named: dict[str, tuple[str, EntryBase | None]] = {}
+    if quant.mode == "global":
+        entry = quant.global_entry()
+        if quant.components is None:
+            named = {n: ("quant", entry) for n, p in found.weighted.items() if not p.optional}
+        for i, name in enumerate(quant.components or []):
+            named[name] = (f"quant.components[{i}]", entry)
+    else:
+        for name, entry in quant.mapping.items():
+            named[name] = (f"quant.mapping.{name}", entry)
+    problems = []
+    for name, (where, entry) in named.items():
+        part = found.parts.get(name)
+        name_problem = _name_problem(name, where, found)
+        if name_problem is not None:
+            problems.append(name_problem)
+        elif part is not None and entry is not None:
+            entry_where = where if quant.mode == "granular" else "quant"
+            for problem in entry.check(part.library):  # type: ignore[arg-type]
+                detail = f"{problem.what} ('{name}' is a {part.library} part)"
+                problems.append(Problem(f"{entry_where}.{problem.where}", detail, problem.fix))
+    # Cross-field rules of an entry, once per entry (a global entry serves many parts).
+    entries = {where: entry for where, entry in named.values() if entry is not None}
+    for where, entry in entries.items():
+        where = where if quant.mode == "granular" else "quant"
+        problems += [Problem(f"{where}.{p.where}", p.what, p.fix) for p in entry.check_consistency()]
+    return problems
+
+
+class PlanProblems(ValueError):
+    """Carries a validator's problems through pydantic (found again in `ctx.error`)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+# --- turning pydantic errors into one line each --------------------------------------------
+
+_TAGGED: dict[str, type[StrictModel]] = {key: spec.entry for key, spec in REGISTRY.items()}
+for _member in TorchaoQuantType.__origin__.__args__:  # type: ignore[attr-defined]
+    _TAGGED[_member.model_fields["name"].annotation.__args__[0]] = _member
+
+
+def _did_you_mean(name: str, candidates: Any) -> str:
+    candidates = list(candidates)
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    close = close or [c for c in candidates if c.endswith(name) or name.endswith(c)][:1]
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def _model_at(loc: tuple[Any, ...], tag: str | None) -> type[StrictModel] | None:
+    """The model whose field the last element of `loc` names (for did-you-mean)."""
+    cls: type[StrictModel] | None = _TAGGED[tag] if tag else Plan
+    for element in loc:
+        if isinstance(element, str) and element in _TAGGED:
+            cls = _TAGGED[element]
+        elif cls is not None and element in cls.model_fields:
+            annotation = cls.model_fields[element].annotation
+            is_model = isinstance(annotation, type) and issubclass(annotation, StrictModel)
+            cls = annotation if is_model else None
+    return cls
+
+
+def problems_from_errors(
+    errors: list[Mapping[str, Any]], prefix: tuple[Any, ...] = (), tag: str | None = None
+) -> list[Problem]:
+    problems: list[Problem] = []
+    for error in errors:
+        loc = tuple(error["loc"])
+        path = ".".join(str(e) for e in prefix + loc if not (isinstance(e, str) and e in _TAGGED))
+        path = path.replace(".[", "[")
+        kind, ctx = error["type"], error.get("ctx") or {}
+        if kind == "value_error" and isinstance(ctx.get("error"), PlanProblems):
+            for p in ctx["error"].problems:
+                where = p.where if p.where.startswith(("quant", "model")) or not path else (
+                    f"{path}.{p.where}" if p.where else path
+                )
+                problems.append(Problem(where, p.what, p.fix))
+            continue
+        problems.append(_one_problem(kind, ctx, error, path, loc, tag))
+    return problems
+
+
+def _one_problem(
+    kind: str, ctx: dict, error: Mapping[str, Any], path: str, loc: tuple, tag: str | None
+) -> Problem:
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1], tag)
+        fields = list(model.model_fields) if model else []
+        hint = _did_you_mean(str(loc[-1]), fields)
+        return Problem(path, "unknown key", hint + (f"valid keys: {', '.join(fields)}" if fields else "remove it"))
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        field = ctx.get("discriminator", "").strip("'")
+        expected = ctx.get("expected_tags", "").replace("'", "")
+        where = f"{path}.{field}" if path else field
+        if kind == "union_tag_not_found":
+            return Problem(where, "missing", f"set {field}: one of {expected}")
+        found = ctx.get("tag")
+        hint = _did_you_mean(str(found), expected.split(", "))
+        if field == "backend" and found in backend_options():
+            hint = f"'{found}' is a backend option: write the part's value as just {found}. "
+        what = "unknown torchao quant type" if field == "name" else f"unknown {field}"
+        return Problem(where, f"{what} '{found}'", hint + f"available: {expected}")
+    if kind == "literal_error" and loc and loc[-1] == "backend":
+        hint = f"'{value}' is a backend option: use quant.mapping.<part>={value}. " if value in backend_options() else _did_you_mean(str(value), REGISTRY)
+        return Problem(path, f"unknown backend '{value}'", hint + f"available: {', '.join(REGISTRY)}")
+    if kind == "literal_error":
+        return Problem(path, f"'{value}' is not allowed", f"expected {ctx.get('expected')}")
+    if kind == "missing":
+        return Problem(path, "required key is missing", "set it")
+    return Problem(path, f"{error['msg']} (got {value!r})", "")
+
+
+def validate(cfg: Any, *, config_dir: str | Path | None = None) -> Plan:
+    """Check a composed config (DictConfig or dict) and return the Plan, or raise PlanError
+    listing every problem. Pure: reads config files and model_index.json, never weights."""
+    data = _plain(cfg)
+    extra = (Path(config_dir).expanduser().resolve(),) if config_dir is not None else ()
+    try:
+        return Plan.model_validate(data, context={"options": backend_options(extra)})
+    except ValidationError as exc:
+        raise PlanError(problems_from_errors(exc.errors())) from None
+    except PlanProblems as exc:  # raised by Plan's wrap validator
+        raise PlanError(exc.problems) from None
+
+
+def _plain(cfg: Any) -> Any:
+    if isinstance(cfg, Plan):
+        return cfg.model_dump(mode="json")
+    if type(cfg).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
+
+        try:
+            return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        except OmegaConfBaseException as exc:
+            key = getattr(exc, "full_key", None) or "config"
+            raise PlanError(
+                Problem(str(key), str(exc).splitlines()[0], "set the value (e.g. model=tiny-flux)")
+            ) from None
+    return cfg
