@@ -12,11 +12,11 @@ from qconf.errors import BackendUnavailableError, ModelSourceError, PlanError, P
 from qconf.schema import Plan, validate
 
 if TYPE_CHECKING:
-    from qconf.load import LoadReport
+    from qconf.load import Loaded
 
 __all__ = [
     "BackendUnavailableError",
-    "LoadReport",
+    "Loaded",
     "ModelSourceError",
     "Plan",
     "PlanError",
@@ -24,6 +24,7 @@ __all__ = [
     "QconfError",
     "check_environment",
     "compose",
+    "load",
     "load_pipeline",
     "validate",
 ]
@@ -36,8 +37,15 @@ def load_pipeline(cfg: Any = None, **kwargs: Any) -> Any:
     return _load(cfg, **kwargs)
 
 
+def load(cfg: Any = None, **kwargs: Any) -> Loaded:
+    """Like load_pipeline, also returning the per-part report and the resolved plan."""
+    from qconf.load import load as _load
+
+    return _load(cfg, **kwargs)
+
+
 def check_environment(plan: Plan) -> None:
     """Raise BackendUnavailableError if a backend of `plan` is missing or cannot run here."""
     from qconf.environment import check_environment as _check
 
-    _check(plan)
+    _check(plan.resolve())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, model_validator
 
@@ -17,6 +17,9 @@ from qconf.backends.torchao import TorchaoQuantType
 from qconf.errors import PlanError, Problem
 from qconf.parts import PipelineParts, pipeline_parts
 from qconf.paths import backend_options
+
+if TYPE_CHECKING:
+    from qconf.resolve import ResolvedPlan
 
 BackendKey = Literal[tuple(REGISTRY)]  # type: ignore[valid-type]
 
@@ -85,28 +88,7 @@ class QuantSpec(StrictModel):
 
     @model_validator(mode="after")
     def _check_modes(self) -> QuantSpec:
-        problems = []
-        if self.backend is not None and self.mapping:
-            problems.append(
-                Problem(
-                    "quant.mapping",
-                    "set together with quant.backend; global and granular mode are exclusive",
-                    "use quant.backend/kwargs/components or quant.mapping, not both",
-                )
-            )
-        if self.mapping and self.components is not None:
-            problems.append(
-                Problem(
-                    "quant.components",
-                    "set with quant.mapping (diffusers fails late with KeyError(None))",
-                    "list the parts as keys of quant.mapping and drop quant.components",
-                )
-            )
-        if self.backend is None and (self.kwargs or self.components is not None):
-            key = "quant.kwargs" if self.kwargs else "quant.components"
-            problems.append(
-                Problem(key, "set without quant.backend", "set quant.backend or remove it")
-            )
+        problems = _mode_problems(self.backend, self.kwargs, self.components, self.mapping)
         if self.backend is not None:
             try:
                 self.global_entry()
@@ -115,6 +97,31 @@ class QuantSpec(StrictModel):
         if problems:
             raise PlanProblems(problems)
         return self
+
+
+def _mode_problems(backend: Any, kwargs: Any, components: Any, mapping: Any) -> list[Problem]:
+    """Global and granular mode are exclusive (works on raw data too)."""
+    problems = []
+    if backend is not None and mapping:
+        problems.append(
+            Problem(
+                "quant.mapping",
+                "set together with quant.backend; global and granular mode are exclusive",
+                "use quant.backend/kwargs/components or quant.mapping, not both",
+            )
+        )
+    if mapping and components is not None:
+        problems.append(
+            Problem(
+                "quant.components",
+                "set with quant.mapping (diffusers fails late with KeyError(None))",
+                "list the parts as keys of quant.mapping and drop quant.components",
+            )
+        )
+    if backend is None and not mapping and (kwargs or components is not None):
+        key = "quant.kwargs" if kwargs else "quant.components"
+        problems.append(Problem(key, "set without quant.backend", "set quant.backend or remove it"))
+    return problems
 
 
 class RunSpec(StrictModel):
@@ -139,9 +146,9 @@ class Plan(StrictModel):
             raise PlanError(problems)
         return found
 
-    def targets(self) -> dict[str, EntryBase | None]:
+    def targets(self, parts: PipelineParts | None = None) -> dict[str, EntryBase | None]:
         """Every weight-bearing part -> the entry that quantizes it (None = left alone)."""
-        weighted = self.parts().weighted
+        weighted = (parts or self.parts()).weighted
         if self.quant.mode == "global":
             entry = self.quant.global_entry()
             wanted = self.quant.components
@@ -157,6 +164,15 @@ class Plan(StrictModel):
             for name, part in weighted.items()
             if not part.optional or name in self.quant.mapping
         }
+
+    def resolve(self, parts: PipelineParts | None = None) -> ResolvedPlan:
+        from qconf.resolve import resolve
+
+        return resolve(self, parts)
+
+    def to_diffusers(self) -> Any:
+        """diffusers' PipelineQuantizationConfig for this plan (imports diffusers)."""
+        return self.resolve().to_diffusers()
 
     @model_validator(mode="wrap")
     @classmethod
@@ -193,7 +209,10 @@ def _raw_name_problems(data: dict) -> list[Problem]:
     components = quant.get("components") if isinstance(quant.get("components"), list) else []
     named = {name: f"quant.mapping.{name}" for name in mapping}
     named.update({str(n): f"quant.components[{i}]" for i, n in enumerate(components)})
-    return [p for name, where in named.items() if (p := _name_problem(name, where, found))]
+    problems = [p for name, where in named.items() if (p := _name_problem(name, where, found))]
+    return problems + _mode_problems(
+        quant.get("backend"), quant.get("kwargs"), quant.get("components"), mapping
+    )
 
 
 def _name_problem(name: str, where: str, found: PipelineParts) -> Problem | None:

@@ -95,6 +95,7 @@ def tiny_pipeline_path(name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; the cache may be shared
         pipe = build_tiny_pipeline(name)
         pipe.save_pretrained(tmp, safe_serialization=True)
         try:
@@ -276,8 +277,13 @@ def _build_flux() -> DiffusionPipeline:
             base_image_seq_len=256,
             max_image_seq_len=4096,
         ),
-        vae=_vae(16, use_quant_conv=False, use_post_quant_conv=False,
-                 scaling_factor=0.3611, shift_factor=0.1159),  # fmt: skip
+        vae=_vae(
+            16,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+        ),
         text_encoder=_clip_text_encoder(tokenizer, with_projection=False),
         tokenizer=tokenizer,
         text_encoder_2=_t5_text_encoder(tokenizer_2, d_model=64),
@@ -312,8 +318,13 @@ def _build_sd3() -> DiffusionPipeline:
     # Both CLIP encoders are built from the same seed, hence identical; harmless for a test model.
     return StableDiffusion3Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=_vae(16, use_quant_conv=False, use_post_quant_conv=False,
-                 scaling_factor=1.5305, shift_factor=0.0609),  # fmt: skip
+        vae=_vae(
+            16,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            scaling_factor=1.5305,
+            shift_factor=0.0609,
+        ),
         text_encoder=_clip_text_encoder(tokenizer, with_projection=True),
         tokenizer=tokenizer,
         text_encoder_2=_clip_text_encoder(tokenizer, with_projection=True),

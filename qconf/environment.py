@@ -1,0 +1,78 @@
+"""Environment checks (package installed, GPU present) — separate from pure validation.
+Torch-free unless torch is already imported, so `qconf validate` stays fast."""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
+from pathlib import Path
+
+from qconf.backends import CPU_ALTERNATIVE, REGISTRY, Backend
+from qconf.errors import BackendUnavailableError, Problem
+from qconf.resolve import ResolvedPlan
+
+
+def installed_version(spec: Backend) -> str | None:
+    """The backend's package version, or None when it is not installed (does not import it)."""
+    try:
+        if find_spec(spec.module.split(".")[0]) is None or find_spec(spec.module) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    try:
+        return version(spec.distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def cuda_available() -> bool:
+    """torch's answer when torch is loaded; otherwise whether an NVIDIA GPU is visible."""
+    if "torch" in sys.modules:
+        return bool(sys.modules["torch"].cuda.is_available())
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return (gpus.is_dir() and any(gpus.iterdir())) or Path("/dev/nvidia0").exists()
+
+
+def environment_problems(resolved: ResolvedPlan) -> list[Problem]:
+    problems: list[Problem] = []
+    missing: set[str] = set()
+    has_cuda: bool | None = None
+    for name, part in resolved.quantized.items():
+        where = f"quant.mapping.{name}" if resolved.mode == "granular" else "quant.backend"
+        spec = REGISTRY[part.backend]
+        if installed_version(spec) is None:
+            if spec.key not in missing:
+                missing.add(spec.key)
+                problems.append(
+                    Problem(
+                        where,
+                        f"backend {spec.key} needs the package {spec.distribution}, not installed",
+                        f"pip install 'qconf[{spec.extra}]'",
+                    )
+                )
+            continue
+        reason = part.entry.cuda_reason(part.library)  # type: ignore[arg-type]
+        if reason is None:
+            continue
+        if has_cuda is None:
+            has_cuda = cuda_available()
+        if not has_cuda:
+            problems.append(
+                Problem(
+                    where,
+                    f"{spec.key} on '{name}' ({part.library} part) needs a CUDA GPU and none is "
+                    f"visible: {reason}",
+                    CPU_ALTERNATIVE,
+                )
+            )
+    return problems
+
+
+def check_environment(resolved: ResolvedPlan) -> None:
+    problems = environment_problems(resolved)
+    if problems:
+        raise BackendUnavailableError(problems)

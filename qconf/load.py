@@ -1,0 +1,113 @@
+"""Load the real pipeline: validate → resolve → environment checks (all before any weight is
+read) → DiffusionPipeline.from_pretrained(quantization_config=..., torch_dtype=...) → report."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from qconf.errors import ModelSourceError, Problem
+from qconf.parts import source_kind
+from qconf.report import LoadReport, measure_part
+from qconf.resolve import ResolvedPlan
+from qconf.schema import Plan, validate
+
+
+@dataclass
+class Loaded:
+    pipeline: Any
+    report: LoadReport
+    resolved: ResolvedPlan
+
+
+def load(cfg: Any = None, *, model: Any = None, quant: Any = None, **extra: Any) -> Loaded:
+    """Load with a composed config, or `model=`/`quant=` sections as a Hydra `_target_` gets them."""
+    plan = _plan(cfg, model, quant, extra)
+    resolved = plan.resolve()
+    from qconf.environment import check_environment
+
+    check_environment(resolved)
+    source = _source_path(plan.model.source)
+
+    import torch
+    from diffusers import DiffusionPipeline
+
+    dtype = getattr(torch, resolved.torch_dtype) if resolved.torch_dtype else None
+    started = time.perf_counter()
+    ready_parts = _load_gguf_parts(resolved, source, dtype)
+    try:
+        pipeline = DiffusionPipeline.from_pretrained(
+            source, quantization_config=resolved.to_diffusers(), torch_dtype=dtype, **ready_parts
+        )
+    except OSError as exc:  # missing files, hub unreachable (offline), not in the cache
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSourceError(
+            Problem(
+                "model.source",
+                f"cannot load '{plan.model.source}': {first}",
+                "use a local folder, a model already in the Hugging Face cache, or a tiny-* model",
+            )
+        ) from None
+    seconds = time.perf_counter() - started
+    return Loaded(pipeline, _report(pipeline, resolved, dtype, seconds), resolved)
+
+
+def load_pipeline(cfg: Any = None, *, model: Any = None, quant: Any = None, **extra: Any) -> Any:
+    """The quantized pipeline (see `load` for the report)."""
+    return load(cfg, model=model, quant=quant, **extra).pipeline
+
+
+def _plan(cfg: Any, model: Any, quant: Any, extra: dict[str, Any]) -> Plan:
+    if cfg is None:
+        if model is None:
+            from qconf.compose import compose
+
+            cfg = compose()
+        else:
+            cfg = {"model": model, **({"quant": quant} if quant is not None else {}), **extra}
+    return cfg if isinstance(cfg, Plan) else validate(cfg)
+
+
+def _source_path(source: str) -> str:
+    kind = source_kind(source)
+    if kind == "tiny":
+        from qconf.tiny import tiny_pipeline_path
+
+        return str(tiny_pipeline_path(source))
+    if kind == "folder":
+        from pathlib import Path
+
+        return str(Path(source).expanduser())
+    return source
+
+
+def _load_gguf_parts(resolved: ResolvedPlan, source: str, dtype: Any) -> dict[str, Any]:
+    """GGUF parts load from their file with from_single_file (the route diffusers supports)."""
+    import diffusers
+
+    ready = {}
+    for name, part in resolved.quantized.items():
+        if part.backend != "gguf":
+            continue
+        model_cls = getattr(diffusers, resolved.parts.parts[name].class_name)
+        ready[name] = model_cls.from_single_file(
+            part.entry.file,  # type: ignore[attr-defined]
+            quantization_config=part.build(),
+            config=source,
+            subfolder=name,
+            torch_dtype=dtype,
+        )
+    return ready
+
+
+def _report(pipeline: Any, resolved: ResolvedPlan, dtype: Any, seconds: float) -> LoadReport:
+    parts = {}
+    for name in resolved.components:
+        module = getattr(pipeline, name, None)
+        if module is None:
+            continue
+        part = resolved.components[name]
+        library = resolved.parts.parts[name].library
+        parts[name] = measure_part(name, module, library, part and part.backend, dtype)
+    return LoadReport(resolved.parts.pipeline, resolved.torch_dtype, seconds, parts)

@@ -1,0 +1,101 @@
+"""Plan × pipeline parts → one library config per part (diffusers or transformers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from qconf.backends import REGISTRY, EntryBase
+from qconf.parts import PipelineParts
+from qconf.schema import Plan
+
+
+@dataclass(frozen=True)
+class ResolvedPart:
+    entry: EntryBase
+    library: str
+
+    @property
+    def backend(self) -> str:
+        return self.entry.backend
+
+    @property
+    def config_class(self) -> str:
+        return REGISTRY[self.backend].config_class[self.library]  # type: ignore[index]
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return self.entry.library_kwargs(self.library)  # type: ignore[arg-type]
+
+    def build(self) -> Any:
+        """The real library config object (imports torch and the library)."""
+        return self.entry.build(self.library)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ResolvedPlan:
+    plan: Plan
+    parts: PipelineParts
+    components: dict[str, ResolvedPart | None]  # every weight-bearing part; None = unquantized
+
+    @property
+    def mode(self) -> str:
+        return self.plan.quant.mode
+
+    @property
+    def torch_dtype(self) -> str | None:
+        """Load dtype. torchao needs bfloat16 when unset: with None diffusers forces bf16 on the
+        quantized diffusers parts only and float8/int4 then fail on a dtype mismatch."""
+        if self.plan.model.torch_dtype is not None:
+            return self.plan.model.torch_dtype
+        uses_torchao = any(p and p.backend == "torchao" for p in self.components.values())
+        return "bfloat16" if uses_torchao else None
+
+    @property
+    def quantized(self) -> dict[str, ResolvedPart]:
+        return {name: part for name, part in self.components.items() if part is not None}
+
+    def to_json(self) -> dict[str, Any]:
+        """The `qconf show --json` contract (see README)."""
+        model = self.plan.model.model_dump(mode="json")
+        model.update(pipeline=self.parts.pipeline, torch_dtype=self.torch_dtype)
+        return {
+            "mode": self.mode,
+            "model": model,
+            "components": {
+                name: None
+                if part is None
+                else {
+                    "backend": part.backend,
+                    "library": part.library,
+                    "config_class": part.config_class,
+                    "kwargs": part.kwargs,
+                }
+                for name, part in self.components.items()
+            },
+        }
+
+    def quant_mapping(self) -> dict[str, Any]:
+        """{part: library config object} for PipelineQuantizationConfig(quant_mapping=...).
+        GGUF parts are absent: they load from their file (see qconf.load)."""
+        return {
+            name: part.build() for name, part in self.quantized.items() if part.backend != "gguf"
+        }
+
+    def to_diffusers(self) -> Any:
+        """diffusers' PipelineQuantizationConfig, always in granular form (global torchao/quanto
+        plans are rejected by diffusers' own global mode), or None when nothing is quantized."""
+        from diffusers import PipelineQuantizationConfig
+
+        mapping = self.quant_mapping()
+        return PipelineQuantizationConfig(quant_mapping=mapping) if mapping else None
+
+
+def resolve(plan: Plan, parts: PipelineParts | None = None) -> ResolvedPlan:
+    """Resolve against `parts` (e.g. the real model_index.json at load) or the plan's source."""
+    parts = parts or plan.parts()
+    components: dict[str, ResolvedPart | None] = {}
+    for name, entry in plan.targets(parts).items():
+        part = parts.parts[name]
+        components[name] = None if entry is None else ResolvedPart(entry, part.library)
+    return ResolvedPlan(plan, parts, components)
