@@ -38,7 +38,7 @@ def load(cfg: Any = None, *, model: Any = None, quant: Any = None, **extra: Any)
     ready_parts = _load_gguf_parts(resolved, source, dtype)
     try:
         pipeline = DiffusionPipeline.from_pretrained(
-            source, quantization_config=resolved.to_diffusers(), torch_dtype=dtype, **ready_parts
+            source, quantization_config=resolved.to_diffusers(), dtype=dtype, **ready_parts
         )
     except OSError as exc:  # missing files, hub unreachable (offline), not in the cache
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -377,3 +377,31 @@ def _plain(cfg: Any) -> Any:
                 Problem(str(key), str(exc).splitlines()[0], "set the value (e.g. model=tiny-flux)")
             ) from None
     return cfg
+
+
+def plan_json_schema() -> dict[str, Any]:
+    """JSON Schema of a plan. Global mode's `quant.kwargs` is typed per backend with if/then,
+    since pydantic only knows it as a dict (its backend sits beside it, not inside it)."""
+    schema = Plan.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "qconf plan"
+    defs = schema["$defs"]
+    quant = defs["QuantSpec"]
+    quant["allOf"] = []
+    for key, spec in REGISTRY.items():
+        kwargs_model = spec.entry.model_fields["kwargs"].annotation
+        name = kwargs_model.__name__
+        if name not in defs:
+            continue
+        quant["allOf"].append(
+            {
+                "if": {"properties": {"backend": {"const": key}}, "required": ["backend"]},
+                "then": {"properties": {"kwargs": {"$ref": f"#/$defs/{name}"}}},
+            }
+        )
+    mapping_values = quant["properties"]["mapping"]["additionalProperties"]
+    option_names = sorted(backend_options())
+    mapping_values["anyOf"].insert(
+        0, {"type": "string", "enum": option_names, "description": "a backend option"}
+    )
+    return schema

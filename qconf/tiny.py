@@ -34,17 +34,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qconf.parts import TINY_PIPELINES
+
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 # Bump whenever a builder changes what it produces; old cache folders are then simply ignored.
 BUILD_VERSION = 1
 
-TINY_PIPELINES: dict[str, str] = {
-    "tiny-flux": "FluxPipeline",
-    "tiny-sd": "StableDiffusionPipeline",
-    "tiny-sd3": "StableDiffusion3Pipeline",
-}
+# name -> pipeline class lives in qconf.parts (torch-free), the one place validate reads it.
 
 # Words that get whole-word tokens, so a typical test prompt tokenizes to a few ids rather than
 # one id per character. Anything else still tokenizes (byte-level / single characters).

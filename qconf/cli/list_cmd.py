@@ -1,0 +1,115 @@
+"""`qconf list [backends|presets|models]`: tables from the registry and the conf tree."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+WHAT = ("backends", "options", "presets", "models")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", nargs="?", choices=WHAT, help="what to list (default: all)")
+    parser.add_argument("--config-dir", help="a folder of your own config groups")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console(soft_wrap=False)
+    extra = (Path(args.config_dir).expanduser(),) if args.config_dir else ()
+    for what in [args.what] if args.what else WHAT:
+        console.print(TABLES[what](extra))
+    return 0
+
+
+def backends_table(extra: tuple[Path, ...]):  # noqa: ANN201 - a rich Table
+    from rich.table import Table
+
+    from qconf.backends import LIBRARIES, REGISTRY
+    from qconf.environment import cuda_available, installed_version
+    from qconf.paths import backend_options
+
+    options = backend_options(extra)
+    has_cuda = cuda_available()
+    table = Table(title="backends")
+    for column in ("key", "options", "installed", "runs here on", "can save", "extra"):
+        table.add_column(column)
+    for key, spec in REGISTRY.items():
+        version = installed_version(spec)
+        names = ", ".join(n for n, o in options.items() if o.get("backend") == key) or "—"
+        runs = [
+            f"{lib} parts"
+            for lib in LIBRARIES
+            if lib in spec.params and version and (has_cuda or lib not in spec.needs_cuda)
+        ]
+        saves = [lib for lib in LIBRARIES if spec.can_save.get(lib)]
+        table.add_row(
+            key,
+            names,
+            version or "no",
+            ", ".join(runs) or "—",
+            ", ".join(saves) or "no",
+            f"qconf[{spec.extra}]",
+        )
+    return table
+
+
+def options_table(extra: tuple[Path, ...]):  # noqa: ANN201
+    import json
+
+    from rich.table import Table
+
+    from qconf.paths import backend_options
+
+    table = Table(title="backend options (quant.mapping.<part>=<option>)")
+    for column in ("option", "backend", "kwargs"):
+        table.add_column(column)
+    for name, option in backend_options(extra).items():
+        table.add_row(name, str(option.get("backend")), json.dumps(option.get("kwargs") or {}))
+    return table
+
+
+def presets_table(extra: tuple[Path, ...]):  # noqa: ANN201
+    from rich.table import Table
+
+    from qconf.paths import group_options
+
+    table = Table(title="presets (preset=<name>)")
+    table.add_column("preset")
+    table.add_column("description")
+    for name, path in group_options("preset", extra).items():
+        table.add_row(name, _comment(path))
+    return table
+
+
+def models_table(extra: tuple[Path, ...]):  # noqa: ANN201
+    import yaml
+    from rich.table import Table
+
+    from qconf.paths import group_options
+
+    table = Table(title="models (model=<name>)")
+    for column in ("model", "source", "pipeline"):
+        table.add_column(column)
+    for name, path in group_options("model", extra).items():
+        data = yaml.safe_load(path.read_text()) or {}
+        table.add_row(name, str(data.get("source")), str(data.get("pipeline") or "from source"))
+    return table
+
+
+def _comment(path: Path) -> str:
+    lines = [
+        line.lstrip("# ").strip()
+        for line in path.read_text().splitlines()
+        if line.startswith("#") and not line.startswith("# @package")
+    ]
+    return " ".join(lines)
+
+
+TABLES = {
+    "backends": backends_table,
+    "options": options_table,
+    "presets": presets_table,
+    "models": models_table,
+}

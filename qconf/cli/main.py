@@ -1,0 +1,78 @@
+"""`qconf <command> [flags] [hydra overrides...]`. Exit 0 ok, 2 user error (one line per problem
+on stderr, no traceback), 1 a bug. Subcommand modules are imported lazily so that `validate`
+never pays for torch."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from qconf.errors import QconfError
+
+COMMANDS = {
+    "list": "List backends, presets and models from the registry and the conf tree.",
+    "show": "Print the composed, validated, resolved plan (--json: the machine contract).",
+    "validate": "Check a plan (and that its backends can run here); one OK line or the problems.",
+    "schema": "Print the JSON Schema of a plan (for YAML language servers).",
+    "load": "Load the quantized pipeline and print the per-part report.",
+    "run": "Load and generate an image; writes image, plan and report to Hydra's run folder.",
+}
+USER_ERROR = 2
+
+
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config-dir", help="a folder of your own config groups, searched before qconf's"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides: key=value, +key=value, ~key, group=option"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qconf", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    for name, help_text in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        _module(name).add_arguments(command)
+    return parser
+
+
+def _module(name: str):  # noqa: ANN202 - a subcommand module
+    return importlib.import_module(f"qconf.cli.{name}_cmd")
+
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "run":
+        # `run` is a Hydra app: Hydra parses its own flags (-m, --config-dir, hydra.* keys).
+        return _guard(lambda: _module("run").main(args_list[1:]))
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:  # argparse already printed a usage line
+        return USER_ERROR if exc.code else 0
+    return _guard(lambda: _module(args.command).run(args))
+
+
+def _guard(action) -> int:  # noqa: ANN001
+    try:
+        return int(action() or 0)
+    except QconfError as exc:
+        for line in exc.lines:
+            print(f"error: {line}", file=sys.stderr)
+        return USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,43 @@
+"""`qconf show [--json]`: every weight-bearing part with backend, library, config class, kwargs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from qconf.cli.main import add_plan_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the JSON contract")
+    add_plan_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qconf.compose import compose
+    from qconf.schema import validate
+
+    plan = validate(compose(args.overrides, config_dir=args.config_dir), config_dir=args.config_dir)
+    resolved = plan.resolve()
+    if args.json:
+        print(json.dumps(resolved.to_json(), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    model = resolved.to_json()["model"]
+    table = Table(
+        title=f"{model['pipeline']} from {model['source']} — {resolved.mode} mode, "
+        f"torch_dtype={model['torch_dtype']}"
+    )
+    for column in ("part", "library", "backend", "config class", "kwargs"):
+        table.add_column(column)
+    for name, part in resolved.components.items():
+        library = resolved.parts.parts[name].library
+        if part is None:
+            table.add_row(name, library, "—", "—", "unquantized")
+        else:
+            kwargs = json.dumps(part.kwargs, separators=(", ", ": "))
+            table.add_row(name, library, part.backend, part.config_class, kwargs)
+    Console(soft_wrap=False).print(table)
+    return 0

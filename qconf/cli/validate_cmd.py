@@ -1,0 +1,33 @@
+"""`qconf validate`: the plan, then whether its backends can run here. Never imports torch."""
+
+from __future__ import annotations
+
+import argparse
+
+from qconf.cli.main import add_plan_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="skip the environment checks (installed backends, GPU): e.g. to check a GPU plan on CI",
+    )
+    add_plan_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qconf.compose import compose
+    from qconf.environment import check_environment
+    from qconf.schema import validate
+
+    plan = validate(compose(args.overrides, config_dir=args.config_dir), config_dir=args.config_dir)
+    resolved = plan.resolve()
+    if not args.plan_only:
+        check_environment(resolved)
+    quantized = ", ".join(f"{name}={p.backend}" for name, p in resolved.quantized.items())
+    print(
+        f"OK: {resolved.parts.pipeline} from {plan.model.source}, {resolved.mode} mode, "
+        f"quantized: {quantized or 'nothing'}"
+    )
+    return 0
