@@ -12,7 +12,7 @@ from qconf.errors import BackendUnavailableError, ModelSourceError, PlanError, P
 from qconf.schema import Plan, validate
 
 if TYPE_CHECKING:
-    from qconf.load import Loaded
+    from qconf.loader import Loaded
 
 __all__ = [
     "BackendUnavailableError",
@@ -32,14 +32,14 @@ __all__ = [
 
 def load_pipeline(cfg: Any = None, **kwargs: Any) -> Any:
     """Validate `cfg`, check the environment, load the quantized pipeline (see qconf.load)."""
-    from qconf.load import load_pipeline as _load
+    from qconf.loader import load_pipeline as _load
 
     return _load(cfg, **kwargs)
 
 
 def load(cfg: Any = None, **kwargs: Any) -> Loaded:
     """Like load_pipeline, also returning the per-part report and the resolved plan."""
-    from qconf.load import load as _load
+    from qconf.loader import load as _load
 
     return _load(cfg, **kwargs)
 

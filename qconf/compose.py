@@ -36,7 +36,7 @@ def compose(
     from omegaconf.errors import OmegaConfBaseException
 
     extra_dirs = _user_dirs(config_dir)
-    rewritten = _rewrite(list(overrides), extra_dirs)
+    rewritten = rewrite_overrides(list(overrides), extra_dirs)
     if extra_dirs:
         rewritten.insert(0, f"hydra.searchpath=[{','.join('file://' + str(d) for d in extra_dirs)}]")
     try:
@@ -63,7 +63,7 @@ def _user_dirs(config_dir: str | Path | None) -> tuple[Path, ...]:
     return (path,)
 
 
-def _rewrite(overrides: list[str], extra_dirs: tuple[Path, ...]) -> list[str]:
+def rewrite_overrides(overrides: list[str], extra_dirs: tuple[Path, ...] = ()) -> list[str]:
     """Turn `quant.mapping.<part>[...]=v` into overrides that work on any mapping state."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException

@@ -185,7 +185,7 @@ class Plan(StrictModel):
             problems = problems_from_errors(exc.errors())
             if isinstance(data, dict) and not any(p.where.startswith("model") for p in problems):
                 problems += _raw_name_problems(data)
-            raise PlanProblems(problems) from None
+            raise PlanProblems(list(dict.fromkeys(problems))) from None  # once each, in order
 
     @model_validator(mode="after")
     def _check_parts(self) -> Plan:
