@@ -66,7 +66,7 @@ def _user_dirs(config_dir: str | Path | None) -> tuple[Path, ...]:
 def rewrite_overrides(overrides: list[str], extra_dirs: tuple[Path, ...] = ()) -> list[str]:
     """Turn `quant.mapping.<part>[...]=v` into overrides that work on any mapping state."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
+    from hydra.errors import HydraException
 
     parser = OverridesParser.create()
     options = backend_options(extra_dirs)
@@ -74,7 +74,7 @@ def rewrite_overrides(overrides: list[str], extra_dirs: tuple[Path, ...] = ()) -
     for text in overrides:
         try:
             override = parser.parse_override(text)
-        except OverrideParseException as exc:
+        except HydraException as exc:  # the parser raises it for syntax errors
             raise PlanError(_parse_problem([text], exc)) from None
         key = override.key_or_group
         if override.package is not None or not key.startswith(_OPEN_PREFIXES):

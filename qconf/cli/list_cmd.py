@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qconf.cli.main import console
+
 WHAT = ("backends", "options", "presets", "models")
 
 
@@ -14,12 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
-    console = Console(soft_wrap=False)
+    out = console()
     extra = (Path(args.config_dir).expanduser(),) if args.config_dir else ()
     for what in [args.what] if args.what else WHAT:
-        console.print(TABLES[what](extra))
+        out.print(TABLES[what](extra))
     return 0
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from qconf.cli.main import add_plan_arguments
+from qconf.cli.main import add_plan_arguments, console
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_report(report: Any) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(
@@ -54,7 +53,7 @@ def print_report(report: Any) -> None:
         "total", "", "", "", human_bytes(report.total_bytes_unquantized),
         human_bytes(report.total_bytes), f"{ratio:.2f}", style="bold",
     )  # fmt: skip
-    Console(soft_wrap=False).print(table)
+    console().print(table)
 
 
 def human_bytes(count: int) -> str:

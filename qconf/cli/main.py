@@ -31,6 +31,13 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def console():  # noqa: ANN201 - a rich Console
+    """Wide output when piped (rich would wrap at 80 columns and cut names)."""
+    from rich.console import Console
+
+    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qconf", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)

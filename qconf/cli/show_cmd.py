@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from qconf.cli.main import add_plan_arguments
+from qconf.cli.main import add_plan_arguments, console
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(resolved.to_json(), indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     model = resolved.to_json()["model"]
@@ -39,5 +38,5 @@ def run(args: argparse.Namespace) -> int:
         else:
             kwargs = json.dumps(part.kwargs, separators=(", ", ": "))
             table.add_row(name, library, part.backend, part.config_class, kwargs)
-    Console(soft_wrap=False).print(table)
+    console().print(table)
     return 0
