@@ -24,7 +24,10 @@ def main(cfg: DictConfig) -> None:
         cfg.prompt, num_inference_steps=cfg.steps, height=cfg.size, width=cfg.size
     ).images[0]
     image.save("image.png")
-    print(f"{type(pipeline).__name__}: transformer weight is {type(pipeline.transformer.proj_out.weight).__name__}")
+    print(
+        f"{type(pipeline).__name__}: transformer weight is "
+        f"{type(pipeline.transformer.proj_out.weight).__name__}"
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def compose(
     extra_dirs = _user_dirs(config_dir)
     rewritten = rewrite_overrides(list(overrides), extra_dirs)
     if extra_dirs:
-        rewritten.insert(0, f"hydra.searchpath=[{','.join('file://' + str(d) for d in extra_dirs)}]")
+        rewritten.insert(
+            0, f"hydra.searchpath=[{','.join('file://' + str(d) for d in extra_dirs)}]"
+        )
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             cfg = hydra_compose(config_name=config_name, overrides=rewritten)
@@ -139,7 +141,9 @@ def _missing_option_problem(message: str) -> Problem:
     found = re.search(r"Could not find '([^']+)/([^'/]+)'", message)
     available = re.findall(r"^\t(\S+)$", message, flags=re.M)
     if not found:
-        return Problem("config", _first_line(Exception(message)), "check --config-name/--config-dir")
+        return Problem(
+            "config", _first_line(Exception(message)), "check --config-name/--config-dir"
+        )
     group, option = found.groups()
     hint = difflib.get_close_matches(option, available, n=1)
     did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
@@ -158,7 +162,9 @@ def _yaml_problem(exc: Any) -> Problem:
 
 def _composition_problem(overrides: Sequence[str], exc: BaseException) -> Problem:
     message = str(exc)
-    found = re.search(r"Could not (?:override|delete from config|append to config)\W+'?([\w.\[\]-]+)", message)
+    found = re.search(
+        r"Could not (?:override|delete from config|append to config)\W+'?([\w.\[\]-]+)", message
+    )
     if found:
         key = found.group(1)
         culprit = next((o for o in overrides if key in o), key)

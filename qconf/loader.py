@@ -22,7 +22,7 @@ class Loaded:
 
 
 def load(cfg: Any = None, *, model: Any = None, quant: Any = None, **extra: Any) -> Loaded:
-    """Load with a composed config, or `model=`/`quant=` sections as a Hydra `_target_` gets them."""
+    """Load with a composed config, or with `model=`/`quant=` nodes (as a Hydra `_target_`)."""
     plan = _plan(cfg, model, quant, extra)
     resolved = plan.resolve()
     from qconf.environment import check_environment

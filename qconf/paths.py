@@ -43,6 +43,8 @@ def _load_options(files: tuple[tuple[str, Path], ...]) -> dict[str, dict]:
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
             raise PlanError(
-                Problem(f"{path}{line}", f"malformed YAML ({exc.__class__.__name__})", "fix the file")
+                Problem(
+                    f"{path}{line}", f"malformed YAML ({exc.__class__.__name__})", "fix the file"
+                )
             ) from None
     return options

@@ -49,7 +49,7 @@ MappingEntry = Annotated[BackendEntry, BeforeValidator(_expand_option)]
 
 class ModelSpec(StrictModel):
     source: str = Field(
-        description="Built-in tiny pipeline (tiny-flux, tiny-sd, tiny-sd3), a local folder or a hub id."
+        description="A built-in tiny pipeline (tiny-flux, ...), a local folder or a hub id."
     )
     pipeline: str | None = Field(
         None, description="Pipeline class name; read from model_index.json when null."
@@ -259,7 +259,9 @@ def _part_problems(quant: QuantSpec, found: PipelineParts) -> list[Problem]:
     entries = {where: entry for where, entry in named.values() if entry is not None}
     for where, entry in entries.items():
         where = where if quant.mode == "granular" else "quant"
-        problems += [Problem(f"{where}.{p.where}", p.what, p.fix) for p in entry.check_consistency()]
+        problems += [
+            Problem(f"{where}.{p.where}", p.what, p.fix) for p in entry.check_consistency()
+        ]
     return problems
 
 
@@ -309,8 +311,10 @@ def problems_from_errors(
         kind, ctx = error["type"], error.get("ctx") or {}
         if kind == "value_error" and isinstance(ctx.get("error"), PlanProblems):
             for p in ctx["error"].problems:
-                where = p.where if p.where.startswith(("quant", "model")) or not path else (
-                    f"{path}.{p.where}" if p.where else path
+                where = (
+                    p.where
+                    if p.where.startswith(("quant", "model")) or not path
+                    else (f"{path}.{p.where}" if p.where else path)
                 )
                 problems.append(Problem(where, p.what, p.fix))
             continue
@@ -326,7 +330,11 @@ def _one_problem(
         model = _model_at(loc[:-1], tag)
         fields = list(model.model_fields) if model else []
         hint = _did_you_mean(str(loc[-1]), fields)
-        return Problem(path, "unknown key", hint + (f"valid keys: {', '.join(fields)}" if fields else "remove it"))
+        return Problem(
+            path,
+            "unknown key",
+            hint + (f"valid keys: {', '.join(fields)}" if fields else "remove it"),
+        )
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         field = ctx.get("discriminator", "").strip("'")
         expected = ctx.get("expected_tags", "").replace("'", "")
@@ -340,8 +348,14 @@ def _one_problem(
         what = "unknown torchao quant type" if field == "name" else f"unknown {field}"
         return Problem(where, f"{what} '{found}'", hint + f"available: {expected}")
     if kind == "literal_error" and loc and loc[-1] == "backend":
-        hint = f"'{value}' is a backend option: use quant.mapping.<part>={value}. " if value in backend_options() else _did_you_mean(str(value), REGISTRY)
-        return Problem(path, f"unknown backend '{value}'", hint + f"available: {', '.join(REGISTRY)}")
+        hint = (
+            f"'{value}' is a backend option: use quant.mapping.<part>={value}. "
+            if value in backend_options()
+            else _did_you_mean(str(value), REGISTRY)
+        )
+        return Problem(
+            path, f"unknown backend '{value}'", hint + f"available: {', '.join(REGISTRY)}"
+        )
     if kind == "literal_error":
         return Problem(path, f"'{value}' is not allowed", f"expected {ctx.get('expected')}")
     if kind == "missing":

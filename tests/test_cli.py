@@ -41,9 +41,7 @@ def test_validate_never_imports_torch() -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.skipif(
-    Path("/dev/nvidia0").exists(), reason="on a GPU machine bitsandbytes can run"
-)
+@pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="on a GPU machine bitsandbytes can run")
 def test_validate_nf4_on_cpu_is_exit_2_unless_plan_only() -> None:
     result = qconf("validate", "preset=flux-nf4")
     assert result.returncode == 2
@@ -68,10 +66,26 @@ WRONG = [
     (["validate", "quant.mapping.vae=int8wo", "quant.components=[vae]"], "quant.components"),
     (["validate", "model.torch_dtype=fp16"], "model.torch_dtype"),
     (["validate", "model.source=/no/such/folder"], "/no/such/folder"),
-    (["validate", "quant.mapping.transformer=nf4", "quant.mapping.transformer.kwargs.compute_dtype=bfloat16"], "bnb_4bit_compute_dtype"),
-    (["show", "quant.mapping.transformer={backend:torchao,kwargs:{quant_type:{name:Int4}}}"], "unknown torchao quant type 'Int4'"),
+    (
+        [
+            "validate",
+            "quant.mapping.transformer=nf4",
+            "quant.mapping.transformer.kwargs.compute_dtype=bfloat16",
+        ],
+        "bnb_4bit_compute_dtype",
+    ),
+    (
+        ["show", "quant.mapping.transformer={backend:torchao,kwargs:{quant_type:{name:Int4}}}"],
+        "unknown torchao quant type 'Int4'",
+    ),
     (["load", "quant.mapping.transformer=nf4"], "needs a CUDA GPU"),
-    (["validate", "quant.mapping.transformer={backend:torchao,kwargs:{quant_type:{name:Int4WeightOnlyConfig}}}"], "needs CUDA"),
+    (
+        [
+            "validate",
+            "quant.mapping.transformer={backend:torchao,kwargs:{quant_type:{name:Int4WeightOnlyConfig}}}",
+        ],
+        "needs CUDA",
+    ),
     (["show", "--config-dir", "/no/such/dir"], "--config-dir"),
     (["frobnicate"], "invalid choice"),
 ]
@@ -102,7 +116,11 @@ def test_show_json_contract() -> None:
     shown = json.loads(result.stdout)
     assert set(shown) == {"mode", "model", "components"}
     assert shown["mode"] == "granular"
-    assert shown["model"] == {"source": "tiny-flux", "pipeline": "FluxPipeline", "torch_dtype": "bfloat16"}
+    assert shown["model"] == {
+        "source": "tiny-flux",
+        "pipeline": "FluxPipeline",
+        "torch_dtype": "bfloat16",
+    }
     assert shown["components"] == {
         "text_encoder": None,
         "text_encoder_2": {
@@ -146,7 +164,9 @@ def test_load_prints_the_report() -> None:
     report = json.loads(result.stdout)
     transformer = report["components"]["transformer"]
     assert transformer["backend"] == "torchao"
-    assert transformer["quantized_layers"] and transformer["bytes"] < transformer["bytes_unquantized"]
+    assert (
+        transformer["quantized_layers"] and transformer["bytes"] < transformer["bytes_unquantized"]
+    )
     assert report["load_seconds"] > 0
 
 
@@ -156,7 +176,10 @@ def test_run_writes_image_plan_and_report(tmp_path: Path) -> None:
     (image,) = tmp_path.glob("outputs/*/*/image.png")
     folder = image.parent
     assert (folder / "plan.yaml").is_file() and (folder / "report.json").is_file()
-    assert json.loads((folder / "report.json").read_text())["components"]["transformer"]["backend"] == "torchao"
+    assert (
+        json.loads((folder / "report.json").read_text())["components"]["transformer"]["backend"]
+        == "torchao"
+    )
     from PIL import Image
 
     assert Image.open(image).size == (32, 32)

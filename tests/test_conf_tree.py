@@ -45,7 +45,9 @@ def test_model_source_field_names_the_same_pipeline_as_the_group_choice() -> Non
 
 
 def test_flux_nf4_preset_quantizes_transformer_and_t5_only() -> None:
-    components = qconf.validate(qconf.compose(["preset=flux-nf4"])).resolve().to_json()["components"]
+    components = (
+        qconf.validate(qconf.compose(["preset=flux-nf4"])).resolve().to_json()["components"]
+    )
     for part in ("transformer", "text_encoder_2"):
         assert components[part]["backend"] == "bitsandbytes_4bit"
         assert components[part]["kwargs"]["bnb_4bit_quant_type"] == "nf4"
@@ -63,11 +65,18 @@ def test_a_per_part_override_replaces_the_preset_entry() -> None:
 def test_kwargs_one_level_deeper_after_choosing_an_option() -> None:
     plan = qconf.validate(
         qconf.compose(
-            ["quant.mapping.transformer=int4wo", "quant.mapping.transformer.kwargs.quant_type.group_size=64"]
+            [
+                "quant.mapping.transformer=int4wo",
+                "quant.mapping.transformer.kwargs.quant_type.group_size=64",
+            ]
         )
     )
     kwargs = plan.resolve().to_json()["components"]["transformer"]["kwargs"]
-    assert kwargs["quant_type"] == {"name": "IntxWeightOnlyConfig", "weight_dtype": "int4", "group_size": 64}
+    assert kwargs["quant_type"] == {
+        "name": "IntxWeightOnlyConfig",
+        "weight_dtype": "int4",
+        "group_size": 64,
+    }
 
 
 def test_null_leaves_a_part_unquantized() -> None:
@@ -79,7 +88,8 @@ def test_user_config_dir_adds_presets_and_backend_options(tmp_path: Path) -> Non
     (tmp_path / "preset").mkdir()
     (tmp_path / "backend").mkdir()
     (tmp_path / "backend" / "int8-g64.yaml").write_text(
-        "backend: torchao\nkwargs:\n  quant_type:\n    name: Int8WeightOnlyConfig\n    group_size: 64\n"
+        "backend: torchao\nkwargs:\n  quant_type:\n"
+        "    name: Int8WeightOnlyConfig\n    group_size: 64\n"
     )
     (tmp_path / "preset" / "mine.yaml").write_text(
         "# @package _global_\ndefaults:\n  - /backend@quant.mapping.transformer: int8-g64\n"
@@ -100,7 +110,18 @@ def test_conf_tree_ships_in_the_wheel(tmp_path: Path) -> None:
 
     root = Path(__file__).resolve().parents[1]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
         check=True,
         capture_output=True,
     )

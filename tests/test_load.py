@@ -100,7 +100,9 @@ def test_global_torchao_plan_on_the_transformer_loads() -> None:
 def test_backend_with_empty_mapping_is_global_and_quantizes() -> None:
     """diffusers quantizes nothing for quant_backend + quant_mapping={}; qconf quantizes."""
     loaded = qconf.load(
-        qconf.compose(["quant.backend=quanto", "quant.kwargs.weights_dtype=int8", "quant.mapping={}"])
+        qconf.compose(
+            ["quant.backend=quanto", "quant.kwargs.weights_dtype=int8", "quant.mapping={}"]
+        )
     )
     for part in FLUX_PARTS:
         assert any(is_quanto(w) for w in linear_weights(getattr(loaded.pipeline, part))), part
@@ -115,7 +117,11 @@ def test_cpu_backends_load_on_every_part_of_tiny_flux(option: str) -> None:
         weights = linear_weights(getattr(loaded.pipeline, part))
         quantized = [w for w in weights if check(w)]
         # quanto keeps T5's `wo` (transformers' _keep_in_fp32_modules) unquantized, as on GPU.
-        assert len(quantized) >= len(weights) - 2 and quantized, (part, len(quantized), len(weights))
+        assert len(quantized) >= len(weights) - 2 and quantized, (
+            part,
+            len(quantized),
+            len(weights),
+        )
         report = loaded.report.parts[part]
         assert report.backend == backend_options()[option]["backend"]
         assert report.bytes < report.bytes_unquantized

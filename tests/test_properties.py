@@ -11,11 +11,29 @@ import qconf
 from qconf.backends import REGISTRY
 from qconf.paths import backend_options, group_options
 
-PARTS = ["transformer", "text_encoder", "text_encoder_2", "vae", "tokenizer", "unet", "scheduler", "x"]
+PARTS = [
+    "transformer",
+    "text_encoder",
+    "text_encoder_2",
+    "vae",
+    "tokenizer",
+    "unet",
+    "scheduler",
+    "x",
+]
 OPTIONS = sorted(backend_options())
-KWARG_KEYS = ["quant_type", "bnb_4bit_compute_dtype", "weights_dtype", "load_in_4bit", "group_size", "compute_dtype"]
+KWARG_KEYS = [
+    "quant_type",
+    "bnb_4bit_compute_dtype",
+    "weights_dtype",
+    "load_in_4bit",
+    "group_size",
+    "compute_dtype",
+]
 SCALARS = st.one_of(
-    st.sampled_from(OPTIONS + list(REGISTRY) + ["null", "true", "bfloat16", "int4", "0", "[]", "{}"]),
+    st.sampled_from(
+        OPTIONS + list(REGISTRY) + ["null", "true", "bfloat16", "int4", "0", "[]", "{}"]
+    ),
     st.text(alphabet=st.characters(codec="ascii", exclude_categories=("Cc",)), max_size=12),
     st.integers(-3, 300).map(str),
 )
@@ -24,8 +42,18 @@ KEYS = st.one_of(
     st.sampled_from(PARTS).map(lambda p: f"quant.mapping.{p}.kwargs.quant_type.group_size"),
     st.sampled_from(KWARG_KEYS).map(lambda k: f"quant.kwargs.{k}"),
     st.sampled_from(
-        ["quant.backend", "quant.components", "model", "preset", "model.source", "model.torch_dtype",
-         "model.pipeline", "quant.mapping", "run.steps", "quant.bogus"]
+        [
+            "quant.backend",
+            "quant.components",
+            "model",
+            "preset",
+            "model.source",
+            "model.torch_dtype",
+            "model.pipeline",
+            "quant.mapping",
+            "run.steps",
+            "quant.bogus",
+        ]
     ),
 )
 OVERRIDE = st.one_of(
@@ -37,12 +65,22 @@ OVERRIDE = st.one_of(
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.sampled_from(OPTIONS + PARTS + list(REGISTRY)),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.sampled_from(PARTS + KWARG_KEYS + ["backend", "kwargs", "name"]), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(PARTS + KWARG_KEYS + ["backend", "kwargs", "name"]),
+            children,
+            max_size=3,
+        )
+    ),
     max_leaves=8,
 )
 PLAN_DICT = st.fixed_dictionaries(
-    {"model": st.fixed_dictionaries({"source": st.sampled_from(["tiny-flux", "tiny-sd", "nope/x"])})},
+    {
+        "model": st.fixed_dictionaries(
+            {"source": st.sampled_from(["tiny-flux", "tiny-sd", "nope/x"])}
+        )
+    },
     optional={
         "quant": st.fixed_dictionaries(
             {},
@@ -83,8 +121,11 @@ def test_any_plan_dict_gives_a_plan_or_a_qconf_error(data: dict) -> None:
 
 @SETTINGS
 @given(
-    st.dictionaries(st.sampled_from(["transformer", "text_encoder", "text_encoder_2", "vae"]),
-                    st.none() | st.sampled_from(OPTIONS), max_size=4),
+    st.dictionaries(
+        st.sampled_from(["transformer", "text_encoder", "text_encoder_2", "vae"]),
+        st.none() | st.sampled_from(OPTIONS),
+        max_size=4,
+    ),
     st.sampled_from(sorted(group_options("preset")) + [None]),
 )
 def test_valid_plans_round_trip_through_yaml(mapping: dict, preset: str | None) -> None:

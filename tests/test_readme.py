@@ -34,12 +34,17 @@ def test_readme_has_the_two_setup_commands() -> None:
 def test_readme_command_runs(command: str, tmp_path: Path) -> None:
     args = shlex.split(command)[1:]
     result = subprocess.run(
-        [sys.executable, "-m", "qconf.cli.main", *args], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, "-m", "qconf.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("index", range(len(PYTHON)))
-def test_readme_python_block_runs(index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_python_block_runs(
+    index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     exec(compile(PYTHON[index], f"README.md python block {index}", "exec"), {})

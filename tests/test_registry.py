@@ -49,6 +49,8 @@ def test_torchao_quant_types_build_real_torchao_configs() -> None:
 
     from qconf.backends.torchao import IntxWeightOnly
 
-    built = IntxWeightOnly(name="IntxWeightOnlyConfig", weight_dtype="int4", group_size=32).to_torchao()
+    built = IntxWeightOnly(
+        name="IntxWeightOnlyConfig", weight_dtype="int4", group_size=32
+    ).to_torchao()
     expected = IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32))
     assert built == expected

@@ -49,7 +49,9 @@ def test_unknown_option_suggests_the_close_one() -> None:
 
 
 def test_unknown_kwarg_did_you_mean() -> None:
-    (line,) = problems(["quant.mapping.transformer=nf4", "quant.mapping.transformer.kwargs.compute_dtype=bfloat16"])
+    (line,) = problems(
+        ["quant.mapping.transformer=nf4", "quant.mapping.transformer.kwargs.compute_dtype=bfloat16"]
+    )
     assert line.startswith(
         "quant.mapping.transformer.kwargs.compute_dtype: unknown key — "
         "did you mean 'bnb_4bit_compute_dtype'? valid keys: load_in_4bit,"
@@ -81,7 +83,9 @@ def test_eight_bit_key_with_four_bit_kwargs() -> None:
 
 
 def test_four_bit_key_with_load_in_8bit() -> None:
-    (line,) = problems(["quant.mapping.text_encoder={backend:bitsandbytes_4bit,kwargs:{load_in_8bit:true}}"])
+    (line,) = problems(
+        ["quant.mapping.text_encoder={backend:bitsandbytes_4bit,kwargs:{load_in_8bit:true}}"]
+    )
     assert line == (
         "quant.mapping.text_encoder.kwargs.load_in_8bit: true, but backend bitsandbytes_4bit is "
         "4-bit — remove it, or use backend bitsandbytes_8bit"
@@ -112,7 +116,12 @@ def test_kwargs_checked_against_the_receiving_library() -> None:
 
 
 def test_dtype_strings_are_checked() -> None:
-    assert problems(["quant.mapping.text_encoder=nf4", "quant.mapping.text_encoder.kwargs.bnb_4bit_compute_dtype=bf16"]) == [
+    assert problems(
+        [
+            "quant.mapping.text_encoder=nf4",
+            "quant.mapping.text_encoder.kwargs.bnb_4bit_compute_dtype=bf16",
+        ]
+    ) == [
         "quant.mapping.text_encoder.kwargs.bnb_4bit_compute_dtype: 'bf16' is not allowed — "
         "expected 'float32', 'float16' or 'bfloat16'"
     ]

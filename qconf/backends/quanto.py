@@ -43,7 +43,10 @@ QUANTO = QuantoEntry.spec = Backend(
     entry=QuantoEntry,
     config_class={"diffusers": "QuantoConfig", "transformers": "QuantoConfig"},
     params={
-        "diffusers": {"weights_dtype": "weights_dtype", "modules_to_not_convert": "modules_to_not_convert"},
+        "diffusers": {
+            "weights_dtype": "weights_dtype",
+            "modules_to_not_convert": "modules_to_not_convert",
+        },
         "transformers": {
             "weights_dtype": "weights",
             "activations": "activations",

@@ -131,7 +131,7 @@ TorchaoQuantType = Annotated[
 
 class TorchaoKwargs(KwargsBase):
     quant_type: TorchaoQuantType = Field(
-        description="torchao config by class name, with its fields (e.g. name: Int8WeightOnlyConfig)."
+        description="torchao config: class name plus its fields (name: Int8WeightOnlyConfig)."
     )
     modules_to_not_convert: list[str] | None = Field(
         None, description="Module names left unquantized."

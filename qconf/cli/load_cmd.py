@@ -35,7 +35,15 @@ def print_report(report: Any) -> None:
         title=f"{report.pipeline} loaded in {report.load_seconds:.2f} s "
         f"(torch_dtype={report.torch_dtype})"
     )
-    for column in ("part", "backend", "quantized layers", "params", "unquantized", "loaded", "ratio"):
+    for column in (
+        "part",
+        "backend",
+        "quantized layers",
+        "params",
+        "unquantized",
+        "loaded",
+        "ratio",
+    ):
         table.add_column(column, justify="right" if column in ("params", "ratio") else "left")
     for name, part in report.parts.items():
         layers = ", ".join(f"{n}× {kind}" for kind, n in part.quantized_layers.items()) or "—"

@@ -51,8 +51,6 @@ def _module(name: str):  # noqa: ANN202 - a subcommand module
     return importlib.import_module(f"qconf.cli.{name}_cmd")
 
 
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "run":

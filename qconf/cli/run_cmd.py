@@ -25,7 +25,9 @@ _VALUE_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Only for `qconf --help`: `qconf run` hands its arguments to Hydra (see main)."""
     parser.add_argument(
-        "args", nargs=argparse.REMAINDER, help="Hydra flags (-m, --config-dir, --cfg job) and overrides"
+        "args",
+        nargs=argparse.REMAINDER,
+        help="Hydra flags (-m, --config-dir, --cfg job) and overrides",
     )
 
 

@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plan-only",
         action="store_true",
-        help="skip the environment checks (installed backends, GPU): e.g. to check a GPU plan on CI",
+        help="skip the environment checks (installed backends, GPU), e.g. a GPU plan on CI",
     )
     add_plan_arguments(parser)
 
