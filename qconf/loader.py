@@ -36,9 +36,10 @@ def load(cfg: Any = None, *, model: Any = None, quant: Any = None, **extra: Any)
     dtype = getattr(torch, resolved.torch_dtype) if resolved.torch_dtype else None
     started = time.perf_counter()
     ready_parts = _load_gguf_parts(resolved, source, dtype)
+    config = resolved.to_diffusers(_transformers_default_skips(resolved, source))
     try:
         pipeline = DiffusionPipeline.from_pretrained(
-            source, quantization_config=resolved.to_diffusers(), dtype=dtype, **ready_parts
+            source, quantization_config=config, dtype=dtype, **ready_parts
         )
     except OSError as exc:  # missing files, hub unreachable (offline), not in the cache
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -80,6 +81,28 @@ def _source_path(source: str) -> str:
 
         return str(Path(source).expanduser())
     return source
+
+
+def _transformers_default_skips(resolved: ResolvedPlan, source: str) -> dict[str, list[str]]:
+    """What transformers would leave unquantized by itself (e.g. output embeddings) for parts
+    with a `skip` list: transformers drops these defaults once a skip list is given, and qconf's
+    `skip` promises to extend them. diffusers keeps no such defaults, so its parts need none.
+    The model is built on the meta device: no weight is read or allocated."""
+    import torch
+    import transformers
+    from transformers import AutoConfig
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    skips = {}
+    for name, part in resolved.quantized.items():
+        if part.library != "transformers" or part.entry.skip is None:
+            continue
+        model_cls = getattr(transformers, resolved.parts.parts[name].class_name)
+        config = AutoConfig.from_pretrained(source, subfolder=name)
+        with torch.device("meta"):
+            model = model_cls(config)
+        skips[name] = sorted(get_keys_to_not_convert(model))
+    return skips
 
 
 def _load_gguf_parts(resolved: ResolvedPlan, source: str, dtype: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +28,9 @@ class ResolvedPart:
     def kwargs(self) -> dict[str, Any]:
         return self.entry.library_kwargs(self.library)  # type: ignore[arg-type]
 
-    def build(self) -> Any:
+    def build(self, default_skips: Sequence[str] = ()) -> Any:
         """The real library config object (imports torch and the library)."""
-        return self.entry.build(self.library)  # type: ignore[arg-type]
+        return self.entry.build(self.library, default_skips)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -75,19 +76,22 @@ class ResolvedPlan:
             },
         }
 
-    def quant_mapping(self) -> dict[str, Any]:
+    def quant_mapping(self, default_skips: Mapping[str, Sequence[str]] = {}) -> dict[str, Any]:  # noqa: B006 - read only
         """{part: library config object} for PipelineQuantizationConfig(quant_mapping=...).
-        GGUF parts are absent: they load from their file (see qconf.load)."""
+        `default_skips[part]`: what the library would skip by itself, which `skip` extends.
+        GGUF parts are absent: they load from their file (see qconf.loader)."""
         return {
-            name: part.build() for name, part in self.quantized.items() if part.backend != "gguf"
+            name: part.build(default_skips.get(name, ()))
+            for name, part in self.quantized.items()
+            if part.backend != "gguf"
         }
 
-    def to_diffusers(self) -> Any:
+    def to_diffusers(self, default_skips: Mapping[str, Sequence[str]] = {}) -> Any:  # noqa: B006
         """diffusers' PipelineQuantizationConfig, always in granular form (global torchao/quanto
         plans are rejected by diffusers' own global mode), or None when nothing is quantized."""
         from diffusers import PipelineQuantizationConfig
 
-        mapping = self.quant_mapping()
+        mapping = self.quant_mapping(default_skips)
         return PipelineQuantizationConfig(quant_mapping=mapping) if mapping else None
 
 

@@ -192,3 +192,31 @@ def test_load_pipeline_as_a_hydra_target() -> None:
         _convert_="all",
     )
     assert all(is_torchao(w) for w in linear_weights(pipeline.transformer))
+
+
+def test_skip_extends_the_library_default_skips() -> None:
+    import bitsandbytes as bnb
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    loaded = qconf.load(
+        qconf.compose(
+            [
+                "quant.mapping.text_encoder=nf4",
+                "quant.mapping.text_encoder.skip=[encoder.layers.0.mlp]",
+                "quant.mapping.transformer=int8wo",
+                "quant.mapping.transformer.skip=[proj_out]",
+            ]
+        )
+    )
+    text_encoder = loaded.pipeline.text_encoder
+    applied = text_encoder.config.quantization_config.llm_int8_skip_modules
+    assert set(get_keys_to_not_convert(text_encoder)) | {"encoder.layers.0.mlp"} <= set(applied)
+    plain = [
+        name
+        for name, module in text_encoder.named_modules()
+        if isinstance(module, torch.nn.Linear) and not isinstance(module, bnb.nn.Linear4bit)
+    ]
+    assert plain == ["encoder.layers.0.mlp.fc1", "encoder.layers.0.mlp.fc2"]
+    transformer = loaded.pipeline.transformer
+    assert not is_torchao(transformer.proj_out.weight)
+    assert is_torchao(transformer.x_embedder.weight)

@@ -183,3 +183,31 @@ def test_unknown_top_level_key_from_a_dict() -> None:
 def test_plan_error_is_a_value_error_and_a_qconf_error() -> None:
     assert issubclass(PlanError, ValueError) and issubclass(PlanError, qconf.QconfError)
     assert issubclass(qconf.BackendUnavailableError, ImportError)
+
+
+def test_skip_with_the_raw_library_knob_is_an_error() -> None:
+    assert problems(
+        [
+            "quant.mapping.vae=int8wo",
+            "quant.mapping.vae.skip=[decoder]",
+            "quant.mapping.vae.kwargs.modules_to_not_convert=[encoder]",
+        ]
+    ) == [
+        "quant.mapping.vae.kwargs.modules_to_not_convert: set together with skip; it would "
+        "replace the library's default skips — list the modules under skip only"
+    ]
+
+
+def test_skip_is_shown_under_the_library_knob() -> None:
+    plan = qconf.validate(
+        qconf.compose(["quant.mapping.text_encoder=nf4", "quant.mapping.text_encoder.skip=[fc1]"])
+    )
+    kwargs = plan.resolve().to_json()["components"]["text_encoder"]["kwargs"]
+    assert kwargs["llm_int8_skip_modules"] == ["fc1"]
+
+
+def test_gguf_entry_needs_a_gguf_file(tmp_path) -> None:
+    missing = tmp_path / "transformer.gguf"
+    assert problems([f"quant.mapping.transformer={{backend:gguf,file:'{missing}'}}"]) == [
+        f"quant.mapping.transformer.file: '{missing}' is not a .gguf file — give the path of one"
+    ]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from qconf.errors import Problem
 
@@ -36,9 +36,16 @@ class EntryBase(StrictModel):
 
     backend: str
     kwargs: KwargsBase
+    skip: list[str] | None = Field(
+        None,
+        description="Module names left unquantized, added to the library's own default skips "
+        "(translated to llm_int8_skip_modules or modules_to_not_convert).",
+    )
 
     # Filled by each backend module: the registry spec this entry belongs to.
     spec: ClassVar[Backend]
+    # The library knob `skip` is translated to (None: this backend has none).
+    skip_param: ClassVar[str | None] = "modules_to_not_convert"
 
     def check(self, library: Library) -> list[Problem]:
         """Problems applying this entry to a part owned by `library` (where = relative key)."""
@@ -66,19 +73,37 @@ class EntryBase(StrictModel):
         return problems
 
     def check_consistency(self) -> list[Problem]:
-        """Backend-specific cross-field rules (e.g. bit width vs backend key); where = relative."""
+        """Cross-field rules (e.g. bit width vs backend key); where = relative to the entry."""
+        problems = self.check_backend_rules()
+        if self.skip is not None and self.skip_param is None:
+            problems.append(Problem("skip", f"{self.spec.key} has no skip list", "remove it"))
+        elif self.skip is not None and self.skip_param in self.kwargs.given():
+            problems.append(
+                Problem(
+                    f"kwargs.{self.skip_param}",
+                    "set together with skip; it would replace the library's default skips",
+                    "list the modules under skip only",
+                )
+            )
+        return problems
+
+    def check_backend_rules(self) -> list[Problem]:
         return []
 
-    def library_kwargs(self, library: Library) -> dict[str, Any]:
-        """kwargs in the library's own parameter names, JSON-able (what `show` prints)."""
+    def library_kwargs(self, library: Library, default_skips: Sequence[str] = ()) -> dict[str, Any]:
+        """kwargs in the library's own parameter names, JSON-able (what `show` prints).
+        `skip` extends `default_skips`, the modules the library leaves alone by itself."""
         params = self.spec.params[library]
-        return {params[k]: v for k, v in self.kwargs.given().items()}
+        kwargs = {params[k]: v for k, v in self.kwargs.given().items()}
+        if self.skip is not None and self.skip_param is not None:
+            kwargs[self.skip_param] = [*dict.fromkeys([*default_skips, *self.skip])]
+        return kwargs
 
     def cuda_reason(self, library: Library) -> str | None:
         """Why this entry needs a CUDA GPU on a `library` part, or None if it runs on CPU."""
         return self.spec.needs_cuda.get(library)
 
-    def build(self, library: Library) -> Any:
+    def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
         """The real library config object. Imports torch and the library."""
         raise NotImplementedError
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -48,8 +49,9 @@ _DTYPE_KWARGS = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage")
 class _BitsAndBytesEntry(EntryBase):
     kwargs: BitsAndBytesKwargs = Field(default_factory=BitsAndBytesKwargs)
     bits: ClassVar[int]
+    skip_param: ClassVar[str | None] = "llm_int8_skip_modules"
 
-    def check_consistency(self) -> list[Problem]:
+    def check_backend_rules(self) -> list[Problem]:
         given = self.kwargs.given()
         problems = []
         wrong_flag = "load_in_8bit" if self.bits == 4 else "load_in_4bit"
@@ -81,18 +83,18 @@ class _BitsAndBytesEntry(EntryBase):
                 )
         return problems
 
-    def library_kwargs(self, library: Library) -> dict[str, Any]:
+    def library_kwargs(self, library: Library, default_skips: Sequence[str] = ()) -> dict[str, Any]:
         flag = {4: {"load_in_4bit": True}, 8: {"load_in_8bit": True}}[self.bits]
-        return {**flag, **super().library_kwargs(library)}
+        return {**flag, **super().library_kwargs(library, default_skips)}
 
-    def build(self, library: Library) -> Any:
+    def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
         import torch
 
         if library == "diffusers":
             from diffusers import BitsAndBytesConfig
         else:
             from transformers import BitsAndBytesConfig
-        kwargs = self.library_kwargs(library)
+        kwargs = self.library_kwargs(library, default_skips)
         for name in _DTYPE_KWARGS:
             if name in kwargs:
                 kwargs[name] = getattr(torch, kwargs[name])

@@ -6,11 +6,14 @@ so qconf loads such parts itself and hands them to the pipeline as ready compone
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from qconf.backends.base import Backend, EntryBase, FloatDType, KwargsBase, Library
+from qconf.errors import Problem
 
 
 class GGUFKwargs(KwargsBase):
@@ -24,7 +27,15 @@ class GGUFEntry(EntryBase):
     file: str = Field(description="Path to the pre-quantized .gguf file of this part.")
     kwargs: GGUFKwargs = Field(default_factory=GGUFKwargs)
 
-    def build(self, library: Library) -> Any:
+    skip_param: ClassVar[str | None] = None
+
+    def check_backend_rules(self) -> list[Problem]:
+        path = Path(self.file).expanduser()
+        if path.suffix != ".gguf" or not path.is_file():
+            return [Problem("file", f"'{self.file}' is not a .gguf file", "give the path of one")]
+        return []
+
+    def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
         import torch
         from diffusers import GGUFQuantizationConfig
 

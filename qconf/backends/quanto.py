@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field
@@ -26,12 +27,12 @@ class QuantoEntry(EntryBase):
     backend: Literal["quanto"]
     kwargs: QuantoKwargs = Field(default_factory=QuantoKwargs)
 
-    def build(self, library: Library) -> Any:
+    def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
         if library == "diffusers":
             from diffusers import QuantoConfig
         else:
             from transformers import QuantoConfig
-        return QuantoConfig(**self.library_kwargs(library))
+        return QuantoConfig(**self.library_kwargs(library, default_skips))
 
 
 QUANTO = QuantoEntry.spec = Backend(

@@ -3,6 +3,7 @@ torchao config objects only at resolve time (string quant types are gone from bo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -155,12 +156,12 @@ class TorchaoEntry(EntryBase):
     def cuda_reason(self, library: Library) -> str | None:
         return self.kwargs.quant_type.cuda_reason
 
-    def build(self, library: Library) -> Any:
+    def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
         if library == "diffusers":
             from diffusers import TorchAoConfig
         else:
             from transformers import TorchAoConfig
-        kwargs = self.library_kwargs(library)
+        kwargs = self.library_kwargs(library, default_skips)
         kwargs["quant_type"] = self.kwargs.quant_type.to_torchao()
         return TorchAoConfig(**kwargs)
 
