@@ -12,14 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
+
+import qconf
 
 
 @hydra.main(config_path=str(Path(__file__).parent / "conf"), config_name="app", version_base=None)
 def main(cfg: DictConfig) -> None:
+    # safe_instantiate refuses `_target_`s outside qconf/diffusers/transformers/torchao, and
     # qconf validates the plan (all problems at once) before any weight is read.
-    pipeline = instantiate(cfg.pipe, _convert_="all")
+    pipeline = qconf.safe_instantiate(cfg.pipe)
     image = pipeline(
         cfg.prompt, num_inference_steps=cfg.steps, height=cfg.size, width=cfg.size
     ).images[0]

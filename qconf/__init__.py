@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from qconf.compose import compose
 from qconf.errors import BackendUnavailableError, ModelSourceError, PlanError, Problem, QconfError
+from qconf.safety import safe_instantiate
 from qconf.schema import Plan, validate
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ __all__ = [
     "compose",
     "load",
     "load_pipeline",
+    "safe_instantiate",
+    "save",
     "validate",
 ]
 
@@ -42,6 +45,13 @@ def load(cfg: Any = None, **kwargs: Any) -> Loaded:
     from qconf.loader import load as _load
 
     return _load(cfg, **kwargs)
+
+
+def save(loaded: Loaded, target: Any, *, force: bool = False) -> Any:
+    """Write a loaded pipeline + qconf.yaml to `target` atomically; reload with model.source."""
+    from qconf.saving import save_pipeline
+
+    return save_pipeline(loaded, target, force=force)
 
 
 def check_environment(plan: Plan) -> None:

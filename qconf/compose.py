@@ -50,7 +50,8 @@ def compose(
         raise PlanError(_missing_option_problem(str(exc))) from None
     except yaml.YAMLError as exc:
         raise PlanError(_yaml_problem(exc)) from None
-    except (HydraException, OmegaConfBaseException) as exc:
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        # ValueError: Hydra's own for some bad values, e.g. `model=null`
         raise PlanError(_composition_problem(overrides, exc)) from None
     OmegaConf.set_struct(cfg, False)
     return cfg

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from qconf.errors import ModelSourceError, Problem
@@ -17,17 +19,35 @@ from qconf.schema import Plan, validate
 @dataclass
 class Loaded:
     pipeline: Any
-    report: LoadReport
     resolved: ResolvedPlan
+    load_seconds: float
+
+    @cached_property
+    def report(self) -> LoadReport:
+        """Measured per part on first use (load_pipeline callers do not pay for it)."""
+        return _report(self.pipeline, self.resolved, self.load_seconds)
 
 
-def load(cfg: Any = None, *, model: Any = None, quant: Any = None, **extra: Any) -> Loaded:
-    """Load with a composed config, or with `model=`/`quant=` nodes (as a Hydra `_target_`)."""
+def load(
+    cfg: Any = None,
+    *,
+    model: Any = None,
+    quant: Any = None,
+    save: str | Path | None = None,
+    force: bool = False,
+    **extra: Any,
+) -> Loaded:
+    """Load with a composed config, or with `model=`/`quant=` nodes (as a Hydra `_target_`).
+    `save=DIR` then writes the quantized pipeline there (see qconf.saving)."""
     plan = _plan(cfg, model, quant, extra)
     resolved = plan.resolve()
     from qconf.environment import check_environment
 
     check_environment(resolved)
+    if save is not None:
+        from qconf.saving import check_can_save
+
+        check_can_save(resolved, save, force=force)  # before any weight is read
     source = _source_path(plan.model.source)
 
     import torch
@@ -37,9 +57,14 @@ def load(cfg: Any = None, *, model: Any = None, quant: Any = None, **extra: Any)
     started = time.perf_counter()
     ready_parts = _load_gguf_parts(resolved, source, dtype)
     config = resolved.to_diffusers(_transformers_default_skips(resolved, source))
+    # Weights from safetensors only unless the user trusts pickles; never run the model's code
+    # unless asked (both are refused earlier, at validation, for local folders).
+    safety: dict[str, Any] = {"use_safetensors": None if plan.model.allow_pickle else True}
+    if plan.model.trust_remote_code:
+        safety["trust_remote_code"] = True
     try:
         pipeline = DiffusionPipeline.from_pretrained(
-            source, quantization_config=config, dtype=dtype, **ready_parts
+            source, quantization_config=config, dtype=dtype, **safety, **ready_parts
         )
     except OSError as exc:  # missing files, hub unreachable (offline), not in the cache
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -50,8 +75,12 @@ def load(cfg: Any = None, *, model: Any = None, quant: Any = None, **extra: Any)
                 "use a local folder, a model already in the Hugging Face cache, or a tiny-* model",
             )
         ) from None
-    seconds = time.perf_counter() - started
-    return Loaded(pipeline, _report(pipeline, resolved, dtype, seconds), resolved)
+    loaded = Loaded(pipeline, resolved, time.perf_counter() - started)
+    if save is not None:
+        from qconf.saving import save_pipeline
+
+        save_pipeline(loaded, save, force=force)
+    return loaded
 
 
 def load_pipeline(cfg: Any = None, *, model: Any = None, quant: Any = None, **extra: Any) -> Any:
@@ -77,8 +106,6 @@ def _source_path(source: str) -> str:
 
         return str(tiny_pipeline_path(source))
     if kind == "folder":
-        from pathlib import Path
-
         return str(Path(source).expanduser())
     return source
 
@@ -124,7 +151,10 @@ def _load_gguf_parts(resolved: ResolvedPlan, source: str, dtype: Any) -> dict[st
     return ready
 
 
-def _report(pipeline: Any, resolved: ResolvedPlan, dtype: Any, seconds: float) -> LoadReport:
+def _report(pipeline: Any, resolved: ResolvedPlan, seconds: float) -> LoadReport:
+    import torch
+
+    dtype = getattr(torch, resolved.torch_dtype) if resolved.torch_dtype else None
     parts = {}
     for name in resolved.components:
         module = getattr(pipeline, name, None)

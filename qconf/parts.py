@@ -19,6 +19,10 @@ TINY_PIPELINES: dict[str, str] = {
     "tiny-flux": "FluxPipeline",
     "tiny-sd": "StableDiffusionPipeline",
     "tiny-sd3": "StableDiffusion3Pipeline",
+    "tiny-sdxl": "StableDiffusionXLPipeline",
+    "tiny-wan": "WanPipeline",  # Wan 2.1: one transformer
+    "tiny-wan22": "WanPipeline",  # Wan 2.2 A14B: transformer + transformer_2
+    "tiny-ltx": "LTXPipeline",
 }
 # Parts the built-in tiny pipelines leave out (optional in their classes).
 _TINY_ABSENT = {"image_encoder", "feature_extractor", "safety_checker"}
@@ -36,6 +40,10 @@ class Part:
     class_name: str
     weights: bool  # an nn.Module with parameters (quantizable)
     optional: bool = False  # may be absent from a given checkpoint (known from the table only)
+    # Read from a local folder only:
+    saved_quantization: dict | None = None  # config.json `quantization_config` (pre-quantized)
+    pickle_only: bool = False  # weights only as .bin/.pt/.ckpt (pickle), no .safetensors
+    custom_code: str | None = None  # why loading it would run code from the model folder/hub
 
 
 @dataclass(frozen=True)
@@ -67,22 +75,47 @@ def _from_table(pipeline: str, origin: str, absent: set[str] = frozenset()) -> P
     return PipelineParts(pipeline, parts, origin)
 
 
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
 def _from_model_index(path: Path) -> PipelineParts:
     index = json.loads(path.read_text())
     pipeline = index.get("_class_name", "DiffusionPipeline")
+    if isinstance(pipeline, list):  # ["pipeline.py", "MyPipeline"]: a custom pipeline file
+        pipeline = str(pipeline[-1])
     known = load_table().get(pipeline, {})
     parts = {}
     for name, value in index.items():
         if name.startswith("_") or not isinstance(value, list) or value[0] is None:
             continue
-        library, class_name = value[0], value[1]
+        library, class_name = str(value[0]), str(value[1])
         info = known.get(name)
         if info is not None and info["class"] == class_name:
             weights = info["weights"]
         else:
             weights = not class_name.endswith(_WEIGHTLESS_SUFFIXES)
-        parts[name] = Part(name, library, class_name, weights)
-    return PipelineParts(pipeline, parts, str(path))
+        parts[name] = Part(
+            name, library, class_name, weights, **_folder_facts(path.parent / name, library)
+        )
+    return PipelineParts(pipeline, parts, str(path.parent))
+
+
+def _folder_facts(folder: Path, library: str) -> dict:
+    """What a part's own folder says: saved quantization, weight format, custom code."""
+    facts: dict = {}
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if isinstance(config.get("quantization_config"), dict):
+        facts["saved_quantization"] = config["quantization_config"]
+    if library not in ("diffusers", "transformers"):
+        facts["custom_code"] = f"its class comes from '{library}', not diffusers or transformers"
+    elif "auto_map" in config:
+        facts["custom_code"] = "its config.json has an auto_map (code shipped with the model)"
+    if folder.is_dir():
+        files = [f.name for f in folder.iterdir()]
+        has_pickle = any(f.endswith(_PICKLE_SUFFIXES) for f in files)
+        facts["pickle_only"] = has_pickle and not any(f.endswith(".safetensors") for f in files)
+    return facts
 
 
 def _hub_cache_index(repo_id: str) -> Path | None:
@@ -131,7 +164,7 @@ def pipeline_parts(source: str, pipeline: str | None) -> tuple[PipelineParts | N
                 Problem(
                     "model.pipeline",
                     f"cannot tell the parts of '{source}': not a folder, not in the local cache",
-                    "set model.pipeline (e.g. FluxPipeline), or use a model= option or a local folder",
+                    "set model.pipeline (e.g. FluxPipeline), or pick a model= option or a folder",
                 )
             ]
     if pipeline is not None and found.pipeline != pipeline:

@@ -79,11 +79,12 @@ class ResolvedPlan:
     def quant_mapping(self, default_skips: Mapping[str, Sequence[str]] = {}) -> dict[str, Any]:  # noqa: B006 - read only
         """{part: library config object} for PipelineQuantizationConfig(quant_mapping=...).
         `default_skips[part]`: what the library would skip by itself, which `skip` extends.
-        GGUF parts are absent: they load from their file (see qconf.loader)."""
+        GGUF parts are absent (they load from their file, see qconf.loader), and so are parts
+        saved pre-quantized (their config.json already says how)."""
         return {
             name: part.build(default_skips.get(name, ()))
             for name, part in self.quantized.items()
-            if part.backend != "gguf"
+            if part.backend != "gguf" and self.parts.parts[name].saved_quantization is None
         }
 
     def to_diffusers(self, default_skips: Mapping[str, Sequence[str]] = {}) -> Any:  # noqa: B006

@@ -9,14 +9,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
-from qconf.backends import REGISTRY, BackendEntry, EntryBase, StrictModel
+from qconf.backends import REGISTRY, BackendEntry, EntryBase, StrictModel, entry_from_saved
 from qconf.backends.base import FloatDType
-from qconf.backends.torchao import TorchaoQuantType
+from qconf.backends.torchao import QUANT_TYPES
 from qconf.errors import PlanError, Problem
-from qconf.parts import PipelineParts, pipeline_parts
+from qconf.parts import Part, PipelineParts, pipeline_parts
 from qconf.paths import backend_options
+from qconf.safety import target_problems
 
 if TYPE_CHECKING:
     from qconf.resolve import ResolvedPlan
@@ -45,6 +53,7 @@ def _expand_option(value: Any, info: ValidationInfo) -> Any:
 
 
 MappingEntry = Annotated[BackendEntry, BeforeValidator(_expand_option)]
+_ENTRY: TypeAdapter[EntryBase] = TypeAdapter(BackendEntry)
 
 
 class ModelSpec(StrictModel):
@@ -56,6 +65,12 @@ class ModelSpec(StrictModel):
     )
     torch_dtype: FloatDType | None = Field(
         "bfloat16", description="Load dtype; null = library default (bfloat16 for torchao plans)."
+    )
+    allow_pickle: bool = Field(
+        False, description="Also load pickle weights (.bin/.ckpt); they can run code. Trust first."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow parts whose code ships with the model (runs that code)."
     )
 
 
@@ -77,6 +92,11 @@ class QuantSpec(StrictModel):
     @property
     def mode(self) -> Literal["global", "granular"]:
         return "global" if self.backend is not None and not self.mapping else "granular"
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing asked for: a pre-quantized folder then loads as it was saved."""
+        return self.backend is None and not self.mapping
 
     def global_entry(self) -> EntryBase | None:
         """The global backend and kwargs as one typed entry (valid once the plan validated)."""
@@ -149,6 +169,9 @@ class Plan(StrictModel):
     def targets(self, parts: PipelineParts | None = None) -> dict[str, EntryBase | None]:
         """Every weight-bearing part -> the entry that quantizes it (None = left alone)."""
         weighted = (parts or self.parts()).weighted
+        saved = saved_entries(weighted)
+        if saved and self.quant.is_empty:
+            return {name: saved.get(name) for name in weighted}
         if self.quant.mode == "global":
             entry = self.quant.global_entry()
             wanted = self.quant.components
@@ -191,10 +214,98 @@ class Plan(StrictModel):
     def _check_parts(self) -> Plan:
         found, problems = pipeline_parts(self.model.source, self.model.pipeline)
         if found is not None:
+            problems += _source_problems(self.model, found)
             problems += _part_problems(self.quant, found)
+            if not problems:
+                problems += _saved_problems(self, found)
         if problems:
             raise PlanProblems(problems)
         return self
+
+
+_SAVED_METHODS = {spec.quant_method for spec in REGISTRY.values()}
+
+
+def saved_entries(parts: Mapping[str, Part]) -> dict[str, EntryBase]:
+    """Entries of the parts a folder holds pre-quantized (their config.json says how)."""
+    entries = {}
+    for name, part in parts.items():
+        if part.saved_quantization is None:
+            continue
+        data = entry_from_saved(part.saved_quantization)
+        if data is None:
+            method = part.saved_quantization.get("quant_method")
+            raise PlanProblems(
+                [
+                    Problem(
+                        "model.source",
+                        f"part '{name}' was saved with quant_method '{method}', which qconf "
+                        "does not model",
+                        f"qconf reads: {', '.join(sorted(_SAVED_METHODS))}",
+                    )
+                ]
+            )
+        try:
+            entries[name] = _ENTRY.validate_python(data)
+        except ValidationError as exc:
+            raise PlanProblems(
+                [
+                    Problem(f"model.source ({name}/config.json)", p.what, p.fix)
+                    for p in problems_from_errors(exc.errors())
+                ]
+            ) from None
+    return entries
+
+
+def _source_problems(model: ModelSpec, found: PipelineParts) -> list[Problem]:
+    """Refuse to run code from a model folder unless the user opted in."""
+    problems = []
+    for name, part in found.parts.items():
+        if part.custom_code and not model.trust_remote_code:
+            problems.append(
+                Problem(
+                    "model.source",
+                    f"part '{name}' needs custom code: {part.custom_code}",
+                    "set model.trust_remote_code=true only if you trust this model's code",
+                )
+            )
+        if part.weights and part.pickle_only and not model.allow_pickle:
+            problems.append(
+                Problem(
+                    "model.source",
+                    f"part '{name}' has only pickle weights (.bin/.pt/.ckpt), which can run code",
+                    "convert them to .safetensors, or set model.allow_pickle=true to trust them",
+                )
+            )
+    return problems
+
+
+def _saved_problems(plan: Plan, found: PipelineParts) -> list[Problem]:
+    """A plan for a pre-quantized folder must say what was saved (or nothing at all)."""
+    saved = saved_entries(found.weighted)
+    if not saved or plan.quant.is_empty:
+        return []
+    problems = []
+    for name, entry in plan.targets(found).items():
+        planned = entry.canonical() if entry is not None else None
+        stored = saved[name].canonical() if name in saved else None
+        if planned != stored:
+            where = f"quant.mapping.{name}" if plan.quant.mode == "granular" else "quant"
+            problems.append(
+                Problem(
+                    where,
+                    f"plan says {_short(planned)} but {found.origin}/{name} was saved as "
+                    f"{_short(stored)}",
+                    "drop quant.* to load the folder as saved, or quantize the original model",
+                )
+            )
+    return problems
+
+
+def _short(entry: dict | None) -> str:
+    import json
+
+    return "unquantized" if entry is None else json.dumps(entry, separators=(",", ":"))
 
 
 def _raw_name_problems(data: dict) -> list[Problem]:
@@ -275,9 +386,10 @@ class PlanProblems(ValueError):
 
 # --- turning pydantic errors into one line each --------------------------------------------
 
-_TAGGED: dict[str, type[StrictModel]] = {key: spec.entry for key, spec in REGISTRY.items()}
-for _member in TorchaoQuantType.__origin__.__args__:  # type: ignore[attr-defined]
-    _TAGGED[_member.model_fields["name"].annotation.__args__[0]] = _member
+_TAGGED: dict[str, type[StrictModel]] = {
+    **{key: spec.entry for key, spec in REGISTRY.items()},
+    **QUANT_TYPES,
+}
 
 
 def _did_you_mean(name: str, candidates: Any) -> str:
@@ -367,6 +479,9 @@ def validate(cfg: Any, *, config_dir: str | Path | None = None) -> Plan:
     """Check a composed config (DictConfig or dict) and return the Plan, or raise PlanError
     listing every problem. Pure: reads config files and model_index.json, never weights."""
     data = _plain(cfg)
+    unsafe = target_problems(data)
+    if unsafe:  # before anything else reads the config
+        raise PlanError(unsafe)
     extra = (Path(config_dir).expanduser().resolve(),) if config_dir is not None else ()
     try:
         return Plan.model_validate(data, context={"options": backend_options(extra)})

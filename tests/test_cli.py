@@ -120,6 +120,8 @@ def test_show_json_contract() -> None:
         "source": "tiny-flux",
         "pipeline": "FluxPipeline",
         "torch_dtype": "bfloat16",
+        "allow_pickle": False,
+        "trust_remote_code": False,
     }
     assert shown["components"] == {
         "text_encoder": None,

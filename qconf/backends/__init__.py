@@ -30,4 +30,14 @@ __all__ = [
     "EntryBase",
     "Library",
     "StrictModel",
+    "entry_from_saved",
 ]
+
+
+def entry_from_saved(saved: dict) -> dict | None:
+    """Entry data for a saved `quantization_config` block, or None for an unknown method."""
+    method = str(saved.get("quant_method", "")).lower()
+    for spec in REGISTRY.values():
+        if spec.quant_method == method:
+            return spec.entry.from_saved(saved)
+    return None

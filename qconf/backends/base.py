@@ -107,6 +107,23 @@ class EntryBase(StrictModel):
         """The real library config object. Imports torch and the library."""
         raise NotImplementedError
 
+    # Library defaults, as a saved config.json spells them: dropped by `canonical` so that a
+    # plan and a saved checkpoint compare equal when they mean the same thing.
+    defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def canonical(self) -> dict[str, Any]:
+        """The entry without values that equal the library defaults (for comparing plans)."""
+        kwargs = {k: v for k, v in self.kwargs.given().items() if self.defaults.get(k, ...) != v}
+        data: dict[str, Any] = {"backend": self.backend, "kwargs": kwargs}
+        if self.skip:
+            data["skip"] = sorted(self.skip)
+        return data
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any]) -> dict[str, Any]:
+        """Entry data (unvalidated) from a saved `quantization_config` block of a config.json."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -124,3 +141,4 @@ class Backend:
     # library -> why it needs CUDA there (absent = runs on CPU)
     needs_cuda: Mapping[Library, str] = field(default_factory=dict)
     can_save: Mapping[Library, bool] = field(default_factory=dict)
+    quant_method: str = ""  # `quant_method` in a saved config.json

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -50,6 +50,31 @@ class _BitsAndBytesEntry(EntryBase):
     kwargs: BitsAndBytesKwargs = Field(default_factory=BitsAndBytesKwargs)
     bits: ClassVar[int]
     skip_param: ClassVar[str | None] = "llm_int8_skip_modules"
+    defaults: ClassVar[Mapping[str, Any]] = {
+        "llm_int8_threshold": 6.0,
+        "llm_int8_enable_fp32_cpu_offload": False,
+        "llm_int8_has_fp16_weight": False,
+        "bnb_4bit_compute_dtype": "float32",
+        "bnb_4bit_quant_type": "fp4",
+        "bnb_4bit_use_double_quant": False,
+        "bnb_4bit_quant_storage": "uint8",
+    }
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any]) -> dict[str, Any]:
+        four_bit = bool(saved.get("load_in_4bit"))
+        kwargs = {
+            k: v
+            for k, v in saved.items()
+            if k in BitsAndBytesKwargs.model_fields
+            and k not in ("load_in_4bit", "load_in_8bit", "llm_int8_skip_modules")
+            and (four_bit or not k.startswith("bnb_4bit_"))
+            and cls.defaults.get(k, ...) != v
+        }
+        data = {"backend": f"bitsandbytes_{4 if four_bit else 8}bit", "kwargs": kwargs}
+        if saved.get("llm_int8_skip_modules"):
+            data["skip"] = list(saved["llm_int8_skip_modules"])
+        return data
 
     def check_backend_rules(self) -> list[Problem]:
         given = self.kwargs.given()
@@ -123,6 +148,7 @@ def _spec(key: str, entry: type[_BitsAndBytesEntry], description: str) -> Backen
         params={"diffusers": _PARAMS, "transformers": _PARAMS},
         needs_cuda={"diffusers": _CUDA_REASON},
         can_save={"diffusers": True, "transformers": True},
+        quant_method="bitsandbytes",
     )
     return entry.spec
 

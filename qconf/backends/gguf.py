@@ -53,4 +53,5 @@ GGUF = GGUFEntry.spec = Backend(
     config_class={"diffusers": "GGUFQuantizationConfig"},
     params={"diffusers": {"compute_dtype": "compute_dtype"}},
     can_save={"diffusers": False},
+    quant_method="gguf",
 )

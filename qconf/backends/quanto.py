@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import Field
@@ -26,6 +26,17 @@ class QuantoKwargs(KwargsBase):
 class QuantoEntry(EntryBase):
     backend: Literal["quanto"]
     kwargs: QuantoKwargs = Field(default_factory=QuantoKwargs)
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any]) -> dict[str, Any]:
+        weights = saved.get("weights_dtype", saved.get("weights", "int8"))  # diffusers/transformers
+        kwargs: dict[str, Any] = {"weights_dtype": weights}
+        if saved.get("activations"):
+            kwargs["activations"] = saved["activations"]
+        data: dict[str, Any] = {"backend": "quanto", "kwargs": kwargs}
+        if saved.get("modules_to_not_convert"):
+            data["skip"] = list(saved["modules_to_not_convert"])
+        return data
 
     def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
         if library == "diffusers":
@@ -56,4 +67,5 @@ QUANTO = QuantoEntry.spec = Backend(
     },
     # transformers refuses to save quanto models (STACK-FACTS).
     can_save={"diffusers": True, "transformers": False},
+    quant_method="quanto",
 )

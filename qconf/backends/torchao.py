@@ -3,7 +3,7 @@ torchao config objects only at resolve time (string quant types are gone from bo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -16,9 +16,32 @@ class _QuantType(StrictModel):
     cuda_reason: ClassVar[str | None] = None
     # Whether a model quantized with it can be saved and reloaded.
     can_save: ClassVar[bool] = True
+    # Field values equal to torchao's defaults (dropped when comparing plans).
+    defaults: ClassVar[Mapping[str, Any]] = {}
 
     def to_torchao(self) -> Any:
         raise NotImplementedError
+
+    @classmethod
+    def fields_from_saved(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """qconf fields from torchao's serialized config (`_data` of config_to_dict)."""
+        return {}
+
+    def canonical(self) -> dict[str, Any]:
+        fields = self.model_dump(exclude_none=True)
+        return {k: v for k, v in fields.items() if self.defaults.get(k, ...) != v}
+
+
+def _saved_value(value: Any) -> Any:
+    """torchao serializes dtypes and enums as {"_type": ..., "_data": value}."""
+    return value.get("_data") if isinstance(value, Mapping) else value
+
+
+def _saved_group_size(data: Mapping[str, Any]) -> dict[str, Any]:
+    granularity = data.get("granularity")
+    if isinstance(granularity, Mapping) and granularity.get("_type") == "PerGroup":
+        return {"group_size": granularity["_data"]["group_size"]}
+    return {"group_size": data["group_size"]} if data.get("group_size") else {}
 
 
 class Int8WeightOnly(_QuantType):
@@ -31,6 +54,10 @@ class Int8WeightOnly(_QuantType):
         from torchao.quantization import Int8WeightOnlyConfig
 
         return Int8WeightOnlyConfig(**self.model_dump(exclude={"name"}, exclude_none=True))
+
+    @classmethod
+    def fields_from_saved(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        return {"group_size": data["group_size"]} if data.get("group_size") else {}
 
 
 class Int8DynamicActivationInt8Weight(_QuantType):
@@ -60,6 +87,13 @@ class Float8WeightOnly(_QuantType):
             return Float8WeightOnlyConfig()
         return Float8WeightOnlyConfig(weight_dtype=getattr(torch, self.weight_dtype))
 
+    defaults: ClassVar[Mapping[str, Any]] = {"weight_dtype": "float8_e4m3fn"}
+
+    @classmethod
+    def fields_from_saved(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        dtype = _saved_value(data.get("weight_dtype"))
+        return {"weight_dtype": dtype.removeprefix("torch.")} if dtype else {}
+
 
 class IntxWeightOnly(_QuantType):
     """1..8-bit integer weights; the int4 form that runs and saves on CPU."""
@@ -84,6 +118,14 @@ class IntxWeightOnly(_QuantType):
             kwargs["granularity"] = PerGroup(self.group_size)
         return IntxWeightOnlyConfig(**kwargs)
 
+    defaults: ClassVar[Mapping[str, Any]] = {"weight_dtype": "int8"}
+
+    @classmethod
+    def fields_from_saved(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        dtype = _saved_value(data.get("weight_dtype"))
+        fields = {"weight_dtype": dtype.removeprefix("torch.")} if dtype else {}
+        return fields | _saved_group_size(data)
+
 
 class Int4WeightOnly(_QuantType):
     """int4 weights with tinygemm kernels (CUDA only; use IntxWeightOnlyConfig on CPU)."""
@@ -96,6 +138,12 @@ class Int4WeightOnly(_QuantType):
         from torchao.quantization import Int4WeightOnlyConfig
 
         return Int4WeightOnlyConfig(**self.model_dump(exclude={"name"}, exclude_none=True))
+
+    defaults: ClassVar[Mapping[str, Any]] = {"group_size": 128}
+
+    @classmethod
+    def fields_from_saved(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        return _saved_group_size(data)
 
 
 class Float8DynamicActivationFloat8Weight(_QuantType):
@@ -117,6 +165,16 @@ class Float8DynamicActivationFloat8Weight(_QuantType):
             return Float8DynamicActivationFloat8WeightConfig()
         granularity = PerRow() if self.granularity == "per_row" else PerTensor()
         return Float8DynamicActivationFloat8WeightConfig(granularity=granularity)
+
+    defaults: ClassVar[Mapping[str, Any]] = {"granularity": "per_tensor"}
+
+    @classmethod
+    def fields_from_saved(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        granularity = data.get("granularity")
+        if isinstance(granularity, list):
+            granularity = granularity[-1]  # [activation, weight]
+        kind = granularity.get("_type") if isinstance(granularity, Mapping) else None
+        return {"granularity": "per_row"} if kind == "PerRow" else {}
 
 
 TorchaoQuantType = Annotated[
@@ -149,9 +207,41 @@ _COMMON = {"quant_type": "quant_type", "modules_to_not_convert": "modules_to_not
 _TRANSFORMERS_ONLY = ("include_input_output_embeddings", "untie_embedding_weights")
 
 
+QUANT_TYPES: dict[str, type[_QuantType]] = {
+    member.model_fields["name"].annotation.__args__[0]: member  # type: ignore[union-attr]
+    for member in TorchaoQuantType.__origin__.__args__  # type: ignore[attr-defined]
+}
+
+
 class TorchaoEntry(EntryBase):
     backend: Literal["torchao"]
     kwargs: TorchaoKwargs
+
+    defaults: ClassVar[Mapping[str, Any]] = {
+        "include_input_output_embeddings": False,
+        "untie_embedding_weights": False,
+    }
+
+    def canonical(self) -> dict[str, Any]:
+        data = super().canonical()
+        data["kwargs"]["quant_type"] = self.kwargs.quant_type.canonical()
+        return data
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any]) -> dict[str, Any]:
+        quant_type = saved.get("quant_type") or {}
+        inner = quant_type.get("default", quant_type) if isinstance(quant_type, Mapping) else {}
+        name = inner.get("_type", str(quant_type))
+        known = QUANT_TYPES.get(name)
+        fields = known.fields_from_saved(inner.get("_data") or {}) if known else {}
+        kwargs: dict[str, Any] = {"quant_type": {"name": name, **fields}}
+        for flag in _TRANSFORMERS_ONLY:
+            if saved.get(flag):
+                kwargs[flag] = True
+        data: dict[str, Any] = {"backend": "torchao", "kwargs": kwargs}
+        if saved.get("modules_to_not_convert"):
+            data["skip"] = list(saved["modules_to_not_convert"])
+        return data
 
     def cuda_reason(self, library: Library) -> str | None:
         return self.kwargs.quant_type.cuda_reason
@@ -179,4 +269,5 @@ TORCHAO = TorchaoEntry.spec = Backend(
         "transformers": {**_COMMON, **{name: name for name in _TRANSFORMERS_ONLY}},
     },
     can_save={"diffusers": True, "transformers": True},
+    quant_method="torchao",
 )

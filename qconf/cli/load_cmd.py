@@ -11,6 +11,8 @@ from qconf.cli.main import add_plan_arguments, console
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--save", metavar="DIR", help="save the quantized pipeline to DIR")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --save DIR")
     add_plan_arguments(parser)
 
 
@@ -20,11 +22,13 @@ def run(args: argparse.Namespace) -> int:
     from qconf.schema import validate
 
     plan = validate(compose(args.overrides, config_dir=args.config_dir), config_dir=args.config_dir)
-    loaded = load(plan)
+    loaded = load(plan, save=args.save, force=args.force)
     if args.json:
         print(json.dumps(loaded.report.to_json(), indent=2))
     else:
         print_report(loaded.report)
+    if args.save:
+        print(f"saved to {args.save} (reload with model.source={args.save})")
     return 0
 
 

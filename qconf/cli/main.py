@@ -18,6 +18,7 @@ COMMANDS = {
     "schema": "Print the JSON Schema of a plan (for YAML language servers).",
     "load": "Load the quantized pipeline and print the per-part report.",
     "run": "Load and generate an image; writes image, plan and report to Hydra's run folder.",
+    "inspect": "Print the plan of a saved pipeline folder (from each part's config.json).",
 }
 USER_ERROR = 2
 

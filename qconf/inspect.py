@@ -1,0 +1,44 @@
+"""Rebuild the plan of any saved diffusers pipeline from its parts' config.json
+`quantization_config` blocks — qconf-saved or not. Torch-free."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from qconf.errors import ModelSourceError, PlanError, Problem
+from qconf.parts import pipeline_parts
+from qconf.schema import PlanProblems, saved_entries
+
+
+def inspect_folder(folder: str | Path) -> dict[str, Any]:
+    """The plan (as plain data) that produced the pipeline saved in `folder`."""
+    path = Path(folder).expanduser()
+    if not (path / "model_index.json").is_file():
+        raise ModelSourceError(
+            Problem(
+                str(folder), "no model_index.json here", "give a saved diffusers pipeline folder"
+            )
+        )
+    found, problems = pipeline_parts(str(path), None)
+    if found is None:
+        raise PlanError(problems)
+    try:
+        entries = saved_entries(found.weighted)
+    except PlanProblems as exc:
+        raise PlanError(exc.problems) from None
+    return {
+        "model": {"source": str(folder), "pipeline": found.pipeline, "torch_dtype": _dtype(path)},
+        "quant": {"mapping": {name: entry.canonical() for name, entry in entries.items()}},
+    }
+
+
+def _dtype(folder: Path) -> str | None:
+    """transformers records the load dtype in config.json; diffusers does not."""
+    for config in sorted(folder.glob("*/config.json")):
+        data = json.loads(config.read_text())
+        dtype = data.get("dtype") or data.get("torch_dtype")
+        if dtype in ("float32", "float16", "bfloat16"):
+            return dtype
+    return None
