@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 from pathlib import Path
@@ -14,12 +15,22 @@ from qconf.errors import BackendUnavailableError, Problem
 from qconf.resolve import ResolvedPlan
 
 
+def is_installed(spec: Backend) -> bool:
+    """Whether the backend's package can be imported (found, not imported)."""
+    return _importable(spec.module)
+
+
+@cache
+def _importable(module: str) -> bool:
+    try:
+        return find_spec(module.split(".")[0]) is not None and find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def installed_version(spec: Backend) -> str | None:
     """The backend's package version, or None when it is not installed (does not import it)."""
-    try:
-        if find_spec(spec.module.split(".")[0]) is None or find_spec(spec.module) is None:
-            return None
-    except (ImportError, ValueError):
+    if not is_installed(spec):
         return None
     try:
         return version(spec.distribution)
@@ -44,7 +55,7 @@ def environment_problems(resolved: ResolvedPlan) -> list[Problem]:
     for name, part in resolved.quantized.items():
         where = f"quant.mapping.{name}" if resolved.mode == "granular" else "quant.backend"
         spec = REGISTRY[part.backend]
-        if installed_version(spec) is None:
+        if not is_installed(spec):
             if spec.key not in missing:
                 missing.add(spec.key)
                 problems.append(
