@@ -24,8 +24,12 @@ TINY_PIPELINES: dict[str, str] = {
     "tiny-wan22": "WanPipeline",  # Wan 2.2 A14B: transformer + transformer_2
     "tiny-ltx": "LTXPipeline",
 }
-# Parts the built-in tiny pipelines leave out (optional in their classes).
-_TINY_ABSENT = {"image_encoder", "feature_extractor", "safety_checker"}
+# Optional add-ons most checkpoints do not ship (IP-Adapter image encoders, SD's safety
+# checker). The table cannot know whether a hub checkpoint has them, so they are listed only when
+# a plan names them; every other part of the class is taken as present.
+_AUXILIARY = frozenset({"image_encoder", "feature_extractor", "safety_checker"})
+# What each built-in tiny pipeline leaves out of its class's parts.
+_TINY_ABSENT: dict[str, frozenset[str]] = {"tiny-wan": _AUXILIARY | {"transformer_2"}}
 # Class-name endings of parts that hold no weights, for model_index.json entries whose class
 # is not in the generated table.
 _WEIGHTLESS_SUFFIXES = ("Tokenizer", "TokenizerFast", "Scheduler", "Processor", "FeatureExtractor")
@@ -39,7 +43,7 @@ class Part:
     library: str  # "diffusers" | "transformers" | another package
     class_name: str
     weights: bool  # an nn.Module with parameters (quantizable)
-    optional: bool = False  # may be absent from a given checkpoint (known from the table only)
+    optional: bool = False  # an add-on that may be absent (parts known from the table only)
     # Read from a local folder only:
     saved_quantization: dict | None = None  # config.json `quantization_config` (pre-quantized)
     pickle_only: bool = False  # weights only as .bin/.pt/.ckpt (pickle), no .safetensors
@@ -65,10 +69,10 @@ def source_kind(source: str) -> SourceKind:
     return "hub"
 
 
-def _from_table(pipeline: str, origin: str, absent: set[str] = frozenset()) -> PipelineParts:
+def _from_table(pipeline: str, origin: str, absent: frozenset[str] = frozenset()) -> PipelineParts:
     table = load_table()[pipeline]
     parts = {
-        name: Part(name, info["library"], info["class"], info["weights"], info["optional"])
+        name: Part(name, info["library"], info["class"], info["weights"], name in _AUXILIARY)
         for name, info in table.items()
         if name not in absent
     }
@@ -141,7 +145,8 @@ def pipeline_parts(source: str, pipeline: str | None) -> tuple[PipelineParts | N
         ]
     kind = source_kind(source)
     if kind == "tiny":
-        found = _from_table(TINY_PIPELINES[source], f"built-in {source}", _TINY_ABSENT)
+        absent = _TINY_ABSENT.get(source, _AUXILIARY)
+        found = _from_table(TINY_PIPELINES[source], f"built-in {source}", absent)
     elif kind == "folder":
         index = Path(source).expanduser() / "model_index.json"
         if not index.is_file():

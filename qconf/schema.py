@@ -58,7 +58,7 @@ _ENTRY: TypeAdapter[EntryBase] = TypeAdapter(BackendEntry)
 
 class ModelSpec(StrictModel):
     source: str = Field(
-        description="A built-in tiny pipeline (tiny-flux, ...), a local folder or a hub id."
+        description="A built-in tiny pipeline (qconf list models), a local folder or a hub id."
     )
     pipeline: str | None = Field(
         None, description="Pipeline class name; read from model_index.json when null."

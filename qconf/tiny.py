@@ -18,6 +18,15 @@ Shape rules (why the dimensions below look the way they do):
 * SD3: the two CLIP hidden states are concatenated and zero-padded up to the T5 width, so
   ``T5 d_model (== joint_attention_dim) >= 2 * CLIP hidden_size``; ``pooled_projection_dim`` is
   the sum of the two CLIP projection dims.
+* SDXL: the UNet cross-attends to both CLIP hidden states concatenated
+  (``cross_attention_dim == 64 + 64``) and its add-embedding MLP takes the 6 micro-conditioning
+  ids plus CLIP-G's projection (``6 * addition_time_embed_dim + projection_dim == 256``).
+* Wan (``tiny-wan``: 2.1, one transformer; ``tiny-wan22``: 2.2 A14B, two experts switched at
+  ``boundary_ratio``): ``text_dim == UMT5 d_model``, ``in_channels == vae z_dim``, and
+  ``proj_out`` maps to ``out_channels * 1 * 2 * 2 == 64``. The VAE compresses 8x in space and 4x
+  in time, so ``num_frames`` should be ``4k + 1``.
+* LTX-Video: patch size 1, so ``in_channels == vae latent_channels`` (64, to keep ``proj_in``
+  64 wide) and ``caption_channels == T5 d_model``; the VAE compresses 4x in space and time.
 
 Nothing here touches the hub: configs are built from literals, tokenizers from in-memory vocabs
 (no sentencepiece model file), and the result is written once to ``cache_root()/tiny/...`` and
@@ -115,6 +124,10 @@ def build_tiny_pipeline(name: str) -> DiffusionPipeline:
         "tiny-flux": _build_flux,
         "tiny-sd": _build_sd,
         "tiny-sd3": _build_sd3,
+        "tiny-sdxl": _build_sdxl,
+        "tiny-wan": _build_wan,
+        "tiny-wan22": _build_wan22,
+        "tiny-ltx": _build_ltx,
     }
     return builders[name]()
 
@@ -368,4 +381,184 @@ def _build_sd() -> DiffusionPipeline:
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def _build_sdxl() -> DiffusionPipeline:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    tokenizer, tokenizer_2 = _clip_tokenizer(), _clip_tokenizer()
+    unet = _seeded(
+        lambda: UNet2DConditionModel(
+            sample_size=16,  # latent size of the default 32x32 image
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(64, 64),  # timestep MLP in_features == block_out_channels[0]
+            layers_per_block=1,
+            norm_num_groups=32,
+            attention_head_dim=2,  # head count (legacy name): head dim 32
+            use_linear_projection=True,  # as SDXL: Linear proj_in/proj_out, not 1x1 convs
+            cross_attention_dim=128,  # both CLIP hidden states (64 + 64), concatenated
+            addition_embed_type="text_time",
+            addition_time_embed_dim=32,
+            # 6 micro-conditioning ids x 32 + CLIP-G projection (64): the add-embedding MLP's
+            # in_features, checked by the pipeline against its text_encoder_2.
+            projection_class_embeddings_input_dim=6 * 32 + 64,
+        )
+    )
+    return StableDiffusionXLPipeline(
+        vae=_vae(4, scaling_factor=0.13025),
+        text_encoder=_clip_text_encoder(tokenizer, with_projection=False),
+        text_encoder_2=_clip_text_encoder(tokenizer_2, with_projection=True),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
+        ),
+        add_watermarker=False,  # needs the invisible-watermark package; noise has nothing to mark
+    )
+
+
+def _umt5_text_encoder(tokenizer: Any, d_model: int) -> Any:
+    """UMT5 encoder (Wan's text encoder): T5 v1.1 layout with per-layer position buckets."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=32,
+        num_heads=d_model // 32,
+        d_ff=128,
+        num_layers=2,
+        feed_forward_proj="gated-gelu",
+        relative_attention_num_buckets=8,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    return _seeded(lambda: UMT5EncoderModel(config))
+
+
+def _wan_transformer() -> Any:
+    from diffusers import WanTransformer3DModel
+
+    return _seeded(
+        lambda: WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=32,  # inner dim 64; rope splits 32 into t/h/w = 12/10/10
+            in_channels=16,  # == vae z_dim
+            out_channels=16,  # proj_out: 64 -> 16 * 1 * 2 * 2 = 64
+            text_dim=64,  # == UMT5 d_model
+            freq_dim=256,
+            ffn_dim=128,
+            num_layers=1,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32,
+        )
+    )
+
+
+def _wan_pipeline(*, two_experts: bool) -> DiffusionPipeline:
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    tokenizer = _t5_tokenizer()  # UMT5 uses the same Unigram scheme as T5
+    # Three 2x spatial downsamples (8x, as the real VAE), two of them temporal too (4x);
+    # its attention uses 1x1 convolutions, so the VAE holds no Linear at all.
+    vae = _seeded(
+        lambda: AutoencoderKLWan(
+            base_dim=16,
+            z_dim=16,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            temperal_downsample=[False, True, True],
+        )
+    )
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=_umt5_text_encoder(tokenizer, d_model=64),
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=_wan_transformer(),
+        # Wan 2.2 A14B: a high-noise expert (transformer) for t >= boundary_ratio * 1000 and a
+        # low-noise expert (transformer_2) below it. Same seed, so the two start identical.
+        transformer_2=_wan_transformer() if two_experts else None,
+        boundary_ratio=0.875 if two_experts else None,
+    )
+
+
+def _build_wan() -> DiffusionPipeline:
+    return _wan_pipeline(two_experts=False)
+
+
+def _build_wan22() -> DiffusionPipeline:
+    return _wan_pipeline(two_experts=True)
+
+
+def _build_ltx() -> DiffusionPipeline:
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
+
+    tokenizer = _t5_tokenizer()
+    transformer = _seeded(
+        lambda: LTXVideoTransformer3DModel(
+            in_channels=64,  # == vae latent_channels (patch 1): proj_in is a 64-wide Linear
+            out_channels=64,
+            patch_size=1,
+            patch_size_t=1,
+            num_attention_heads=2,
+            attention_head_dim=32,  # inner dim 64
+            cross_attention_dim=64,  # == inner dim (captions are projected to it)
+            num_layers=1,
+            caption_channels=64,  # == T5 d_model
+        )
+    )
+    # 4x spatial and 4x temporal compression (two scaling blocks); convolutions only.
+    vae = _seeded(
+        lambda: AutoencoderKLLTXVideo(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=64,
+            block_out_channels=(16, 16, 16, 16),
+            decoder_block_out_channels=(16, 16, 16, 16),
+            layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1, 1),
+            spatio_temporal_scaling=(True, True, False, False),
+            decoder_spatio_temporal_scaling=(True, True, False, False),
+            decoder_inject_noise=(False, False, False, False, False),
+            upsample_residual=(False, False, False, False),
+            upsample_factor=(1, 1, 1, 1),
+            timestep_conditioning=False,
+            patch_size=1,
+            patch_size_t=1,
+            encoder_causal=True,
+            decoder_causal=False,
+        )
+    )
+    return LTXPipeline(
+        # LTX-Video's own scheduler settings (resolution-dependent shift).
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            use_dynamic_shifting=True,
+            base_shift=0.95,
+            max_shift=2.05,
+            base_image_seq_len=1024,
+            max_image_seq_len=4096,
+            shift_terminal=0.1,
+        ),
+        vae=vae,
+        text_encoder=_t5_text_encoder(tokenizer, d_model=64),
+        tokenizer=tokenizer,
+        transformer=transformer,
     )
