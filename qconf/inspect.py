@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from qconf.checks import saved_entries
 from qconf.errors import ModelSourceError, PlanError, Problem
+from qconf.messages import PlanProblems
 from qconf.parts import pipeline_parts
-from qconf.schema import PlanProblems, saved_entries
 
 
 def inspect_folder(folder: str | Path) -> dict[str, Any]:

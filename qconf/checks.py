@@ -1,0 +1,196 @@
+"""Cross-field checks of a plan against the pipeline it names (torch-free). Each returns
+problems; none changes anything."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from qconf.backends import REGISTRY, BackendEntry, EntryBase, entry_from_saved
+from qconf.errors import Problem
+from qconf.messages import PlanProblems, did_you_mean, problems_from_errors
+from qconf.parts import Part, PipelineParts, pipeline_parts
+
+if TYPE_CHECKING:
+    from qconf.schema import ModelSpec, Plan, QuantSpec
+
+_ENTRY: TypeAdapter[EntryBase] = TypeAdapter(BackendEntry)
+
+
+def mode_problems(backend: Any, kwargs: Any, components: Any, mapping: Any) -> list[Problem]:
+    """Global and granular mode are exclusive (works on raw data too)."""
+    problems = []
+    if backend is not None and mapping:
+        problems.append(
+            Problem(
+                "quant.mapping",
+                "set together with quant.backend; global and granular mode are exclusive",
+                "use quant.backend/kwargs/components or quant.mapping, not both",
+            )
+        )
+    if mapping and components is not None:
+        problems.append(
+            Problem(
+                "quant.components",
+                "set with quant.mapping (diffusers fails late with KeyError(None))",
+                "list the parts as keys of quant.mapping and drop quant.components",
+            )
+        )
+    if backend is None and not mapping and (kwargs or components is not None):
+        key = "quant.kwargs" if kwargs else "quant.components"
+        problems.append(Problem(key, "set without quant.backend", "set quant.backend or remove it"))
+    return problems
+
+
+def raw_name_problems(data: dict) -> list[Problem]:
+    """Unknown/weightless part names, from unvalidated data (used when fields failed)."""
+    model, quant = data.get("model"), data.get("quant")
+    if not isinstance(model, dict) or not isinstance(quant, dict):
+        return []
+    found, problems = pipeline_parts(str(model.get("source")), model.get("pipeline"))
+    if found is None:
+        return problems
+    mapping = quant.get("mapping") if isinstance(quant.get("mapping"), dict) else {}
+    components = quant.get("components") if isinstance(quant.get("components"), list) else []
+    named = {name: f"quant.mapping.{name}" for name in mapping}
+    named.update({str(n): f"quant.components[{i}]" for i, n in enumerate(components)})
+    problems = [p for name, where in named.items() if (p := _name_problem(name, where, found))]
+    return problems + mode_problems(
+        quant.get("backend"), quant.get("kwargs"), quant.get("components"), mapping
+    )
+
+
+def _name_problem(name: str, where: str, found: PipelineParts) -> Problem | None:
+    weighted = sorted(found.weighted)
+    part = found.parts.get(name)
+    if part is None:
+        return Problem(
+            where,
+            f"'{name}' is not a part of {found.pipeline} ({found.origin})",
+            did_you_mean(name, weighted) + f"its parts with weights: {', '.join(weighted)}",
+        )
+    if not part.weights:
+        return Problem(
+            where,
+            f"'{name}' ({part.class_name}) has no weights to quantize",
+            f"quantize one of: {', '.join(weighted)}",
+        )
+    return None
+
+
+def part_problems(quant: QuantSpec, found: PipelineParts) -> list[Problem]:
+    named: dict[str, tuple[str, EntryBase | None]] = {}
+    if quant.mode == "global":
+        entry = quant.global_entry()
+        if quant.components is None:
+            named = {n: ("quant", entry) for n, p in found.weighted.items() if not p.optional}
+        for i, name in enumerate(quant.components or []):
+            named[name] = (f"quant.components[{i}]", entry)
+    else:
+        for name, entry in quant.mapping.items():
+            named[name] = (f"quant.mapping.{name}", entry)
+    problems = []
+    for name, (where, entry) in named.items():
+        part = found.parts.get(name)
+        name_problem = _name_problem(name, where, found)
+        if name_problem is not None:
+            problems.append(name_problem)
+        elif part is not None and entry is not None:
+            entry_where = where if quant.mode == "granular" else "quant"
+            for problem in entry.check(part.library):  # type: ignore[arg-type]
+                detail = f"{problem.what} ('{name}' is a {part.library} part)"
+                problems.append(Problem(f"{entry_where}.{problem.where}", detail, problem.fix))
+    # Cross-field rules of an entry, once per entry (a global entry serves many parts).
+    entries = {where: entry for where, entry in named.values() if entry is not None}
+    for where, entry in entries.items():
+        where = where if quant.mode == "granular" else "quant"
+        problems += [
+            Problem(f"{where}.{p.where}", p.what, p.fix) for p in entry.check_consistency()
+        ]
+    return problems
+
+
+def source_problems(model: ModelSpec, found: PipelineParts) -> list[Problem]:
+    """Refuse to run code from a model folder unless the user opted in."""
+    problems = []
+    for name, part in found.parts.items():
+        if part.custom_code and not model.trust_remote_code:
+            problems.append(
+                Problem(
+                    "model.source",
+                    f"part '{name}' needs custom code: {part.custom_code}",
+                    "set model.trust_remote_code=true only if you trust this model's code",
+                )
+            )
+        if part.weights and part.pickle_only and not model.allow_pickle:
+            problems.append(
+                Problem(
+                    "model.source",
+                    f"part '{name}' has only pickle weights (.bin/.pt/.ckpt), which can run code",
+                    "convert them to .safetensors, or set model.allow_pickle=true to trust them",
+                )
+            )
+    return problems
+
+
+_SAVED_METHODS = {spec.quant_method for spec in REGISTRY.values()}
+
+
+def saved_entries(parts: Mapping[str, Part]) -> dict[str, EntryBase]:
+    """Entries of the parts a folder holds pre-quantized (their config.json says how)."""
+    entries = {}
+    for name, part in parts.items():
+        if part.saved_quantization is None:
+            continue
+        data = entry_from_saved(part.saved_quantization)
+        if data is None:
+            method = part.saved_quantization.get("quant_method")
+            raise PlanProblems(
+                [
+                    Problem(
+                        "model.source",
+                        f"part '{name}' was saved with quant_method '{method}', which qconf "
+                        "does not model",
+                        f"qconf reads: {', '.join(sorted(_SAVED_METHODS))}",
+                    )
+                ]
+            )
+        try:
+            entries[name] = _ENTRY.validate_python(data)
+        except ValidationError as exc:
+            raise PlanProblems(
+                [
+                    Problem(f"model.source ({name}/config.json)", p.what, p.fix)
+                    for p in problems_from_errors(exc.errors())
+                ]
+            ) from None
+    return entries
+
+
+def saved_problems(plan: Plan, found: PipelineParts) -> list[Problem]:
+    """A plan for a pre-quantized folder must say what was saved (or nothing at all)."""
+    saved = saved_entries(found.weighted)
+    if not saved or plan.quant.is_empty:
+        return []
+    problems = []
+    for name, entry in plan.targets(found).items():
+        planned = entry.canonical() if entry is not None else None
+        stored = saved[name].canonical() if name in saved else None
+        if planned != stored:
+            where = f"quant.mapping.{name}" if plan.quant.mode == "granular" else "quant"
+            problems.append(
+                Problem(
+                    where,
+                    f"plan says {_short(planned)} but {found.origin}/{name} was saved as "
+                    f"{_short(stored)}",
+                    "drop quant.* to load the folder as saved, or quantize the original model",
+                )
+            )
+    return problems
+
+
+def _short(entry: dict | None) -> str:
+    return "unquantized" if entry is None else json.dumps(entry, separators=(",", ":"))
