@@ -211,3 +211,20 @@ def test_gguf_entry_needs_a_gguf_file(tmp_path) -> None:
     assert problems([f"quant.mapping.transformer={{backend:gguf,file:'{missing}'}}"]) == [
         f"quant.mapping.transformer.file: '{missing}' is not a .gguf file — give the path of one"
     ]
+
+
+def test_missing_backend_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a machine without optimum-quanto: the registry's import name is not found."""
+    import dataclasses
+
+    from qconf.backends import REGISTRY
+
+    missing = dataclasses.replace(REGISTRY["quanto"], module="no_such_quanto_package")
+    monkeypatch.setitem(REGISTRY, "quanto", missing)
+    plan = qconf.validate(qconf.compose(["quant.mapping.vae=quanto-int8"]))
+    with pytest.raises(qconf.BackendUnavailableError) as caught:
+        qconf.check_environment(plan)
+    assert caught.value.lines == [
+        "quant.mapping.vae: backend quanto needs the package optimum-quanto, not installed — "
+        "pip install 'qconf[quanto]'"
+    ]
