@@ -82,7 +82,7 @@ def _from_table(pipeline: str, origin: str, absent: frozenset[str] = frozenset()
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
-def _from_model_index(path: Path) -> PipelineParts:
+def from_model_index(path: Path) -> PipelineParts:
     index = json.loads(path.read_text())
     pipeline = index.get("_class_name", "DiffusionPipeline")
     if isinstance(pipeline, list):  # ["pipeline.py", "MyPipeline"]: a custom pipeline file
@@ -122,7 +122,7 @@ def _folder_facts(folder: Path, library: str) -> dict:
     return facts
 
 
-def _hub_cache_index(repo_id: str) -> Path | None:
+def hub_cache_index(repo_id: str) -> Path | None:
     """model_index.json of `repo_id` in the local Hugging Face cache, without importing the hub."""
     hub_cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
         os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
@@ -157,11 +157,11 @@ def pipeline_parts(source: str, pipeline: str | None) -> tuple[PipelineParts | N
                     "point model.source at a diffusers pipeline folder (save_pretrained output)",
                 )
             ]
-        found = _from_model_index(index)
+        found = from_model_index(index)
     else:
-        cached = _hub_cache_index(source)
+        cached = hub_cache_index(source)
         if cached is not None:
-            found = _from_model_index(cached)
+            found = from_model_index(cached)
         elif pipeline is not None:
             return _from_table(pipeline, f"{pipeline} (parts table)"), []
         else:

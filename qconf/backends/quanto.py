@@ -15,9 +15,6 @@ class QuantoKwargs(KwargsBase):
     weights_dtype: Literal["float8", "int8", "int4", "int2"] = Field(
         "int8", description="Weight dtype (transformers calls it `weights`)."
     )
-    activations: Literal["int8", "float8"] | None = Field(
-        None, description="transformers parts only: quantize activations too."
-    )
     modules_to_not_convert: list[str] | None = Field(
         None, description="Module names left unquantized."
     )
@@ -31,8 +28,6 @@ class QuantoEntry(EntryBase):
     def from_saved(cls, saved: Mapping[str, Any]) -> dict[str, Any]:
         weights = saved.get("weights_dtype", saved.get("weights", "int8"))  # diffusers/transformers
         kwargs: dict[str, Any] = {"weights_dtype": weights}
-        if saved.get("activations"):
-            kwargs["activations"] = saved["activations"]
         data: dict[str, Any] = {"backend": "quanto", "kwargs": kwargs}
         if saved.get("modules_to_not_convert"):
             data["skip"] = list(saved["modules_to_not_convert"])
@@ -59,9 +54,10 @@ QUANTO = QuantoEntry.spec = Backend(
             "weights_dtype": "weights_dtype",
             "modules_to_not_convert": "modules_to_not_convert",
         },
+        # transformers' QuantoConfig also takes `activations`, but its quantizer refuses them
+        # at load ("We don't support quantizing the activations"), so qconf does not offer it.
         "transformers": {
             "weights_dtype": "weights",
-            "activations": "activations",
             "modules_to_not_convert": "modules_to_not_convert",
         },
     },

@@ -52,12 +52,16 @@ class Int8WeightOnly(_QuantType):
 
     def to_torchao(self) -> Any:
         from torchao.quantization import Int8WeightOnlyConfig
+        from torchao.quantization.granularity import PerGroup
 
-        return Int8WeightOnlyConfig(**self.model_dump(exclude={"name"}, exclude_none=True))
+        if self.group_size is None:
+            return Int8WeightOnlyConfig()
+        # torchao 0.18 asserts on the old group_size argument; groups are a granularity now.
+        return Int8WeightOnlyConfig(granularity=PerGroup(self.group_size))
 
     @classmethod
     def fields_from_saved(cls, data: Mapping[str, Any]) -> dict[str, Any]:
-        return {"group_size": data["group_size"]} if data.get("group_size") else {}
+        return _saved_group_size(data)
 
 
 class Int8DynamicActivationInt8Weight(_QuantType):

@@ -16,6 +16,7 @@ COMMANDS = {
     "show": "Print the composed, validated, resolved plan (--json: the machine contract).",
     "validate": "Check a plan (and that its backends can run here); one OK line or the problems.",
     "schema": "Print the JSON Schema of a plan (for YAML language servers).",
+    "estimate": "Parameters and bytes per part, unquantized and under the plan (no weights read).",
     "load": "Load the quantized pipeline and print the per-part report.",
     "run": "Load and generate an image; writes image, plan and report to Hydra's run folder.",
     "inspect": "Print the plan of a saved pipeline folder (from each part's config.json).",
@@ -40,11 +41,22 @@ def console():  # noqa: ANN201 - a rich Console
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qconf", description=__doc__.split("\n")[0])
+    """The top-level parser (for `qconf --help` and unknown commands)."""
+    parser = argparse.ArgumentParser(
+        prog="qconf",
+        description="Declarative, validated quantization plans for diffusers pipelines.",
+        epilog="Exit codes: 0 ok, 2 your input is wrong (one line per problem), 1 a bug.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
     for name, help_text in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        _module(name).add_arguments(command)
+        sub.add_parser(name, help=help_text, description=help_text, add_help=False)
+    return parser
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """One subcommand's parser; only that subcommand's module is imported."""
+    parser = argparse.ArgumentParser(prog=f"qconf {name}", description=COMMANDS[name])
+    _module(name).add_arguments(parser)
     return parser
 
 
@@ -54,15 +66,18 @@ def _module(name: str):  # noqa: ANN202 - a subcommand module
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0] == "run":
+    command = args_list[0] if args_list else None
+    if command == "run":
         # `run` is a Hydra app: Hydra parses its own flags (-m, --config-dir, hydra.* keys).
         return _guard(lambda: _module("run").main(args_list[1:]))
-    parser = build_parser()
     try:
-        args = parser.parse_args(args_list)
+        if command not in COMMANDS:
+            build_parser().parse_args(args_list)  # prints help or "invalid choice"
+            return USER_ERROR
+        args = command_parser(command).parse_intermixed_args(args_list[1:])  # flags anywhere
     except SystemExit as exc:  # argparse already printed a usage line
         return USER_ERROR if exc.code else 0
-    return _guard(lambda: _module(args.command).run(args))
+    return _guard(lambda: _module(command).run(args))
 
 
 def _guard(action) -> int:  # noqa: ANN001

@@ -5,7 +5,6 @@ image.png, plan.yaml (the resolved plan) and report.json into Hydra's output fol
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -20,15 +19,6 @@ from qconf.paths import conf_dir
 # Hydra flags that take a value (everything else starting with '-' is a switch).
 _VALUE_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--cfg",
                 "-c", "--package", "-p", "--info", "--experimental-rerun"}  # fmt: skip
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Only for `qconf --help`: `qconf run` hands its arguments to Hydra (see main)."""
-    parser.add_argument(
-        "args",
-        nargs=argparse.REMAINDER,
-        help="Hydra flags (-m, --config-dir, --cfg job) and overrides",
-    )
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,72 @@
+"""`qconf estimate`: parameters and bytes per part, unquantized and under the plan, from config
+files alone (or safetensors headers); allocates no weight."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from qconf.cli.main import add_plan_arguments, console
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the JSON contract")
+    parser.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart per part")
+    parser.add_argument(
+        "--folder",
+        metavar="DIR",
+        help="pipeline folder with model_index.json and each part's config.json to read instead "
+        "of model.source (e.g. for a hub id with no local copy)",
+    )
+    add_plan_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qconf.compose import compose
+    from qconf.estimate import estimate, plot
+    from qconf.schema import validate
+
+    plan = validate(compose(args.overrides, config_dir=args.config_dir), config_dir=args.config_dir)
+    result = estimate(plan, args.folder)
+    if args.plot:
+        plot(result, args.plot)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    print_estimate(result)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.plot:
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def print_estimate(result: Any) -> None:
+    from rich.table import Table
+
+    from qconf.cli.load_cmd import human_bytes
+
+    table = Table(
+        title=f"{result.pipeline} from {result.folder} — estimate, torch_dtype={result.torch_dtype}"
+    )
+    for column in ("part", "backend", "quantized layers", "params", "unquantized", "plan", "ratio"):
+        table.add_column(column, justify="right" if column in ("params", "ratio") else "left")
+    for name, part in result.parts.items():
+        table.add_row(
+            name,
+            part.backend or "—",
+            str(part.quantized_layers) if part.backend else "—",
+            f"{part.params:,}",
+            human_bytes(part.bytes_unquantized),
+            human_bytes(part.bytes),
+            f"{part.bytes / part.bytes_unquantized:.2f}" if part.bytes_unquantized else "—",
+        )
+    total, before = result.total_bytes, result.total_bytes_unquantized
+    table.add_row(
+        "total", "", "", f"{sum(p.params for p in result.parts.values()):,}",
+        human_bytes(before), human_bytes(total), f"{total / before:.2f}" if before else "—",
+        style="bold",
+    )  # fmt: skip
+    console().print(table)

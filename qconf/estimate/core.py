@@ -1,0 +1,175 @@
+"""The estimate: every tensor of every weight-bearing part, counted as the libraries allocate it."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qconf.errors import ModelSourceError, Problem
+from qconf.estimate.byte_models import (
+    BYTE_MODELS,
+    Layer,
+    Left,
+    is_target,
+    skip_patterns,
+    skipped,
+)
+from qconf.estimate.sources import (
+    fp32_matcher,
+    gguf_bytes,
+    meta_model,
+    model_folder,
+    safetensors_header,
+)
+
+
+@dataclass(frozen=True)
+class PartEstimate:
+    part: str
+    library: str
+    class_name: str
+    backend: str | None
+    params: int
+    bytes_unquantized: int  # loaded without quantization, in the load dtype (fp32 keeps kept)
+    bytes: int  # loaded under the plan
+    quantized_layers: int = 0
+    from_weights: bool = False  # shapes from *.safetensors headers (else config.json only)
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "params": self.params,
+            "bytes_unquantized": self.bytes_unquantized,
+            "bytes": self.bytes,
+        }
+
+
+@dataclass(frozen=True)
+class Estimate:
+    pipeline: str
+    folder: str
+    torch_dtype: str | None
+    parts: dict[str, PartEstimate]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(p.bytes for p in self.parts.values())
+
+    @property
+    def total_bytes_unquantized(self) -> int:
+        return sum(p.bytes_unquantized for p in self.parts.values())
+
+    @property
+    def notes(self) -> list[str]:
+        return [f"{p.part}: {note}" for p in self.parts.values() for note in p.notes]
+
+    def to_json(self) -> dict[str, Any]:
+        """The `qconf estimate --json` contract."""
+        components = {name: part.to_json() for name, part in self.parts.items()}
+        return {"components": components, "total_bytes": self.total_bytes}
+
+
+# --- the estimate -----------------------------------------------------------------------------
+
+
+def estimate(plan_or_resolved: Any, source_folder: str | Path | None = None) -> Estimate:
+    """Estimate a plan (Plan, ResolvedPlan, or a composed config) against `source_folder`, or
+    the plan's own source (a tiny pipeline, a local folder, a hub id in the local cache).
+    Every weight-bearing part the folder's model_index.json lists is counted."""
+    from qconf.parts import from_model_index
+    from qconf.resolve import ResolvedPlan
+    from qconf.schema import Plan, validate
+
+    resolved = plan_or_resolved
+    if not isinstance(resolved, ResolvedPlan):
+        plan = resolved if isinstance(resolved, Plan) else validate(resolved)
+        resolved = plan.resolve()
+    folder = Path(source_folder).expanduser() if source_folder else model_folder(resolved.plan)
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ModelSourceError(
+            Problem(str(folder), "has no model_index.json", "give a diffusers pipeline folder")
+        )
+    found = from_model_index(index)
+    parts = {}
+    for name, part in found.weighted.items():
+        resolved_part = resolved.components.get(name)
+        entry = resolved_part.entry if resolved_part is not None else None
+        parts[name] = _estimate_part(
+            folder, name, part.library, part.class_name, entry, resolved.torch_dtype
+        )
+    return Estimate(found.pipeline, str(folder), resolved.torch_dtype, parts)
+
+
+def _estimate_part(
+    folder: Path, name: str, library: str, class_name: str, entry: Any, plan_dtype: str | None
+) -> PartEstimate:
+    import torch
+
+    model_bytes = BYTE_MODELS.get(entry.backend) if entry is not None else None
+    dtype_name = plan_dtype or (model_bytes.default_dtype.get(library) if model_bytes else None)
+    load_dtype = getattr(torch, dtype_name or "float32")
+    config, model = meta_model(folder, name, library, class_name, load_dtype)
+    keep_fp32 = fp32_matcher(model, library, load_dtype)
+    header = safetensors_header(folder / name)
+    notes: list[str] = []
+    if isinstance(config, dict) and config.get("quantization_config"):
+        notes.append(
+            "config.json holds a quantization_config: the library loads that, not the plan"
+        )
+    patterns = skip_patterns(model, library, entry) if model_bytes else []
+    params = unquantized = planned = quantized = 0
+    left: Counter[Left] = Counter()
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        persistent = set(module._parameters) | (
+            set(module._buffers) - module._non_persistent_buffers_set
+        )
+        target = model_bytes is not None and is_target(module, library, entry)
+        target = target and not skipped(library, entry.backend, module_name, patterns)
+        tensors = [*module._parameters.items(), *module._buffers.items()]
+        for local, tensor in tensors:
+            if tensor is None or id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            full = f"{module_name}.{local}" if module_name else local
+            shape = header[full][0] if full in header else tuple(tensor.shape)
+            if full in header and header[full][0] != tuple(tensor.shape):
+                notes.append(f"{full}: checkpoint shape {shape} != config's {tuple(tensor.shape)}")
+            numel = math.prod(shape)
+            dtype = tensor.dtype
+            if dtype.is_floating_point and local in persistent:
+                if keep_fp32(full):
+                    dtype = torch.float32
+                elif library == "diffusers":  # cast while loading; transformers built the
+                    dtype = load_dtype  # module in the load dtype and keeps explicit dtypes
+            size = numel * dtype.itemsize
+            params += numel if local in module._parameters else 0
+            unquantized += size
+            if target and local == "weight" and model_bytes is not None:
+                rows = shape[1] if type(module).__name__ == "Conv1D" else shape[0]
+                # Scales follow the dtype the weight has when it is quantized: in transformers
+                # that is after the fp32 keeps (a T5 `wo` torchao quantizes in fp16), while
+                # diffusers' quanto quantizes children of its fp32 modules in the load dtype.
+                scale_size = (dtype if library == "transformers" else load_dtype).itemsize
+                layer = Layer(rows, numel // rows, scale_size)
+                real = model_bytes.weight_bytes(layer, entry)
+                if not isinstance(real, Left):
+                    planned += real + model_bytes.module_extra(library, scale_size)
+                    quantized += 1
+                    continue
+                left[real] += 1
+            planned += size
+    for why, count in left.items():
+        outcome = "fails to load them" if why.fails else "leaves them unquantized"
+        notes.append(f"{count} layer(s) with {why.reason}: {entry.backend} {outcome}")
+    if entry is not None and entry.backend == "gguf":
+        planned = gguf_bytes(entry.file, load_dtype.itemsize)
+        notes.append("gguf: bytes from the file's tensor table (not checked against a load)")
+    return PartEstimate(
+        name, library, class_name, entry.backend if entry else None, params, unquantized,
+        planned, quantized, bool(header), tuple(notes),
+    )  # fmt: skip

@@ -1,0 +1,146 @@
+"""Where the shapes come from: the part's module built on the meta device from config.json,
+exact shapes from *.safetensors headers, a .gguf file's tensor table. Nothing is allocated and
+no tensor data is read."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qconf.errors import ModelSourceError, Problem
+from qconf.parts import source_kind
+
+
+def model_folder(plan: Any) -> Path:
+    """The pipeline folder of the plan's source: a tiny pipeline's cache folder, a local folder
+    or a hub id's snapshot in the local Hugging Face cache; else a user error."""
+    source = plan.model.source
+    kind = source_kind(source)
+    if kind == "tiny":
+        from qconf.tiny import tiny_pipeline_path
+
+        return tiny_pipeline_path(source)
+    if kind == "folder":
+        return Path(source).expanduser()
+    from qconf.parts import hub_cache_index
+
+    cached = hub_cache_index(source)
+    if cached is not None:
+        return cached.parent
+    raise ModelSourceError(
+        Problem(
+            "model.source",
+            f"'{source}' is a hub id with no local copy; estimate reads config files only",
+            "point model.source (or --folder) at a local folder holding model_index.json and "
+            "each part's config.json, weights optional (e.g. bench/full_width/flux-dev)",
+        )
+    )
+
+
+def meta_model(folder: Path, name: str, library: str, class_name: str, dtype: Any) -> Any:
+    """(config dict, module on the meta device), built as the library builds it before loading:
+    diffusers in fp32 (weights are cast while loading), transformers under its load dtype."""
+    import torch
+
+    if not (folder / name / "config.json").is_file():
+        raise ModelSourceError(
+            Problem(str(folder / name), "has no config.json", "copy the part's config.json there")
+        )
+    module = _library_module(library)
+    cls = getattr(module, class_name, None) if module is not None else None
+    if cls is None:
+        raise ModelSourceError(
+            Problem(
+                str(folder / "model_index.json"),
+                f"{name}: {library}.{class_name} is not installed here, so it cannot be built",
+                "estimate parts of diffusers and transformers classes only",
+            )
+        )
+    if library == "diffusers":
+        config = cls.load_config(folder, subfolder=name)
+        return config, _on_meta(lambda: cls.from_config(config))
+    config = module.AutoConfig.from_pretrained(folder, subfolder=name)
+    for sub in [config, *(getattr(config, key, None) for key in config.sub_configs)]:
+        if sub is not None:  # as from_pretrained does: sub-models build in the same dtype
+            sub.dtype = dtype
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return config.to_dict(), _on_meta(lambda: cls(config))
+    finally:
+        torch.set_default_dtype(default)
+
+
+def _library_module(library: str) -> Any:
+    if library == "diffusers":
+        import diffusers
+
+        return diffusers
+    if library == "transformers":
+        import transformers
+
+        return transformers
+    return None
+
+
+def _on_meta(build: Callable[[], Any]) -> Any:
+    """Build with every tensor on the meta device; a model whose __init__ needs real values
+    (e.g. `.item()` on a schedule) gets real buffers instead, its parameters still on meta."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return build()
+    except (RuntimeError, NotImplementedError):
+        from accelerate import init_empty_weights
+
+        with init_empty_weights(include_buffers=False):
+            return build()
+
+
+def fp32_matcher(model: Any, library: str, dtype: Any) -> Callable[[str], bool]:
+    """Which parameters a library keeps in fp32 (`_keep_in_fp32_modules`)."""
+    import torch
+
+    if library == "diffusers":  # any dtype; a module name equal to one component of the key
+        keep = set(type(model)._keep_in_fp32_modules or [])
+        return lambda key: bool(keep.intersection(key.split(".")))
+    # transformers: `_keep_in_fp32_modules` only in fp16, `..._strict` in fp16 and bf16, each a
+    # pattern searched anywhere in the key (core_model_loading's dtype plan)
+    keep = list(model._keep_in_fp32_modules or []) if dtype == torch.float16 else []
+    if dtype in (torch.float16, torch.bfloat16):
+        keep += list(model._keep_in_fp32_modules_strict or [])
+    if not keep:
+        return lambda key: False
+    pattern = re.compile("|".join(k.replace("*", ".*") for k in keep))
+    return lambda key: pattern.search(key) is not None
+
+
+def safetensors_header(part_folder: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{tensor: (shape, dtype)} from the part's *.safetensors headers; no tensor data is read.
+    Variant files (model.fp16.safetensors) are used only when no plain file exists."""
+    from safetensors import safe_open
+
+    files = sorted(part_folder.glob("*.safetensors"))
+    plain = [f for f in files if re.fullmatch(r"[^.]+(-\d+-of-\d+)?\.safetensors", f.name)]
+    header: dict[str, tuple[tuple[int, ...], str]] = {}
+    for file in plain or files:
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                tensor = handle.get_slice(key)
+                header[key] = (tuple(tensor.get_shape()), tensor.get_dtype())
+    return header
+
+
+def gguf_bytes(file: str, dtype_size: int) -> int:
+    """Quantized GGUF tensors stay as their raw blocks; float ones are cast to the load dtype."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    floats = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
+    reader = GGUFReader(file)
+    return sum(
+        int(t.n_elements) * dtype_size if t.tensor_type in floats else int(t.n_bytes)
+        for t in reader.tensors
+    )

@@ -1,0 +1,151 @@
+"""`qconf estimate` against real loads of the tiny pipelines, its JSON contract, config-only
+folders, and that it allocates nothing for a full-width Flux.1-dev."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import qconf
+from qconf.backends import REGISTRY
+from qconf.cli.main import main
+from qconf.paths import backend_options
+
+REPO = Path(__file__).resolve().parents[1]
+FLUX_DEV = REPO / "bench" / "full_width" / "flux-dev"
+PARTS = {
+    "tiny-flux": ("transformer", "text_encoder", "text_encoder_2", "vae"),
+    "tiny-sd": ("unet", "text_encoder", "vae"),
+    "tiny-sd3": ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae"),
+}
+# torchao and quanto run on every part on CPU; bitsandbytes only on transformers parts (diffusers'
+# bnb quantizer insists on a GPU).
+OPTIONS = backend_options()
+CPU_OPTIONS = [n for n, o in OPTIONS.items() if o["backend"] in ("torchao", "quanto")]
+BNB_OPTIONS = [n for n, o in OPTIONS.items() if o["backend"].startswith("bitsandbytes")]
+TOLERANCE = 0.03
+
+
+def _case_parts(model: str, option: str) -> list[str]:
+    if option in BNB_OPTIONS:
+        return [p for p in PARTS[model] if p.startswith("text_encoder")]
+    return list(PARTS[model])
+
+
+CASES = [(m, o) for m in PARTS for o in [*CPU_OPTIONS, *BNB_OPTIONS]]
+
+
+@pytest.mark.parametrize(("model", "option"), CASES, ids=[f"{m}-{o}" for m, o in CASES])
+def test_estimate_matches_a_real_load(model: str, option: str) -> None:
+    pytest.importorskip(REGISTRY[OPTIONS[option]["backend"]].module)
+    from qconf.estimate import estimate
+
+    overrides = [
+        f"model={model}",
+        *(f"quant.mapping.{p}={option}" for p in _case_parts(model, option)),
+    ]
+    plan = qconf.validate(qconf.compose(overrides))
+    measured = qconf.load(plan).report.parts
+    estimated = estimate(plan).parts
+    assert set(measured) <= set(estimated)
+    for name, real in measured.items():
+        guess = estimated[name]
+        assert guess.params == real.params, name
+        assert guess.bytes == pytest.approx(real.bytes, rel=TOLERANCE), name
+        # the report counts quanto's scale buffers as unquantized bytes too; a few bytes a layer
+        assert guess.bytes_unquantized == pytest.approx(real.bytes_unquantized, rel=TOLERANCE)
+        if name in _case_parts(model, option):
+            assert guess.quantized_layers == sum(real.quantized_layers.values()), name
+
+
+def test_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["estimate", "--json", "model=tiny-flux", "quant.mapping.transformer=int8wo"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == {"components", "total_bytes"}
+    assert set(data["components"]) == set(PARTS["tiny-flux"])
+    for part in data["components"].values():
+        assert set(part) == {"params", "bytes_unquantized", "bytes"}
+        assert all(isinstance(v, int) and v > 0 for v in part.values())
+    assert data["total_bytes"] == sum(p["bytes"] for p in data["components"].values())
+    transformer = data["components"]["transformer"]
+    assert transformer["bytes"] < transformer["bytes_unquantized"]
+
+
+def test_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "estimate.png"
+    assert (
+        main(["estimate", "--plot", str(target), "model=tiny-sd", "quant.mapping.unet=int8wo"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "unet" in out and "total" in out
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_only_folder_equals_folder_with_weights(tmp_path: Path) -> None:
+    from qconf.estimate import estimate
+    from qconf.tiny import tiny_pipeline_path
+
+    source = tiny_pipeline_path("tiny-sd3")
+    shutil.copy(source / "model_index.json", tmp_path)
+    for config in source.glob("*/config.json"):
+        (tmp_path / config.parent.name).mkdir()
+        shutil.copy(config, tmp_path / config.parent.name)
+    assert not list(tmp_path.rglob("*.safetensors"))
+    mapping = ["quant.mapping.transformer=int4wo", "quant.mapping.text_encoder_3=quanto-int8"]
+    with_weights = estimate(qconf.validate(qconf.compose(["model=tiny-sd3", *mapping])))
+    config_only = estimate(qconf.validate(qconf.compose([f"model.source={tmp_path}", *mapping])))
+    assert config_only.to_json() == with_weights.to_json()
+    assert all(p.from_weights for p in with_weights.parts.values())
+    assert not any(p.from_weights for p in config_only.parts.values())
+
+
+def test_full_width_flux_dev_allocates_nothing(tmp_path: Path) -> None:
+    # A fresh interpreter measures only the one `qconf estimate` it runs (RUSAGE_CHILDREN of this
+    # test process would include every subprocess earlier tests started).
+    probe = (
+        "import json, resource, subprocess, sys\n"
+        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024\n"
+        "print(json.dumps({'rc': done.returncode, 'out': done.stdout, 'peak': peak}))\n"
+    )
+    command = [str(Path(sys.executable).with_name("qconf")), "estimate", "--json"]
+    command += ["preset=flux-nf4", f"model.source={FLUX_DEV}"]
+    result = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", probe, *command], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert result["rc"] == 0
+    assert result["peak"] < 2**30
+    parts = json.loads(result["out"])["components"]
+    assert parts["transformer"]["params"] == pytest.approx(11.90e9, rel=0.01)
+    assert parts["text_encoder_2"]["params"] == pytest.approx(4.76e9, rel=0.01)
+    assert parts["text_encoder"]["params"] == pytest.approx(123e6, rel=0.01)
+    assert parts["vae"]["params"] == pytest.approx(83.8e6, rel=0.01)
+    # today's libraries: T5's `wo` stays bf16 under nf4 -> about 10.6 GiB (the 2025 blog: 12.58)
+    total = sum(p["bytes"] for p in parts.values()) / 2**30
+    assert total == pytest.approx(10.6, abs=0.15)
+
+
+def test_hub_id_without_local_files_is_a_user_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    code = main(["estimate", "model.source=acme/not-here", "model.pipeline=FluxPipeline"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 1
+    assert lines[0].startswith("error: model.source:") and "local folder" in lines[0]
+
+
+def test_every_quantizing_backend_has_a_byte_model() -> None:
+    from qconf.estimate import BYTE_MODELS
+
+    assert set(REGISTRY) - {"gguf"} == set(BYTE_MODELS)
