@@ -3,7 +3,7 @@
 Each benchmark runs as its own subprocess of this Python (fresh imports, no state shared between
 them), its output shown as it comes. `--quick` uses few runs (a smoke run, ratios rougher).
 
-    python bench/run_all.py [--quick] [--only validate load bytes]
+    python bench/run_all.py [--quick] [--only validate load bytes estimate]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "validate": ("bench_validate.py", [], ["--runs", "3"]),
     "load": ("bench_load.py", [], ["--runs", "5"]),
     "bytes": ("bench_bytes.py", [], []),
+    "estimate": ("bench_estimate_full_width.py", [], []),
 }
 
 

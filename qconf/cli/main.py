@@ -81,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _guard(action) -> int:  # noqa: ANN001
+    from qconf.cli.quiet import quiet_library_noise
+
+    quiet_library_noise()
     try:
         return int(action() or 0)
     except QconfError as exc:
@@ -89,6 +92,9 @@ def _guard(action) -> int:  # noqa: ANN001
         return USER_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `qconf show --json | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
 
 
 def entry() -> None:
