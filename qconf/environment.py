@@ -87,3 +87,19 @@ def check_environment(resolved: ResolvedPlan) -> None:
     problems = environment_problems(resolved)
     if problems:
         raise BackendUnavailableError(problems)
+
+
+def cpu_runnable_options(extra_dirs: tuple[Path, ...] = ()) -> list[str]:
+    """Backend options that need no CUDA GPU on any part (torch-free)."""
+    from pydantic import TypeAdapter
+
+    from qconf.backends import LIBRARIES, BackendEntry
+    from qconf.paths import backend_options
+
+    entries = TypeAdapter(BackendEntry)
+    runnable = []
+    for name, option in backend_options(extra_dirs).items():
+        entry = entries.validate_python(option)
+        if all(entry.cuda_reason(library) is None for library in LIBRARIES):
+            runnable.append(name)
+    return runnable

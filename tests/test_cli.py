@@ -84,7 +84,7 @@ WRONG = [
             "validate",
             "quant.mapping.transformer={backend:torchao,kwargs:{quant_type:{name:Int4WeightOnlyConfig}}}",
         ],
-        "needs CUDA",
+        "needs a CUDA GPU",
     ),
     (["show", "--config-dir", "/no/such/dir"], "--config-dir"),
     (["frobnicate"], "invalid choice"),

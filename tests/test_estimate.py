@@ -14,6 +14,7 @@ import pytest
 import qconf
 from qconf.backends import REGISTRY
 from qconf.cli.main import main
+from qconf.environment import cpu_runnable_options
 from qconf.paths import backend_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ PARTS = {
 # torchao and quanto run on every part on CPU; bitsandbytes only on transformers parts (diffusers'
 # bnb quantizer insists on a GPU).
 OPTIONS = backend_options()
-CPU_OPTIONS = [n for n, o in OPTIONS.items() if o["backend"] in ("torchao", "quanto")]
+CPU_OPTIONS = [n for n in cpu_runnable_options() if OPTIONS[n]["backend"] in ("torchao", "quanto")]
 BNB_OPTIONS = [n for n, o in OPTIONS.items() if o["backend"].startswith("bitsandbytes")]
 TOLERANCE = 0.03
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import qconf
+from qconf.environment import cpu_runnable_options
 from qconf.paths import backend_options
 
 INT8WO_PLAN = [
@@ -14,7 +15,12 @@ INT8WO_PLAN = [
     "quant.mapping.text_encoder_2=int8wo",
 ]
 FLUX_PARTS = ("transformer", "text_encoder", "text_encoder_2", "vae")
-CPU_OPTIONS = [n for n, o in backend_options().items() if o["backend"] in ("torchao", "quanto")]
+
+CPU_OPTIONS = [
+    name
+    for name in cpu_runnable_options()
+    if backend_options()[name]["backend"] in ("torchao", "quanto")
+]
 BNB_OPTIONS = [n for n, o in backend_options().items() if o["backend"].startswith("bitsandbytes")]
 
 
@@ -220,3 +226,26 @@ def test_skip_extends_the_library_default_skips() -> None:
     transformer = loaded.pipeline.transformer
     assert not is_torchao(transformer.proj_out.weight)
     assert is_torchao(transformer.x_embedder.weight)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU error only exists without a GPU")
+def test_packed_int4_needs_a_gpu_and_says_so() -> None:
+    plan = qconf.validate(qconf.compose(["preset=flux-int4wo", "model=tiny-flux"]))
+    with pytest.raises(qconf.BackendUnavailableError) as caught:
+        qconf.check_environment(plan)
+    assert caught.value.lines[0].startswith(
+        "quant.mapping.text_encoder_2: torchao on 'text_encoder_2' (transformers part) needs a "
+        "CUDA GPU and none is visible: torchao Int4WeightOnlyConfig has CUDA kernels only"
+    )
+
+
+@pytest.mark.gpu
+def test_packed_int4_loads_on_gpu() -> None:
+    """tinygemm packs k in tiles of 128: tiny-sd3's T5 (d_model 128) has layers that fit."""
+    loaded = qconf.load(
+        qconf.compose(["model=tiny-sd3", "quant.mapping.text_encoder_3=int4wo-gpu"])
+    )
+    weights = linear_weights(loaded.pipeline.text_encoder_3)
+    assert any(is_torchao(w) for w in weights)
+    report = loaded.report.parts["text_encoder_3"]
+    assert report.bytes < report.bytes_unquantized

@@ -53,7 +53,7 @@ TINY_LOADS = [
     ("sd35-int8wo", "tiny-sd3"),
     ("sdxl-int8wo", "tiny-sdxl"),
     ("wan21-int8wo", "tiny-wan"),
-    ("wan22-int4wo", "tiny-wan22"),
+    ("wan22-int8wo", "tiny-wan22"),
     ("ltx-int8wo", "tiny-ltx"),
 ]
 VIDEO_FRAMES = {"tiny-wan": 5, "tiny-wan22": 5, "tiny-ltx": 9}  # 4k+1, the VAEs' time stride

@@ -132,22 +132,35 @@ class IntxWeightOnly(_QuantType):
 
 
 class Int4WeightOnly(_QuantType):
-    """int4 weights with tinygemm kernels (CUDA only; use IntxWeightOnlyConfig on CPU)."""
+    """Packed int4 weights (two per byte) for CUDA kernels; on CPU use IntxWeightOnlyConfig."""
 
     name: Literal["Int4WeightOnlyConfig"]
     group_size: Literal[32, 64, 128, 256] | None = Field(None, description="Default 128.")
-    cuda_reason: ClassVar[str | None] = "torchao Int4WeightOnlyConfig needs CUDA kernels"
+    packing_format: Literal["tile_packed_to_4d", "plain", "preshuffled", "plain_int32"] | None = (
+        Field(
+            None,
+            description="tile_packed_to_4d: torch's built-in tinygemm CUDA kernel; plain "
+            "(torchao's default) and preshuffled need the mslk package.",
+        )
+    )
+    cuda_reason: ClassVar[str | None] = "torchao Int4WeightOnlyConfig has CUDA kernels only"
+    defaults: ClassVar[Mapping[str, Any]] = {"group_size": 128, "packing_format": "plain"}
 
     def to_torchao(self) -> Any:
         from torchao.quantization import Int4WeightOnlyConfig
 
-        return Int4WeightOnlyConfig(**self.model_dump(exclude={"name"}, exclude_none=True))
-
-    defaults: ClassVar[Mapping[str, Any]] = {"group_size": 128}
+        kwargs: dict[str, Any] = {}
+        if self.group_size is not None:
+            kwargs["group_size"] = self.group_size
+        if self.packing_format is not None:
+            kwargs["int4_packing_format"] = self.packing_format
+        return Int4WeightOnlyConfig(**kwargs)
 
     @classmethod
     def fields_from_saved(cls, data: Mapping[str, Any]) -> dict[str, Any]:
-        return _saved_group_size(data)
+        packing = _saved_value(data.get("int4_packing_format"))
+        fields = {"packing_format": str(packing).lower()} if packing else {}
+        return fields | _saved_group_size(data)
 
 
 class Float8DynamicActivationFloat8Weight(_QuantType):
