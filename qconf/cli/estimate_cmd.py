@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from qconf.cli.main import add_plan_arguments, console
+from qconf.cli.main import add_plan_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,29 +44,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_estimate(result: Any) -> None:
-    from rich.table import Table
+    from qconf.cli.tables import BytesRow, print_bytes_table
 
-    from qconf.cli.load_cmd import human_bytes
-
-    table = Table(
-        title=f"{result.pipeline} from {result.folder} — estimate, torch_dtype={result.torch_dtype}"
-    )
-    for column in ("part", "backend", "quantized layers", "params", "unquantized", "plan", "ratio"):
-        table.add_column(column, justify="right" if column in ("params", "ratio") else "left")
-    for name, part in result.parts.items():
-        table.add_row(
+    rows = (
+        BytesRow(
             name,
-            part.backend or "—",
-            str(part.quantized_layers) if part.backend else "—",
-            f"{part.params:,}",
-            human_bytes(part.bytes_unquantized),
-            human_bytes(part.bytes),
-            f"{part.bytes / part.bytes_unquantized:.2f}" if part.bytes_unquantized else "—",
+            part.backend,
+            str(part.quantized_layers) if part.backend else "",
+            part.params,
+            part.bytes_unquantized,
+            part.bytes,
         )
-    total, before = result.total_bytes, result.total_bytes_unquantized
-    table.add_row(
-        "total", "", "", f"{sum(p.params for p in result.parts.values()):,}",
-        human_bytes(before), human_bytes(total), f"{total / before:.2f}" if before else "—",
-        style="bold",
-    )  # fmt: skip
-    console().print(table)
+        for name, part in result.parts.items()
+    )
+    title = f"{result.pipeline} from {result.folder} — estimate, torch_dtype={result.torch_dtype}"
+    print_bytes_table(title, rows, "plan")

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from qconf.cli.main import add_plan_arguments, console
+from qconf.cli.main import add_plan_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,45 +33,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_report(report: Any) -> None:
-    from rich.table import Table
+    from qconf.cli.tables import BytesRow, print_bytes_table
 
-    table = Table(
-        title=f"{report.pipeline} loaded in {report.load_seconds:.2f} s "
+    rows = (
+        BytesRow(
+            name,
+            part.backend,
+            ", ".join(f"{n}× {kind}" for kind, n in part.quantized_layers.items()),
+            part.params,
+            part.bytes_unquantized,
+            part.bytes,
+        )
+        for name, part in report.parts.items()
+    )
+    title = (
+        f"{report.pipeline} loaded in {report.load_seconds:.2f} s "
         f"(torch_dtype={report.torch_dtype})"
     )
-    for column in (
-        "part",
-        "backend",
-        "quantized layers",
-        "params",
-        "unquantized",
-        "loaded",
-        "ratio",
-    ):
-        table.add_column(column, justify="right" if column in ("params", "ratio") else "left")
-    for name, part in report.parts.items():
-        layers = ", ".join(f"{n}× {kind}" for kind, n in part.quantized_layers.items()) or "—"
-        table.add_row(
-            name,
-            part.backend or "—",
-            layers,
-            f"{part.params:,}",
-            human_bytes(part.bytes_unquantized),
-            human_bytes(part.bytes),
-            f"{part.bytes / part.bytes_unquantized:.2f}" if part.bytes_unquantized else "—",
-        )
-    ratio = report.total_bytes / report.total_bytes_unquantized
-    table.add_row(
-        "total", "", "", "", human_bytes(report.total_bytes_unquantized),
-        human_bytes(report.total_bytes), f"{ratio:.2f}", style="bold",
-    )  # fmt: skip
-    console().print(table)
-
-
-def human_bytes(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size:.1f} GiB"
+    print_bytes_table(title, rows, "loaded")

@@ -1,0 +1,58 @@
+"""The per-part bytes table shared by `qconf load` (measured) and `qconf estimate` (computed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from qconf.cli.main import console
+
+
+@dataclass(frozen=True)
+class BytesRow:
+    part: str
+    backend: str | None
+    layers: str  # what got quantized, e.g. "30× Linear[Int8Tensor]"
+    params: int
+    bytes_unquantized: int
+    bytes: int
+
+
+def print_bytes_table(title: str, rows: Iterable[BytesRow], bytes_column: str) -> None:
+    from rich.table import Table
+
+    rows = list(rows)
+    table = Table(title=title)
+    for column in ("part", "backend", "quantized layers", "params", "unquantized", bytes_column):
+        table.add_column(column, justify="right" if column == "params" else "left")
+    table.add_column("ratio", justify="right")
+    for row in rows:
+        table.add_row(
+            row.part,
+            row.backend or "—",
+            row.layers or "—",
+            f"{row.params:,}",
+            human_bytes(row.bytes_unquantized),
+            human_bytes(row.bytes),
+            _ratio(row.bytes, row.bytes_unquantized),
+        )
+    before, after = sum(r.bytes_unquantized for r in rows), sum(r.bytes for r in rows)
+    params = sum(r.params for r in rows)
+    table.add_row(
+        "total", "", "", f"{params:,}", human_bytes(before), human_bytes(after),
+        _ratio(after, before), style="bold",
+    )  # fmt: skip
+    console().print(table)
+
+
+def _ratio(after: int, before: int) -> str:
+    return f"{after / before:.2f}" if before else "—"
+
+
+def human_bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} GiB"
