@@ -77,6 +77,12 @@ def _quant_state_bytes(state: Any) -> int:
 
 
 def logical_numel(tensor: Any) -> int:
+    quant_type = getattr(tensor, "quant_type", None)
+    if type(tensor).__name__ == "GGUFParameter" and quant_type is not None:
+        from gguf import GGML_QUANT_SIZES  # (weights per block, bytes per block)
+
+        block, block_bytes = GGML_QUANT_SIZES[quant_type]
+        return tensor.numel() * tensor.element_size() // block_bytes * block
     state = getattr(tensor, "quant_state", None)
     if state is not None and getattr(state, "shape", None) is not None:  # packed 4-bit
         numel = 1

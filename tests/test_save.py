@@ -277,3 +277,57 @@ def test_custom_code_is_refused_unless_trusted(tmp_path: Path) -> None:
         "this model's code"
     ]
     qconf.validate(qconf.compose([f"model.source={folder}", "model.trust_remote_code=true"]))
+
+
+def write_gguf(state_dict: dict[str, torch.Tensor], path: Path) -> int:
+    """A GGUF file with the part's own (diffusers) tensor names: Q8_0 where rows allow it."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch="qconf-test")
+    quantized = 0
+    for name, tensor in state_dict.items():
+        array = tensor.float().numpy()
+        if tensor.ndim == 2 and tensor.shape[1] % 32 == 0:
+            data = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(
+                name, data, raw_shape=data.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0
+            )
+            quantized += 1
+        else:
+            writer.add_tensor(name, array.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return quantized
+
+
+def test_a_part_from_a_gguf_file_loads_with_from_single_file(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    weights = (
+        tiny_pipeline_path("tiny-flux") / "transformer" / "diffusion_pytorch_model.safetensors"
+    )
+    gguf_file = tmp_path / "transformer.gguf"
+    assert write_gguf(load_file(weights), gguf_file) == 30
+    loaded = qconf.load(
+        qconf.compose(
+            [
+                f"quant.mapping.transformer={{backend:gguf,file:'{gguf_file}'}}",
+                "quant.mapping.vae=int8wo",
+            ]
+        )
+    )
+    report = loaded.report.parts["transformer"]
+    assert report.quantized_layers == {"GGUFLinear[GGUFParameter]": 30}
+    assert report.params == sum(p.numel() for p in load_file(weights).values())
+    assert report.bytes < report.bytes_unquantized
+    assert loaded.report.parts["vae"].backend == "torchao"  # the other parts load normally
+    from qconf.estimate import estimate
+
+    assert estimate(loaded.resolved.plan).parts["transformer"].bytes == report.bytes
+    image = loaded.pipeline("a cat", num_inference_steps=2, height=32, width=32).images[0]
+    assert image.size == (32, 32)
+    with pytest.raises(qconf.PlanError, match="gguf on 'transformer' .* cannot be saved"):
+        qconf.load(loaded.resolved.plan, save=tmp_path / "saved")
