@@ -7,9 +7,22 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 if "QCONF_CACHE" not in os.environ:
     os.environ["QCONF_CACHE"] = tempfile.mkdtemp(prefix="qconf-test-cache-")
     atexit.register(shutil.rmtree, os.environ["QCONF_CACHE"], ignore_errors=True)
 warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@pytest.fixture(scope="module")
+def qconf_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private cache for a module's tiny pipelines (built on first use, < 1 s each)."""
+    path = tmp_path_factory.mktemp("qconf-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QCONF_CACHE", str(path))
+        yield path

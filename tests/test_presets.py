@@ -15,7 +15,6 @@ import re
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -74,15 +73,6 @@ def _model_option(name: str) -> str:
     _, data = _preset_yaml(name)
     overrides = [e for e in data["defaults"] if isinstance(e, dict) and "override /model" in e]
     return overrides[0]["override /model"]
-
-
-@pytest.fixture(scope="module")
-def qconf_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A private cache for the tiny pipelines (built on first use, < 1 s each)."""
-    path = tmp_path_factory.mktemp("qconf-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("QCONF_CACHE", str(path))
-        yield path
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,14 +10,6 @@ import pytest
 from qconf.parts import TINY_PIPELINES, pipeline_parts
 
 NAMES = sorted(TINY_PIPELINES)
-
-
-@pytest.fixture(scope="module")
-def qconf_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("qconf-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("QCONF_CACHE", str(path))
-        yield path
 
 
 @pytest.mark.parametrize("name", NAMES)
