@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from rich.console import Console
 
@@ -96,6 +97,35 @@ def fmt_bytes(n: float | None) -> str:
     if n is None:
         return "-"
     return f"{n / 1024:,.1f} KiB"
+
+
+def timing_table(
+    title: str,
+    times: dict[str, list[float]],
+    labels: dict[str, str],
+    baseline: str,
+    ratio_column: str,
+    unit: str = "s",
+) -> Any:
+    """Median/min/max per contender and its median over the baseline's (a rich Table)."""
+    from rich.table import Table
+
+    scale = {"s": 1.0, "ms": 1e3}[unit]
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    table = Table(title=title)
+    first = "command" if unit == "s" else "loader"
+    for column in (first, f"median {unit}", f"min {unit}", f"max {unit}", ratio_column):
+        table.add_column(column, justify="left" if column == first else "right")
+    digits = 3 if unit == "s" else 1
+    for name, values in times.items():
+        table.add_row(
+            labels[name],
+            f"{medians[name] * scale:.{digits}f}",
+            f"{min(values) * scale:.{digits}f}",
+            f"{max(values) * scale:.{digits}f}",
+            f"{medians[name] / medians[baseline]:.3f}",
+        )
+    return table
 
 
 def verdict(value: float, target: float) -> str:

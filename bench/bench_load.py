@@ -26,7 +26,15 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from _common import console, interleaved, median_of_ratios, silence_libraries, time_once, verdict
+from _common import (
+    console,
+    interleaved,
+    median_of_ratios,
+    silence_libraries,
+    time_once,
+    timing_table,
+    verdict,
+)
 from rich.table import Table
 
 TARGET = 1.03
@@ -138,17 +146,8 @@ def bench(runs: int, threads: int) -> tuple[dict[str, list[float]], dict[str, fl
 def render(times: dict[str, list[float]], steps: dict[str, float], sanity: str, runs: int) -> None:
     """Print the timing table, the ratio and the breakdown."""
     medians = {name: statistics.median(t) for name, t in times.items()}
-    table = Table(title=f"load tiny-flux, int8wo on transformer + text_encoder_2 ({runs} rounds)")
-    for column in ("loader", "median ms", "min ms", "max ms", "/ direct"):
-        table.add_column(column, justify="left" if column == "loader" else "right")
-    for name, values in times.items():
-        table.add_row(
-            LABELS[name],
-            f"{medians[name] * 1e3:.1f}",
-            f"{min(values) * 1e3:.1f}",
-            f"{max(values) * 1e3:.1f}",
-            f"{medians[name] / medians[DIRECT]:.3f}",
-        )
+    title = f"load tiny-flux, int8wo on transformer + text_encoder_2 ({runs} rounds)"
+    table = timing_table(title, times, LABELS, DIRECT, "/ direct", unit="ms")
     console.print(table)
     ratio = medians[QCONF] / medians[DIRECT]
     paired = median_of_ratios(times[QCONF], times[DIRECT])

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from _common import console, interleaved, median_of_ratios, verdict
+from _common import console, interleaved, median_of_ratios, timing_table, verdict
 from rich.table import Table
 
 TARGET = 0.10
@@ -99,17 +99,8 @@ def render(
         IMPORT: 'python -c "from diffusers import PipelineQuantizationConfig"',
     }
     medians = {name: statistics.median(t) for name, t in times.items()}
-    table = Table(title=f"validate vs diffusers import ({runs} interleaved rounds)")
-    for column in ("command", "median s", "min s", "max s", "/ import"):
-        table.add_column(column, justify="left" if column == "command" else "right")
-    for name, values in times.items():
-        table.add_row(
-            labels[name],
-            f"{medians[name]:.3f}",
-            f"{min(values):.3f}",
-            f"{max(values):.3f}",
-            f"{medians[name] / medians[IMPORT]:.3f}",
-        )
+    title = f"validate vs diffusers import ({runs} interleaved rounds)"
+    table = timing_table(title, times, labels, IMPORT, "/ import")
     console.print(table)
     ratio = medians[CLI] / medians[IMPORT]
     paired = median_of_ratios(times[CLI], times[IMPORT])

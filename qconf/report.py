@@ -23,12 +23,11 @@ class PartReport:
     layers: int = 0  # modules holding a weight
 
 
-@dataclass
-class LoadReport:
-    pipeline: str
-    torch_dtype: str | None
-    load_seconds: float
-    parts: dict[str, PartReport]
+class PartTotals:
+    """Pipeline totals over `parts` (each with .bytes and .bytes_unquantized); shared by the
+    measured LoadReport and the computed Estimate."""
+
+    parts: dict[str, Any]
 
     @property
     def total_bytes(self) -> int:
@@ -37,6 +36,14 @@ class LoadReport:
     @property
     def total_bytes_unquantized(self) -> int:
         return sum(p.bytes_unquantized for p in self.parts.values())
+
+
+@dataclass
+class LoadReport(PartTotals):
+    pipeline: str
+    torch_dtype: str | None
+    load_seconds: float
+    parts: dict[str, PartReport]
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -24,6 +24,7 @@ from qconf.estimate.sources import (
     model_folder,
     safetensors_header,
 )
+from qconf.report import PartTotals
 
 
 @dataclass(frozen=True)
@@ -48,19 +49,11 @@ class PartEstimate:
 
 
 @dataclass(frozen=True)
-class Estimate:
+class Estimate(PartTotals):
     pipeline: str
     folder: str
     torch_dtype: str | None
     parts: dict[str, PartEstimate]
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(p.bytes for p in self.parts.values())
-
-    @property
-    def total_bytes_unquantized(self) -> int:
-        return sum(p.bytes_unquantized for p in self.parts.values())
 
     @property
     def notes(self) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qconf.tiny.components import (
     clip_text_encoder,
@@ -44,18 +44,23 @@ def build_flux() -> DiffusionPipeline:
             base_image_seq_len=256,
             max_image_seq_len=4096,
         ),
-        vae=vae(
-            16,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            scaling_factor=0.3611,
-            shift_factor=0.1159,
-        ),
+        vae=_flow_vae(scaling_factor=0.3611, shift_factor=0.1159),
         text_encoder=clip_text_encoder(tokenizer, with_projection=False),
         tokenizer=tokenizer,
         text_encoder_2=t5_text_encoder(tokenizer_2, d_model=64),
         tokenizer_2=tokenizer_2,
         transformer=transformer,
+    )
+
+
+def _flow_vae(scaling_factor: float, shift_factor: float) -> Any:
+    """The 16-channel VAE of Flux and SD3 (no quant convs); they differ in latent statistics."""
+    return vae(
+        16,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
     )
 
 
@@ -85,13 +90,7 @@ def build_sd3() -> DiffusionPipeline:
     # Both CLIP encoders are built from the same seed, hence identical; harmless for a test model.
     return StableDiffusion3Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=vae(
-            16,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            scaling_factor=1.5305,
-            shift_factor=0.0609,
-        ),
+        vae=_flow_vae(scaling_factor=1.5305, shift_factor=0.0609),
         text_encoder=clip_text_encoder(tokenizer, with_projection=True),
         tokenizer=tokenizer,
         text_encoder_2=clip_text_encoder(tokenizer, with_projection=True),
