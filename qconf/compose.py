@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from qconf.errors import PlanError, Problem
+from qconf.hydra_node import hydra_node_problems, is_hydra_override, plugin_choices
 from qconf.paths import backend_options, conf_dir
+from qconf.yamlsafe import bounded_omegaconf
 
 CONFIG_NAME = "qconf"
 _MAPPING_PREFIX = "quant.mapping."
@@ -27,40 +31,146 @@ def compose(
     config_dir: str | Path | None = None,
     config_name: str = CONFIG_NAME,
 ) -> Any:
-    """The composed plan as a DictConfig. `config_dir` adds a user conf tree (searched first)."""
+    """The composed plan as a DictConfig (without the `hydra:` node). `config_dir` adds a user
+    conf tree, searched before qconf's. Config files are read with bounded work, and any
+    `hydra:` setting that came from a file rather than the command line is refused."""
+    from omegaconf import OmegaConf
+
+    user_dirs = user_config_dirs(config_dir)
+    rewritten = rewrite_overrides(list(overrides), user_dirs)
+    cfg = _compose(user_dirs, config_name, [*rewritten, *SEARCH_OVERRIDES], overrides)
+    problems = _hydra_problems(cfg, rewritten, overrides)
+    if problems:
+        raise PlanError(problems)
+    OmegaConf.set_struct(cfg, False)
+    cfg.pop("hydra")
+    return cfg
+
+
+def primary_dir(user_dirs: tuple[Path, ...]) -> Path:
+    """Hydra's primary config dir: the user's tree when given (searched first), else qconf's."""
+    return user_dirs[0] if user_dirs else conf_dir()
+
+
+def secondary_dirs(user_dirs: tuple[Path, ...]) -> list[Path]:
+    """Searched after the primary dir, in the place Hydra gives `--config-dir` (before the
+    structured-config schema): the remaining user trees, then qconf's own."""
+    return [*user_dirs[1:], conf_dir()] if user_dirs else []
+
+
+# Hydra reads `hydra.searchpath` from the primary config, which may be a user's file; the
+# command line wins, so qconf always sets it (to nothing: the search path is built above).
+SEARCH_OVERRIDES = ["hydra.searchpath=[]"]
+
+
+@contextmanager
+def _initialized(user_dirs: tuple[Path, ...]) -> Iterator[None]:
+    """hydra.initialize_config_dir with the search path `qconf run` gives Hydra (see
+    run_cmd), so that composing and running can never see different files."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+    from hydra.version import setbase
+
+    backup = get_gh_backup()
+    setbase(None)
+    search_path = create_config_search_path(str(primary_dir(user_dirs)))
+    for extra in secondary_dirs(user_dirs):
+        search_path.prepend("command-line", f"file://{extra}", SearchPathQuery(provider="schema"))
+    GlobalHydra.instance().clear()
+    Hydra.create_main_hydra2(task_name=CONFIG_NAME, config_search_path=search_path)
+    try:
+        yield
+    finally:
+        restore_gh_from_backup(backup)
+
+
+def _compose(user_dirs: tuple[Path, ...], config_name: str, hydra_overrides: list[str],
+             user_overrides: Sequence[str]) -> Any:  # fmt: skip
     import yaml
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    extra_dirs = _user_dirs(config_dir)
-    rewritten = rewrite_overrides(list(overrides), extra_dirs)
-    if extra_dirs:
-        rewritten.insert(
-            0, f"hydra.searchpath=[{','.join('file://' + str(d) for d in extra_dirs)}]"
-        )
     try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            cfg = hydra_compose(config_name=config_name, overrides=rewritten)
+        with bounded_omegaconf(), _initialized(user_dirs):
+            return hydra_compose(config_name, hydra_overrides, return_hydra_config=True)
     except OverrideParseException as exc:
-        raise PlanError(_parse_problem(overrides, exc)) from None
+        raise PlanError(_parse_problem(user_overrides, exc)) from None
     except MissingConfigException as exc:
         raise PlanError(_missing_option_problem(str(exc))) from None
     except yaml.YAMLError as exc:
         raise PlanError(_yaml_problem(exc)) from None
+    except RecursionError:
+        raise PlanError(
+            Problem("config", "nested too deeply", "flatten the value or the file")
+        ) from None
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        yaml_error = _yaml_cause(exc)
+        if yaml_error is not None:
+            raise PlanError(_yaml_problem(yaml_error)) from None
         # ValueError: Hydra's own for some bad values, e.g. `model=null`
-        raise PlanError(_composition_problem(overrides, exc)) from None
-    OmegaConf.set_struct(cfg, False)
-    return cfg
+        raise PlanError(_composition_problem(user_overrides, exc)) from None
 
 
-def _user_dirs(config_dir: str | Path | None) -> tuple[Path, ...]:
+def _yaml_cause(exc: BaseException) -> Any:
+    import yaml
+
+    for _ in range(5):  # Hydra wraps a file's YAML error in its own exception
+        if isinstance(exc, yaml.YAMLError):
+            return exc
+        if exc.__cause__ is None and exc.__context__ is None:
+            return None
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
+
+
+def _hydra_problems(cfg: Any, rewritten: list[str], user_overrides: Sequence[str]) -> list[Problem]:
+    """The hydra node as composed vs as qconf's tree + the command line alone would make it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parser = OverridesParser.create()
+    cli_hydra = [o for o in rewritten if is_hydra_override(parser.parse_override(o).key_or_group)]
+    composed = OmegaConf.to_container(cfg.hydra, resolve=False)
+    cli_keys = {parser.parse_override(o).key_or_group for o in cli_hydra}
+    picks = plugin_choices(composed, cli_keys)  # type: ignore[arg-type]
+    try:
+        trusted = _trusted_hydra(tuple(cli_hydra + picks))
+    except PlanError:
+        try:
+            trusted = _trusted_hydra(tuple(cli_hydra))
+        except PlanError as exc:  # a hydra/<group> option that only a config file defines
+            return [
+                Problem(
+                    problem.where,
+                    "names a Hydra option found only in a config file (its settings would run "
+                    "as Hydra's own)",
+                    "use one from qconf or an installed Hydra plugin, e.g. "
+                    "hydra/launcher=basic|joblib|submitit_local|submitit_slurm",
+                )
+                for problem in exc.problems
+            ]
+    return hydra_node_problems(composed, trusted)  # type: ignore[arg-type]
+
+
+@cache
+def _trusted_hydra(cli_hydra: tuple[str, ...]) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    cfg = _compose((), CONFIG_NAME, [*cli_hydra, *SEARCH_OVERRIDES], cli_hydra)
+    return OmegaConf.to_container(cfg.hydra, resolve=False)  # type: ignore[return-value]
+
+
+def user_config_dirs(config_dir: str | Path | None) -> tuple[Path, ...]:
     if config_dir is None:
         return ()
-    path = Path(config_dir).expanduser().resolve()
+    try:
+        path = Path(config_dir).expanduser().resolve()
+    except RuntimeError:  # ~nosuchuser
+        path = Path(str(config_dir))
     if not path.is_dir():
         raise PlanError(Problem("--config-dir", f"'{config_dir}' is not a folder", "pass a folder"))
     return (path,)
@@ -151,7 +261,8 @@ def _missing_option_problem(message: str) -> Problem:
     return Problem(
         f"override '{group}={option}'",
         f"unknown {group} '{option}'",
-        f"{did_you_mean}available: {', '.join(available)} (qconf list {group}s)",
+        f"{did_you_mean}available: {', '.join(available) or 'none'}"
+        + (f" (qconf list {group}s)" if group in ("backend", "preset", "model") else ""),
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from qconf.errors import PlanError, Problem
+from qconf.yamlsafe import load_yaml_file
 
 
 @cache
@@ -38,13 +39,12 @@ def _load_options(files: tuple[tuple[str, Path], ...]) -> dict[str, dict]:
     options = {}
     for name, path in files:
         try:
-            options[name] = yaml.safe_load(path.read_text()) or {}
+            options[name] = load_yaml_file(path) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
+            what = getattr(exc, "problem", None) or exc.__class__.__name__
             raise PlanError(
-                Problem(
-                    f"{path}{line}", f"malformed YAML ({exc.__class__.__name__})", "fix the file"
-                )
+                Problem(f"{path}{line}", f"malformed YAML ({what})", "fix the file")
             ) from None
     return options

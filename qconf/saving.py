@@ -6,9 +6,12 @@ moved into place: a failure or a kill midway leaves no DIR (at most a hidden .DI
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,17 +50,57 @@ def save_problems(resolved: ResolvedPlan) -> list[Problem]:
 
 
 def check_can_save(resolved: ResolvedPlan, target: str | Path, *, force: bool) -> None:
-    """Refuse before quantizing: an unsaveable plan, or a non-empty DIR without force."""
+    """Refuse before quantizing: an unsaveable plan, a target qconf never replaces, or a
+    non-empty DIR without force. (Checked again when the folder is moved into place.)"""
     problems = save_problems(resolved)
-    path = Path(target).expanduser()
-    if path.exists() and not path.is_dir():
-        problems.append(Problem("--save", f"'{target}' is a file", "give a folder path"))
-    elif path.is_dir() and any(path.iterdir()) and not force:
-        problems.append(
-            Problem("--save", f"'{target}' exists and is not empty", "pass --force to replace it")
-        )
+    try:
+        path = save_target(target)
+    except PlanError as exc:
+        problems += exc.problems
+    else:
+        if path.is_dir() and any(path.iterdir()) and not force:
+            problems.append(
+                Problem(
+                    "--save", f"'{target}' exists and is not empty", "pass --force to replace it"
+                )
+            )
     if problems:
         raise PlanError(problems)
+
+
+def save_target(target: str | Path) -> Path:
+    """The absolute DIR for `--save`, or PlanError for targets never replaced, even with
+    --force: '', '.', '~', '/', the working folder or a folder holding it, your home or a
+    folder holding it, a symlink, a file, or a path under a file."""
+    text = str(target)
+    where = "--save"
+    if not text.strip():
+        raise PlanError(Problem(where, "empty path", "name the folder to save into"))
+    try:
+        expanded = Path(text).expanduser()
+    except RuntimeError:  # ~nosuchuser
+        raise PlanError(Problem(where, f"'{text}': no such user", "give a path")) from None
+    path = Path(os.path.abspath(expanded))  # absolute, symlinks not followed
+    if path.is_symlink():
+        raise PlanError(
+            Problem(where, f"'{text}' is a symlink", "save into a real folder (never followed)")
+        )
+    real = path.resolve()
+    protected = {Path.cwd().resolve(), Path.home().resolve(), Path(real.anchor)}
+    if any(real == p or real in p.parents for p in protected):
+        raise PlanError(
+            Problem(
+                where,
+                f"'{text}' is the working folder, your home, the root or a folder holding them",
+                "save into a new sub-folder, e.g. --save outputs/quantized",
+            )
+        )
+    if real.exists() and not real.is_dir():
+        raise PlanError(Problem(where, f"'{text}' is a file", "give a folder path"))
+    existing = next(p for p in (real, *real.parents) if p.exists())
+    if not existing.is_dir():
+        raise PlanError(Problem(where, f"'{existing}' is a file, not a folder", "fix the path"))
+    return real
 
 
 def save_pipeline(loaded: Loaded, target: str | Path, *, force: bool = False) -> Path:
@@ -65,28 +108,113 @@ def save_pipeline(loaded: Loaded, target: str | Path, *, force: bool = False) ->
     import yaml
 
     check_can_save(loaded.resolved, target, force=force)
-    path = Path(target).expanduser().resolve()
+    path = save_target(target)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.qconf-tmp-"))
-    try:
-        loaded.pipeline.save_pretrained(staging, safe_serialization=True)
-        record = {"versions": library_versions(), "plan": loaded.resolved.to_json()}
-        (staging / PLAN_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
-        _move_into_place(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with _save_lock(path):
+        _remove_stale(path)
+        staging = Path(
+            tempfile.mkdtemp(dir=path.parent, prefix=f"{_hidden(path)}tmp-{os.getpid()}-")
+        )
+        try:
+            loaded.pipeline.save_pretrained(staging, safe_serialization=True)
+            record = {"versions": library_versions(), "plan": loaded.resolved.to_json()}
+            (staging / PLAN_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
+            _move_into_place(staging, path, target, force=force)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return path
 
 
-def _move_into_place(staging: Path, path: Path) -> None:
-    if not path.exists():
-        os.rename(staging, path)
+def _hidden(path: Path) -> str:
+    return f".{path.name}.qconf-"
+
+
+@contextmanager
+def _save_lock(path: Path) -> Iterator[None]:
+    """One save into DIR at a time: an O_EXCL marker beside DIR holding the saver's pid (a
+    marker whose process is gone is stale and taken over)."""
+    lock = path.parent / f"{_hidden(path)}lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            break
+        except FileExistsError:
+            owner = _pid_in(lock.read_text(errors="replace") if lock.exists() else "")
+            if owner is not None and _alive(owner):
+                raise PlanError(
+                    Problem(
+                        "--save",
+                        f"another qconf process (pid {owner}) is saving into '{path}'",
+                        "wait for it, or pick another folder",
+                    )  # fmt: skip
+                ) from None
+            lock.unlink(missing_ok=True)
+    else:
+        raise PlanError(Problem("--save", f"cannot lock '{lock}'", "remove it if stale"))
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _pid_in(text: str) -> int | None:
+    return int(text) if text.strip().isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove_stale(path: Path) -> None:
+    """Temp folders of earlier saves into DIR whose process died (killed mid-save)."""
+    prefix = _hidden(path)
+    for kind in ("tmp", "old"):
+        for stale in path.parent.glob(f"{prefix}{kind}-*"):
+            pid = _pid_in(stale.name[len(prefix) + len(kind) + 1 :].split("-", 1)[0])
+            if stale.is_dir() and not stale.is_symlink() and pid is not None and not _alive(pid):
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def _move_into_place(staging: Path, path: Path, target: str | Path, *, force: bool) -> None:
+    """rename(2) onto DIR succeeds only if DIR is absent or empty *at that instant*: anything
+    written into DIR meanwhile survives and the save fails. With force, the old DIR is first
+    moved aside (and deleted once the new one is in place)."""
+    if path.is_symlink():  # replaced by a symlink since the check
+        raise PlanError(Problem("--save", f"'{target}' became a symlink", "nothing was written"))
+    if force and path.is_dir() and any(path.iterdir()):
+        retired = Path(
+            tempfile.mkdtemp(dir=path.parent, prefix=f"{_hidden(path)}old-{os.getpid()}-")
+        )
+        os.rename(path, retired / path.name)
+        try:
+            os.rename(staging, path)
+        except OSError:
+            os.rename(retired / path.name, path)  # put the old folder back
+            raise
+        finally:
+            shutil.rmtree(retired, ignore_errors=True)
         return
-    retired = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.qconf-old-"))
-    os.rename(path, retired / path.name)
-    os.rename(staging, path)
-    shutil.rmtree(retired, ignore_errors=True)
+    try:
+        os.rename(staging, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise PlanError(
+                Problem(
+                    "--save",
+                    f"'{target}' was written to by someone else while saving; left as it is",
+                    "pass --force to replace it, or pick another folder",
+                )
+            ) from None
+        raise
 
 
 def library_versions() -> dict[str, str]:

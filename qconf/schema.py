@@ -29,7 +29,7 @@ from qconf.errors import PlanError, Problem
 from qconf.messages import PlanProblems, did_you_mean, problems_from_errors
 from qconf.parts import PipelineParts, pipeline_parts
 from qconf.paths import backend_options
-from qconf.safety import target_problems
+from qconf.safety import EnvironmentRead, no_environment_reads, target_problems
 
 if TYPE_CHECKING:
     from qconf.resolve import ResolvedPlan
@@ -215,13 +215,33 @@ def _plain(cfg: Any) -> Any:
         from omegaconf.errors import OmegaConfBaseException
 
         try:
-            return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+            with no_environment_reads():
+                return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         except OmegaConfBaseException as exc:
-            key = getattr(exc, "full_key", None) or "config"
+            key = str(getattr(exc, "full_key", None) or "config")
+            cause = _environment_read(exc)
+            if cause is not None:
+                raise PlanError(
+                    Problem(
+                        key,
+                        f"{cause} (${{oc.env:...}})",
+                        "plans are written into saved and run folders, so qconf never resolves "
+                        "environment variables; put the value itself on the command line",
+                    )
+                ) from None
             raise PlanError(
-                Problem(str(key), str(exc).splitlines()[0], "set the value (e.g. model=tiny-flux)")
+                Problem(key, str(exc).splitlines()[0], "set the value (e.g. model=tiny-flux)")
             ) from None
     return cfg
+
+
+def _environment_read(exc: BaseException | None) -> EnvironmentRead | None:
+    seen = 0
+    while exc is not None and seen < 10:  # OmegaConf wraps a resolver's error once or twice
+        if isinstance(exc, EnvironmentRead):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def plan_json_schema() -> dict[str, Any]:

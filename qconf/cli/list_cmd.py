@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from qconf.cli.main import console
+from qconf.yamlsafe import load_yaml_file
 
 WHAT = ("backends", "options", "presets", "models")
 
@@ -85,7 +86,6 @@ def presets_table(extra: tuple[Path, ...]):  # noqa: ANN201
 
 
 def models_table(extra: tuple[Path, ...]):  # noqa: ANN201
-    import yaml
     from rich.table import Table
 
     from qconf.paths import group_options
@@ -94,7 +94,7 @@ def models_table(extra: tuple[Path, ...]):  # noqa: ANN201
     for column in ("model", "source", "pipeline"):
         table.add_column(column)
     for name, path in group_options("model", extra).items():
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml_file(path) or {}
         table.add_row(name, str(data.get("source")), str(data.get("pipeline") or "from source"))
     return table
 

@@ -80,6 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _guard(lambda: _module(command).run(args))
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def safe(text: str) -> str:
+    """A user-supplied string made harmless for a terminal: control characters (escape
+    sequences, carriage returns) shown as \\xNN instead of acting on the terminal."""
+    return str(text).translate(_CONTROL)
+
+
 def _guard(action) -> int:  # noqa: ANN001
     from qconf.cli.quiet import quiet_library_noise
 
@@ -88,10 +97,13 @@ def _guard(action) -> int:  # noqa: ANN001
         return int(action() or 0)
     except QconfError as exc:
         for line in exc.lines:
-            print(f"error: {line}", file=sys.stderr)
+            print(f"error: {safe(line)}", file=sys.stderr)
         return USER_ERROR
     except KeyboardInterrupt:
         return 130
+    except RecursionError:  # a value nested thousands deep, typed or in a file
+        print("error: input nested too deeply — flatten the value or the file", file=sys.stderr)
+        return USER_ERROR
     except BrokenPipeError:  # `qconf show --json | head`: the reader left, nothing to report
         sys.stderr.close()
         return 0

@@ -7,29 +7,64 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qconf.compose import rewrite_overrides
-from qconf.paths import conf_dir
+from qconf.cli.main import USER_ERROR, safe
+from qconf.compose import (
+    CONFIG_NAME,
+    SEARCH_OVERRIDES,
+    compose,
+    primary_dir,
+    rewrite_overrides,
+    secondary_dirs,
+    user_config_dirs,
+)
+from qconf.errors import PlanError, Problem, QconfError
+from qconf.hydra_node import is_hydra_override
+from qconf.yamlsafe import bounded_omegaconf
 
 # Hydra flags that take a value (everything else starting with '-' is a switch).
 _VALUE_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--cfg",
-                "-c", "--package", "-p", "--info", "--experimental-rerun"}  # fmt: skip
+                "-c", "--package", "-p", "--info", "-i", "--experimental-rerun",
+                "--shell-completion", "-sc"}  # fmt: skip
+_HELP_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c",
+               "--shell-completion", "-sc"}  # fmt: skip
+PICKLE_FLAG = "--trust-pickled-config"
+
+
+@dataclass
+class _Sweep:
+    """What the pre-check found: every job's overrides (as Hydra will name them) -> its plan."""
+
+    config_dir: str | None
+    config_name: str
+    plans: dict[tuple[str, ...], Any] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
 
 
 def main(argv: list[str]) -> int:
     flags, overrides = _split(argv)
-    config_dir = _flag_value(flags, "--config-dir", "-cd")
-    multirun = "-m" in flags or "--multirun" in flags
-    if not multirun and not any(f in flags for f in ("-h", "--help", "--hydra-help")):
-        _preflight(overrides, config_dir)  # user errors exit 2 before Hydra makes a run folder
-    extra = (Path(config_dir).expanduser().resolve(),) if config_dir else ()
-    argv_for_hydra = flags + rewrite_overrides(overrides, extra)
-    return _hydra_run(argv_for_hydra)
+    config_dir = _take(flags, "--config-dir", "-cd")
+    config_name = _take(flags, "--config-name", "-cn") or CONFIG_NAME
+    _refuse_unsupported(flags)
+    user_dirs = user_config_dirs(config_dir)
+    rewritten = rewrite_overrides(overrides, user_dirs)
+    sweep = _Sweep(config_dir, config_name)
+    if not _HELP_FLAGS & set(flags):
+        # Every job's plan is checked before Hydra starts: a user error exits 2 with no run
+        # folder, and a sweep never dies halfway on a plan it could have refused up front.
+        _preflight(overrides, rewritten, multirun=bool({"-m", "--multirun"} & set(flags)),
+                   sweep=sweep)  # fmt: skip
+    search = [item for d in secondary_dirs(user_dirs) for item in ("--config-dir", str(d))]
+    hydra_argv = [*flags, *search, *rewritten, *SEARCH_OVERRIDES]
+    code = _hydra_run(hydra_argv, primary_dir(user_dirs), sweep)
+    return USER_ERROR if sweep.failed else code
 
 
 def _split(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -37,7 +72,9 @@ def _split(argv: list[str]) -> tuple[list[str], list[str]]:
     overrides: list[str] = []
     items = iter(argv)
     for item in items:
-        if item.startswith("-") and "=" not in item:
+        if item.startswith("-") and "=" in item and item.split("=", 1)[0] in _VALUE_FLAGS:
+            flags += item.split("=", 1)  # --config-dir=DIR
+        elif item.startswith("-") and "=" not in item:
             flags.append(item)
             if item in _VALUE_FLAGS:
                 flags.append(next(items, ""))
@@ -46,48 +83,139 @@ def _split(argv: list[str]) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
-def _flag_value(flags: list[str], *names: str) -> str | None:
-    for i, flag in enumerate(flags[:-1]):
-        if flag in names:
-            return flags[i + 1]
-    return None
+def _take(flags: list[str], *names: str) -> str | None:
+    """Remove a flag and its value from `flags`; the value (last one wins, as in Hydra)."""
+    value = None
+    while any(name in flags[:-1] for name in names):
+        i = next(i for i, flag in enumerate(flags[:-1]) if flag in names)
+        value = flags[i + 1]
+        del flags[i : i + 2]
+    return value
 
 
-def _preflight(overrides: list[str], config_dir: str | None) -> None:
-    from qconf.compose import compose
+def _refuse_unsupported(flags: list[str]) -> None:
+    if "--config-path" in flags or "-cp" in flags:
+        raise PlanError(
+            Problem("--config-path", "not supported by qconf run", "use --config-dir DIR")
+        )
+    if "--experimental-rerun" in flags and PICKLE_FLAG not in flags:
+        raise PlanError(
+            Problem(
+                "--experimental-rerun",
+                "loads a pickled config file, and unpickling can run any code",
+                f"re-run with the overrides in .hydra/overrides.yaml, or add {PICKLE_FLAG} "
+                "if you made that file yourself",
+            )
+        )
+    if PICKLE_FLAG in flags:
+        flags.remove(PICKLE_FLAG)
+
+
+def _preflight(overrides: list[str], rewritten: list[str], *, multirun: bool,
+               sweep: _Sweep) -> None:  # fmt: skip
     from qconf.environment import check_environment
     from qconf.schema import validate
 
-    plan = validate(compose(overrides, config_dir=config_dir), config_dir=config_dir)
-    check_environment(plan.resolve())
+    jobs = _jobs(overrides, multirun)
+    hydra_jobs = _jobs(rewritten, multirun)
+    hydra_overrides = [o for o in overrides if _is_hydra(o)]
+    problems: list[Problem] = []
+    for number, (job, hydra_job) in enumerate(zip(jobs, hydra_jobs, strict=True)):
+        try:
+            cfg = compose(
+                [*job, *hydra_overrides],
+                config_dir=sweep.config_dir,
+                config_name=sweep.config_name,
+            )
+            plan = validate(cfg, config_dir=sweep.config_dir)
+            check_environment(plan.resolve())
+        except QconfError as exc:
+            prefix = f"job {number} ({' '.join(job)}): " if len(jobs) > 1 else ""
+            problems += [Problem(prefix + p.where, p.what, p.fix) for p in exc.problems]
+            continue
+        sweep.plans[_task_key(hydra_job)] = plan
+    if problems:
+        raise PlanError(problems)
 
 
-def _hydra_run(argv: list[str]) -> int:
+def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of each job, split as Hydra's basic sweeper splits a sweep."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    task = [o for o in overrides if not _is_hydra(o)]
+    if not multirun:
+        return [task]
+    try:
+        parsed = OverridesParser.create().parse_overrides(task)
+    except HydraException as exc:
+        raise PlanError(
+            Problem("override", f"bad override syntax ({exc})", "write key=value, key=a,b")
+        ) from None
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def _is_hydra(override: str) -> bool:
+    return is_hydra_override(override.lstrip("+~").split("=", 1)[0])
+
+
+def _task_key(overrides: list[str]) -> tuple[str, ...]:
+    return tuple(o for o in overrides if not _is_hydra(o))
+
+
+def _hydra_run(argv: list[str], config_path: Path, sweep: _Sweep) -> int:
     import hydra
 
-    task: Callable[[Any], None] = hydra.main(
-        config_path=str(conf_dir()), config_name="qconf", version_base=None
-    )(generate)
+    def job(cfg: Any) -> None:
+        generate(cfg, sweep)
+
+    task: Callable[[], None] = hydra.main(
+        config_path=str(config_path), config_name=sweep.config_name, version_base=None
+    )(job)
     saved = sys.argv
     sys.argv = ["qconf run", *argv]
     try:
-        task()
+        with bounded_omegaconf():
+            task()
+    except SystemExit as exc:  # Hydra exits on its own errors (after printing them)
+        return int(exc.code or 0) if isinstance(exc.code, int) else 1
     finally:
         sys.argv = saved
     return 0
 
 
-def generate(cfg: Any) -> None:
-    """One Hydra job: load, generate, write the three files atomically."""
+def generate(cfg: Any, sweep: _Sweep) -> None:
+    """One Hydra job: load, generate, write the three files atomically. A user error (say, a
+    hub model not in the cache) is one line on stderr and exit 2, with no half-written job
+    folder left behind."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    out = Path(hydra_cfg.runtime.output_dir)
+    task = list(hydra_cfg.overrides.task)
+    try:
+        plan = sweep.plans.get(_task_key(task))
+        if plan is None:  # a launcher that runs jobs in other processes: check again there
+            from qconf.schema import validate
+
+            composed = compose(task, config_dir=sweep.config_dir, config_name=sweep.config_name)
+            plan = validate(composed, config_dir=sweep.config_dir)
+        _generate(plan, out)
+    except QconfError as exc:
+        for line in exc.lines:
+            print(f"error: {safe(line)}", file=sys.stderr)
+        sweep.failed.append(" ".join(task))
+        _remove_job_folder(out)
+
+
+def _generate(plan: Any, out: Path) -> None:
     import torch
     import yaml
-    from hydra.core.hydra_config import HydraConfig
 
     from qconf.cli.load_cmd import print_report
     from qconf.loader import load
-    from qconf.schema import validate
 
-    plan = validate(cfg)
     loaded = load(plan)
     settings = plan.run
     image = loaded.pipeline(
@@ -98,14 +226,23 @@ def generate(cfg: Any) -> None:
         guidance_scale=settings.guidance_scale,
         generator=torch.Generator().manual_seed(settings.seed),
     ).images[0]
-    out = Path(HydraConfig.get().runtime.output_dir)
     _write_atomic(out / "image.png", lambda f: image.save(f, format="PNG"))
     plan_text = yaml.safe_dump(loaded.resolved.to_json(), sort_keys=False)
     _write_atomic(out / "plan.yaml", lambda f: f.write(plan_text.encode()))
     report_text = json.dumps(loaded.report.to_json(), indent=2)
     _write_atomic(out / "report.json", lambda f: f.write(report_text.encode()))
     print_report(loaded.report)
-    print(f"wrote {out / 'image.png'}, plan.yaml, report.json")
+    print(f"wrote {safe(str(out / 'image.png'))}, plan.yaml, report.json")
+
+
+def _remove_job_folder(out: Path) -> None:
+    """Remove a failed job's folder if it holds only what Hydra put there (.hydra, the log)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    own = {hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log"}
+    if out.is_dir() and {p.name for p in out.iterdir()} <= own:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _write_atomic(target: Path, write: Callable[[Any], None]) -> None:
