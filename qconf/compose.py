@@ -17,12 +17,14 @@ from typing import Any
 from qconf.errors import PlanError, Problem
 from qconf.hydra_node import hydra_node_problems, is_hydra_override, plugin_choices
 from qconf.paths import backend_options, conf_dir
+from qconf.planfile import override_value, plan_file_overrides
 from qconf.yamlsafe import bounded_omegaconf
 
 CONFIG_NAME = "qconf"
 _MAPPING_PREFIX = "quant.mapping."
 # Open dicts: a new key there is normal use, not a typo, so no `+` is needed.
 _OPEN_PREFIXES = (_MAPPING_PREFIX, "quant.kwargs.")
+_WHOLE_DICTS = ("quant.mapping", "quant.kwargs")
 
 
 def compose(
@@ -30,13 +32,17 @@ def compose(
     *,
     config_dir: str | Path | None = None,
     config_name: str = CONFIG_NAME,
+    plan_file: str | Path | None = None,
 ) -> Any:
     """The composed plan as a DictConfig (without the `hydra:` node). `config_dir` adds a user
-    conf tree, searched before qconf's. Config files are read with bounded work, and any
-    `hydra:` setting that came from a file rather than the command line is refused."""
+    conf tree, searched before qconf's; `plan_file` is a plan in `qconf show --yaml` form,
+    applied before `overrides`. Config files are read with bounded work, and any `hydra:`
+    setting that came from a file rather than the command line is refused."""
     from omegaconf import OmegaConf
 
     user_dirs = user_config_dirs(config_dir)
+    if plan_file is not None:
+        overrides = [*plan_file_overrides(plan_file), *overrides]
     rewritten = rewrite_overrides(list(overrides), user_dirs)
     cfg = _compose(user_dirs, config_name, [*rewritten, *SEARCH_OVERRIDES], overrides)
     problems = _hydra_problems(cfg, rewritten, overrides)
@@ -190,6 +196,9 @@ def rewrite_overrides(overrides: list[str], extra_dirs: tuple[Path, ...] = ()) -
         except HydraException as exc:  # the parser raises it for syntax errors
             raise PlanError(_parse_problem([text], exc)) from None
         key = override.key_or_group
+        if key in _WHOLE_DICTS and override.package is None and not override.is_delete():
+            result += _whole_dict(key, override.value(), text, options)
+            continue
         if override.package is not None or not key.startswith(_OPEN_PREFIXES):
             result.append(text)
             continue
@@ -203,27 +212,25 @@ def rewrite_overrides(overrides: list[str], extra_dirs: tuple[Path, ...] = ()) -
         is_part = "." not in key[len(_MAPPING_PREFIX) :]
         if is_part and isinstance(value, str) and value in options:
             # null first: a dict assigned over a dict would merge with the preset's kwargs.
-            result += [f"++{key}=null", f"++{key}={_override_value(options[value])}"]
+            result += [f"++{key}=null", f"++{key}={override_value(options[value])}"]
         elif is_part and isinstance(value, dict):
-            result += [f"++{key}=null", f"++{key}={_override_value(value)}"]
+            result += [f"++{key}=null", f"++{key}={override_value(value)}"]
         else:
             result.append(f"++{key}={text.split('=', 1)[1]}")
     return result
 
 
-def _override_value(value: Any) -> str:
-    """A primitive YAML value in Hydra's override grammar."""
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_override_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(_override_value(v) for v in value) + "]"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+def _whole_dict(key: str, value: Any, text: str, options: dict[str, dict]) -> list[str]:
+    """`quant.mapping={...}` / `quant.kwargs={...}` replace the whole dict, as an assignment
+    does in Python (Hydra would merge it into what a preset put there)."""
+    if not isinstance(value, dict):
+        return [f"++{key}={text.split('=', 1)[1]}"]  # null, a sweep, ...: the schema decides
+    if key == "quant.mapping":
+        value = {
+            part: options[v] if isinstance(v, str) and v in options else v
+            for part, v in value.items()
+        }
+    return [f"++{key}=null", f"++{key}={override_value(value)}"]
 
 
 def _first_line(exc: BaseException) -> str:

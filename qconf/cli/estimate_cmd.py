@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from qconf.cli.main import add_plan_arguments
+from qconf.cli.main import add_plan_arguments, plan_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,11 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qconf.compose import compose
     from qconf.estimate import estimate, plot
-    from qconf.schema import validate
 
-    plan = validate(compose(args.overrides, config_dir=args.config_dir), config_dir=args.config_dir)
+    plan = plan_from_args(args)
     result = estimate(plan, args.folder)
     if args.plot:
         plot(result, args.plot)

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from qconf.cli.main import add_plan_arguments
+from qconf.cli.main import add_plan_arguments, plan_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,11 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qconf.compose import compose
     from qconf.loader import load
-    from qconf.schema import validate
 
-    plan = validate(compose(args.overrides, config_dir=args.config_dir), config_dir=args.config_dir)
+    plan = plan_from_args(args)
     loaded = load(plan, save=args.save, force=args.force)
     if args.json:
         print(json.dumps(loaded.report.to_json(), indent=2))

@@ -8,6 +8,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from qconf.errors import QconfError
 
@@ -29,8 +30,20 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
         "--config-dir", help="a folder of your own config groups, searched before qconf's"
     )
     parser.add_argument(
+        "--plan", metavar="FILE", help="a plan file (as `qconf show --yaml` prints it)"
+    )
+    parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides: key=value, +key=value, ~key, group=option"
     )
+
+
+def plan_from_args(args: argparse.Namespace) -> Any:
+    """The validated Plan from --config-dir, --plan and the overrides (every plan command)."""
+    from qconf.compose import compose
+    from qconf.schema import validate
+
+    cfg = compose(args.overrides, config_dir=args.config_dir, plan_file=args.plan)
+    return validate(cfg, config_dir=args.config_dir)
 
 
 def console():  # noqa: ANN201 - a rich Console

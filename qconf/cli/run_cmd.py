@@ -27,12 +27,13 @@ from qconf.compose import (
 )
 from qconf.errors import PlanError, Problem, QconfError
 from qconf.hydra_node import is_hydra_override
+from qconf.planfile import plan_file_overrides
 from qconf.yamlsafe import bounded_omegaconf
 
 # Hydra flags that take a value (everything else starting with '-' is a switch).
 _VALUE_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--cfg",
                 "-c", "--package", "-p", "--info", "-i", "--experimental-rerun",
-                "--shell-completion", "-sc"}  # fmt: skip
+                "--shell-completion", "-sc", "--plan"}  # fmt: skip
 _HELP_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c",
                "--shell-completion", "-sc"}  # fmt: skip
 PICKLE_FLAG = "--trust-pickled-config"
@@ -52,6 +53,9 @@ def main(argv: list[str]) -> int:
     flags, overrides = _split(argv)
     config_dir = _take(flags, "--config-dir", "-cd")
     config_name = _take(flags, "--config-name", "-cn") or CONFIG_NAME
+    plan_file = _take(flags, "--plan")
+    if plan_file is not None:  # the file's plan first, the command line on top of it
+        overrides = [*plan_file_overrides(plan_file), *overrides]
     _refuse_unsupported(flags)
     user_dirs = user_config_dirs(config_dir)
     rewritten = rewrite_overrides(overrides, user_dirs)

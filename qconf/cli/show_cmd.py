@@ -5,19 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 
-from qconf.cli.main import add_plan_arguments, console
+from qconf.cli.main import add_plan_arguments, console, plan_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the JSON contract")
+    parser.add_argument(
+        "--yaml", action="store_true", help="print the plan as a plan file (for --plan FILE)"
+    )
     add_plan_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from qconf.compose import compose
-    from qconf.schema import validate
 
-    plan = validate(compose(args.overrides, config_dir=args.config_dir), config_dir=args.config_dir)
+    plan = plan_from_args(args)
+    if args.yaml:
+        import yaml
+
+        from qconf.planfile import plan_file_data
+
+        print(yaml.safe_dump(plan_file_data(plan), sort_keys=False), end="")
+        return 0
     resolved = plan.resolve()
     if args.json:
         print(json.dumps(resolved.to_json(), indent=2))
