@@ -1,7 +1,8 @@
 """Use a qconf plan from your own Hydra app: the pipeline is a `_target_` like any other object.
 
     python examples/hydra_app.py                       # tiny-flux, transformer in int8wo
-    python examples/hydra_app.py pipe.quant.mapping.vae=int4wo
+    python examples/hydra_app.py pipe.quant.mapping.transformer=int4wo   # change a part
+    python examples/hydra_app.py +pipe.quant.mapping.vae=int4wo          # add a part (+: Hydra)
 
 Note: inside your own app, backend option names are written as values
 (`quant.mapping.<part>: int8wo`) and qconf expands them when the plan is validated.

@@ -47,11 +47,14 @@ def load(cfg: Any = None, **kwargs: Any) -> Loaded:
     return _load(cfg, **kwargs)
 
 
-def save(loaded: Loaded, target: Any, *, force: bool = False) -> Any:
-    """Write a loaded pipeline + qconf.yaml to `target` atomically; reload with model.source."""
+def save(
+    loaded: Loaded, target: Any, *, force: bool = False, max_shard_size: str | int | None = None
+) -> Any:
+    """Write a loaded pipeline + qconf.yaml to `target` atomically; reload with model.source.
+    `max_shard_size` (e.g. "5GB") splits large parts into several safetensors files."""
     from qconf.saving import save_pipeline
 
-    return save_pipeline(loaded, target, force=force)
+    return save_pipeline(loaded, target, force=force, max_shard_size=max_shard_size)
 
 
 def check_environment(plan: Plan) -> None:

@@ -80,6 +80,15 @@ def environment_problems(resolved: ResolvedPlan) -> list[Problem]:
                     CPU_ALTERNATIVE,
                 )
             )
+    device_map = resolved.plan.model.device_map
+    if device_map in ("balanced", "cuda") and not (has_cuda or cuda_available()):
+        problems.append(
+            Problem(
+                "model.device_map",
+                f"'{device_map}' places parts on CUDA GPUs and none is visible",
+                "drop model.device_map (or set it to cpu) on this machine",
+            )
+        )
     return problems
 
 

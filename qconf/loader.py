@@ -35,6 +35,7 @@ def load(
     quant: Any = None,
     save: str | Path | None = None,
     force: bool = False,
+    max_shard_size: str | int | None = None,
     **extra: Any,
 ) -> Loaded:
     """Load with a composed config, or with `model=`/`quant=` nodes (as a Hydra `_target_`).
@@ -45,9 +46,10 @@ def load(
 
     check_environment(resolved)
     if save is not None:
-        from qconf.saving import check_can_save
+        from qconf.saving import check_can_save, check_shard_size
 
         check_can_save(resolved, save, force=force)  # before any weight is read
+        check_shard_size(max_shard_size)
     source = _source_path(plan.model.source)
 
     import torch
@@ -62,6 +64,8 @@ def load(
     safety: dict[str, Any] = {"use_safetensors": None if plan.model.allow_pickle else True}
     if plan.model.trust_remote_code:
         safety["trust_remote_code"] = True
+    if plan.model.device_map is not None:
+        safety["device_map"] = plan.model.device_map
     try:
         pipeline = DiffusionPipeline.from_pretrained(
             source, quantization_config=config, dtype=dtype, **safety, **ready_parts
@@ -79,7 +83,7 @@ def load(
     if save is not None:
         from qconf.saving import save_pipeline
 
-        save_pipeline(loaded, save, force=force)
+        save_pipeline(loaded, save, force=force, max_shard_size=max_shard_size)
     return loaded
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -103,11 +104,50 @@ def save_target(target: str | Path) -> Path:
     return real
 
 
-def save_pipeline(loaded: Loaded, target: str | Path, *, force: bool = False) -> Path:
+_SHARD_SIZE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
+
+
+def check_shard_size(value: str | int | None) -> None:
+    if value is None or isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return
+    if not (isinstance(value, str) and _SHARD_SIZE.match(value.strip())):
+        raise PlanError(
+            Problem("--max-shard-size", f"{value!r} is not a size", "write e.g. 5GB or 500MB")
+        )
+
+
+def adapter_problems(pipeline: Any) -> list[Problem]:
+    """Parts carrying LoRA/peft adapters: saving them as base weights would write peft-style
+    keys that reload as randomly initialised layers."""
+    problems = []
+    for name, part in getattr(pipeline, "components", {}).items():
+        if getattr(part, "peft_config", None) or getattr(part, "_hf_peft_config_loaded", False):
+            problems.append(
+                Problem(
+                    name,
+                    "carries LoRA/peft adapters; qconf.save writes base pipelines only",
+                    "save the adapters with pipeline.save_lora_weights(...) (or the part's "
+                    "save_lora_adapter) and the base with qconf.save before adding them",
+                )
+            )
+    return problems
+
+
+def save_pipeline(
+    loaded: Loaded,
+    target: str | Path,
+    *,
+    force: bool = False,
+    max_shard_size: str | int | None = None,
+) -> Path:
     """Write the loaded pipeline + qconf.yaml to `target`, atomically (see module docstring)."""
     import yaml
 
     check_can_save(loaded.resolved, target, force=force)
+    check_shard_size(max_shard_size)
+    adapters = adapter_problems(loaded.pipeline)
+    if adapters:
+        raise PlanError(adapters)
     path = save_target(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _save_lock(path):
@@ -116,7 +156,9 @@ def save_pipeline(loaded: Loaded, target: str | Path, *, force: bool = False) ->
             tempfile.mkdtemp(dir=path.parent, prefix=f"{_hidden(path)}tmp-{os.getpid()}-")
         )
         try:
-            loaded.pipeline.save_pretrained(staging, safe_serialization=True)
+            loaded.pipeline.save_pretrained(
+                staging, safe_serialization=True, max_shard_size=max_shard_size
+            )
             record = {"versions": library_versions(), "plan": loaded.resolved.to_json()}
             (staging / PLAN_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
             _move_into_place(staging, path, target, force=force)

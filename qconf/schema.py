@@ -67,6 +67,11 @@ class ModelSpec(StrictModel):
     trust_remote_code: bool = Field(
         False, description="Allow parts whose code ships with the model (runs that code)."
     )
+    device_map: Literal["balanced", "cuda", "cpu"] | None = Field(
+        None,
+        description="diffusers' pipeline device map: 'balanced' spreads parts over the visible "
+        "GPUs; null = load on the CPU (move the pipeline yourself).",
+    )
 
 
 class QuantSpec(StrictModel):

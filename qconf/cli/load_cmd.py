@@ -13,6 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--save", metavar="DIR", help="save the quantized pipeline to DIR")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --save DIR")
+    parser.add_argument(
+        "--max-shard-size", metavar="SIZE", help="split saved weights into files of SIZE (5GB)"
+    )
     add_plan_arguments(parser)
 
 
@@ -20,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from qconf.loader import load
 
     plan = plan_from_args(args)
-    loaded = load(plan, save=args.save, force=args.force)
+    loaded = load(plan, save=args.save, force=args.force, max_shard_size=args.max_shard_size)
     if args.json:
         print(json.dumps(loaded.report.to_json(), indent=2))
     else:
