@@ -26,7 +26,9 @@ __all__ = [
     "check_environment",
     "compose",
     "load",
+    "load_part",
     "load_pipeline",
+    "part_config",
     "safe_instantiate",
     "save",
     "validate",
@@ -45,6 +47,21 @@ def load(cfg: Any = None, **kwargs: Any) -> Loaded:
     from qconf.loader import load as _load
 
     return _load(cfg, **kwargs)
+
+
+def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
+    """Load one part under the plan, with every check the pipeline load makes; `train=True`
+    also refuses a backend that cannot pass gradients (see qconf.trainable)."""
+    from qconf.part_loader import load_part as _load_part
+
+    return _load_part(cfg, part, train=train)
+
+
+def part_config(cfg: Any, part: str) -> Any:
+    """The diffusers/transformers quantization config object the plan gives `part`."""
+    from qconf.part_loader import part_config as _part_config
+
+    return _part_config(cfg, part)
 
 
 def save(

@@ -4,6 +4,7 @@ read) → DiffusionPipeline.from_pretrained(quantization_config=..., torch_dtype
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -14,6 +15,7 @@ from qconf.parts import source_kind
 from qconf.report import LoadReport, measure_part
 from qconf.resolve import ResolvedPlan
 from qconf.schema import Plan, validate
+from qconf.trainable import check_trainable
 
 
 @dataclass
@@ -36,15 +38,19 @@ def load(
     save: str | Path | None = None,
     force: bool = False,
     max_shard_size: str | int | None = None,
+    train: bool | Sequence[str] = False,
     **extra: Any,
 ) -> Loaded:
     """Load with a composed config, or with `model=`/`quant=` nodes (as a Hydra `_target_`).
-    `save=DIR` then writes the quantized pipeline there (see qconf.saving)."""
+    `save=DIR` then writes the quantized pipeline there (see qconf.saving); `train=True` (or a
+    list of parts) first refuses backends that cannot pass gradients (qconf.trainable)."""
     plan = _plan(cfg, model, quant, extra)
     resolved = plan.resolve()
     from qconf.environment import check_environment
 
     check_environment(resolved)
+    if train:  # True: every quantized part; or the names of the parts that will be trained
+        check_trainable(resolved, None if train is True else list(train))
     if save is not None:
         from qconf.saving import check_can_save, check_shard_size
 
@@ -59,11 +65,7 @@ def load(
     started = time.perf_counter()
     ready_parts = _load_gguf_parts(resolved, source, dtype)
     config = resolved.to_diffusers(_transformers_default_skips(resolved, source))
-    # Weights from safetensors only unless the user trusts pickles; never run the model's code
-    # unless asked (both are refused earlier, at validation, for local folders).
-    safety: dict[str, Any] = {"use_safetensors": None if plan.model.allow_pickle else True}
-    if plan.model.trust_remote_code:
-        safety["trust_remote_code"] = True
+    safety = load_safety(plan)
     if plan.model.device_map is not None:
         safety["device_map"] = plan.model.device_map
     try:
@@ -85,6 +87,15 @@ def load(
 
         save_pipeline(loaded, save, force=force, max_shard_size=max_shard_size)
     return loaded
+
+
+def load_safety(plan: Plan) -> dict[str, Any]:
+    """Weights from safetensors only unless the user trusts pickles; never run the model's code
+    unless asked (both are refused earlier, at validation, for local folders)."""
+    safety: dict[str, Any] = {"use_safetensors": None if plan.model.allow_pickle else True}
+    if plan.model.trust_remote_code:
+        safety["trust_remote_code"] = True
+    return safety
 
 
 def load_pipeline(cfg: Any = None, *, model: Any = None, quant: Any = None, **extra: Any) -> Any:

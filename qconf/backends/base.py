@@ -103,6 +103,13 @@ class EntryBase(StrictModel):
         """Why this entry needs a CUDA GPU on a `library` part, or None if it runs on CPU."""
         return self.spec.needs_cuda.get(library)
 
+    def train_reason(self, library: Library) -> str | None:
+        """Why LoRA cannot be trained on a `library` part under this entry (None = it can:
+        gradients reach the adapters and the layer input; tested for real in test_train.py)."""
+        if self.spec.trainable.get(library, False):
+            return None
+        return f"{self.spec.key} on {library} parts does not pass gradients in qconf's tests"
+
     def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
         """The real library config object. Imports torch and the library."""
         raise NotImplementedError
@@ -141,4 +148,6 @@ class Backend:
     # library -> why it needs CUDA there (absent = runs on CPU)
     needs_cuda: Mapping[Library, str] = field(default_factory=dict)
     can_save: Mapping[Library, bool] = field(default_factory=dict)
+    # library -> LoRA trains on a frozen part quantized with it (test_train.py checks each claim)
+    trainable: Mapping[Library, bool] = field(default_factory=dict)
     quant_method: str = ""  # `quant_method` in a saved config.json

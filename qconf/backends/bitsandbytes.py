@@ -148,6 +148,7 @@ def _spec(key: str, entry: type[_BitsAndBytesEntry], description: str) -> Backen
         params={"diffusers": _PARAMS, "transformers": _PARAMS},
         needs_cuda={"diffusers": _CUDA_REASON},
         can_save={"diffusers": True, "transformers": True},
+        trainable={"diffusers": True, "transformers": True},  # QLoRA
         quant_method="bitsandbytes",
     )
     return entry.spec

@@ -63,5 +63,6 @@ QUANTO = QuantoEntry.spec = Backend(
     },
     # transformers refuses to save quanto models (STACK-FACTS).
     can_save={"diffusers": True, "transformers": False},
+    trainable={"diffusers": True, "transformers": True},
     quant_method="quanto",
 )

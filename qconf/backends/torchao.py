@@ -16,6 +16,8 @@ class _QuantType(StrictModel):
     cuda_reason: ClassVar[str | None] = None
     # Whether a model quantized with it can be saved and reloaded.
     can_save: ClassVar[bool] = True
+    # Why LoRA cannot train through it (None = gradients reach adapters and inputs).
+    train_reason: ClassVar[str | None] = None
     # Field values equal to torchao's defaults (dropped when comparing plans).
     defaults: ClassVar[Mapping[str, Any]] = {}
 
@@ -67,6 +69,9 @@ class Int8WeightOnly(_QuantType):
 class Int8DynamicActivationInt8Weight(_QuantType):
     """int8 weights and dynamically quantized int8 activations."""
 
+    train_reason: ClassVar[str | None] = (
+        "dynamic int8 activations cut the gradient: nothing before the layer learns"
+    )
     name: Literal["Int8DynamicActivationInt8WeightConfig"]
 
     def to_torchao(self) -> Any:
@@ -134,6 +139,9 @@ class IntxWeightOnly(_QuantType):
 class Int4WeightOnly(_QuantType):
     """Packed int4 weights (two per byte) for CUDA kernels; on CPU use IntxWeightOnlyConfig."""
 
+    train_reason: ClassVar[str | None] = (
+        "packed int4 (CUDA): not shown to pass gradients on qconf's CPU tests"
+    )
     name: Literal["Int4WeightOnlyConfig"]
     group_size: Literal[32, 64, 128, 256] | None = Field(None, description="Default 128.")
     packing_format: Literal["tile_packed_to_4d", "plain", "preshuffled", "plain_int32"] | None = (
@@ -166,6 +174,9 @@ class Int4WeightOnly(_QuantType):
 class Float8DynamicActivationFloat8Weight(_QuantType):
     """float8 weights and activations (needs a GPU with compute capability >= 8.9)."""
 
+    train_reason: ClassVar[str | None] = (
+        "dynamic float8 activations: not shown to pass gradients (like int8dq)"
+    )
     name: Literal["Float8DynamicActivationFloat8WeightConfig"]
     granularity: Literal["per_tensor", "per_row"] | None = Field(
         None, description="Scale granularity (default per_tensor)."
@@ -263,6 +274,10 @@ class TorchaoEntry(EntryBase):
     def cuda_reason(self, library: Library) -> str | None:
         return self.kwargs.quant_type.cuda_reason
 
+    def train_reason(self, library: Library) -> str | None:
+        reason = self.kwargs.quant_type.train_reason
+        return f"torchao {self.kwargs.quant_type.name}: {reason}" if reason else None
+
     def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
         if library == "diffusers":
             from diffusers import TorchAoConfig
@@ -286,5 +301,6 @@ TORCHAO = TorchaoEntry.spec = Backend(
         "transformers": {**_COMMON, **{name: name for name in _TRANSFORMERS_ONLY}},
     },
     can_save={"diffusers": True, "transformers": True},
+    trainable={"diffusers": True, "transformers": True},  # per quant type: train_reason
     quant_method="torchao",
 )

@@ -1,0 +1,101 @@
+"""One part under a plan, for scripts that load parts one by one (training scripts do).
+
+`load_part(cfg, "transformer")` runs every check the pipeline load runs — validation, the
+environment, safetensors-only and no remote code unless the plan says so, and with
+`train=True` the trainable check — then loads only that part with its quantization config.
+`part_config(cfg, "transformer")` gives the library config object for scripts that call
+`from_pretrained` themselves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qconf.errors import ModelSourceError, PlanError, Problem
+from qconf.loader import (
+    _load_gguf_parts,
+    _plan,
+    _source_path,
+    _transformers_default_skips,
+    load_safety,
+)
+from qconf.resolve import ResolvedPlan
+from qconf.trainable import check_trainable
+
+
+def part_config(cfg: Any, part: str) -> Any:
+    """The diffusers/transformers quantization config object for `part` (None: unquantized)."""
+    plan = _plan(cfg, None, None, {})
+    resolved = plan.resolve()
+    _check_part(resolved, part)
+    resolved_part = resolved.components[part]
+    if resolved_part is None:
+        return None
+    from qconf.environment import check_environment
+
+    check_environment(resolved)
+    skips = _transformers_default_skips(resolved, _source_path(plan.model.source))
+    return resolved_part.build(skips.get(part, ()))
+
+
+def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
+    """Load only `part` of the plan's model, quantized as the plan says."""
+    plan = _plan(cfg, None, None, {})
+    resolved = plan.resolve()
+    _check_part(resolved, part)
+    from qconf.environment import check_environment
+
+    check_environment(resolved)
+    if train:
+        check_trainable(resolved, [part])
+    source = _source_path(plan.model.source)
+
+    import torch
+
+    dtype = getattr(torch, resolved.torch_dtype) if resolved.torch_dtype else None
+    resolved_part = resolved.components[part]
+    if resolved_part is not None and resolved_part.backend == "gguf":
+        only = ResolvedPlan(plan, resolved.parts, {part: resolved_part})
+        return _load_gguf_parts(only, source, dtype)[part]
+    skips = _transformers_default_skips(resolved, source)
+    config = resolved_part.build(skips.get(part, ())) if resolved_part is not None else None
+    info = resolved.parts.parts[part]
+    model_class = _part_class(info.library, info.class_name)
+    dtype_key = "torch_dtype" if info.library == "diffusers" else "dtype"
+    try:
+        return model_class.from_pretrained(
+            source,
+            subfolder=part,
+            quantization_config=config,
+            **{dtype_key: dtype},
+            **load_safety(plan),
+        )
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSourceError(
+            Problem(f"model.source ({part})", f"cannot load '{plan.model.source}': {first}",
+                    "use a local folder, a model in the Hugging Face cache, or a tiny-* model")
+        ) from None  # fmt: skip
+
+
+def _check_part(resolved: ResolvedPlan, part: str) -> None:
+    if part not in resolved.components:
+        raise PlanError(
+            Problem(
+                f"part '{part}'",
+                f"not a weight-bearing part of {resolved.parts.pipeline}",
+                f"use one of: {', '.join(sorted(resolved.components))}",
+            )
+        )
+
+
+def _part_class(library: str, class_name: str) -> Any:
+    import diffusers
+    import transformers
+
+    module = diffusers if library == "diffusers" else transformers
+    if not hasattr(module, class_name):
+        raise PlanError(
+            Problem("model.source", f"'{class_name}' is not a {library} class",
+                    "load_part loads diffusers and transformers classes only")
+        )  # fmt: skip
+    return getattr(module, class_name)
