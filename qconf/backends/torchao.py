@@ -16,8 +16,10 @@ class _QuantType(StrictModel):
     cuda_reason: ClassVar[str | None] = None
     # Whether a model quantized with it can be saved and reloaded.
     can_save: ClassVar[bool] = True
-    # Why LoRA cannot train through it (None = gradients reach adapters and inputs).
-    train_reason: ClassVar[str | None] = None
+    # Libraries whose parts LoRA trains through it on (measured in test_train.py), and why not
+    # on the others.
+    trains_on: ClassVar[frozenset[str]] = frozenset({"diffusers", "transformers"})
+    train_reason: ClassVar[str] = ""
     # Field values equal to torchao's defaults (dropped when comparing plans).
     defaults: ClassVar[Mapping[str, Any]] = {}
 
@@ -69,8 +71,10 @@ class Int8WeightOnly(_QuantType):
 class Int8DynamicActivationInt8Weight(_QuantType):
     """int8 weights and dynamically quantized int8 activations."""
 
-    train_reason: ClassVar[str | None] = (
-        "dynamic int8 activations cut the gradient: nothing before the layer learns"
+    trains_on: ClassVar[frozenset[str]] = frozenset({"transformers"})
+    train_reason: ClassVar[str] = (
+        "on diffusers parts the dynamic int8 activations cut the gradient (nothing before the "
+        "layer learns)"
     )
     name: Literal["Int8DynamicActivationInt8WeightConfig"]
 
@@ -139,9 +143,8 @@ class IntxWeightOnly(_QuantType):
 class Int4WeightOnly(_QuantType):
     """Packed int4 weights (two per byte) for CUDA kernels; on CPU use IntxWeightOnlyConfig."""
 
-    train_reason: ClassVar[str | None] = (
-        "packed int4 (CUDA): not shown to pass gradients on qconf's CPU tests"
-    )
+    trains_on: ClassVar[frozenset[str]] = frozenset()
+    train_reason: ClassVar[str] = "packed int4 (CUDA): not shown to pass gradients in qconf's tests"
     name: Literal["Int4WeightOnlyConfig"]
     group_size: Literal[32, 64, 128, 256] | None = Field(None, description="Default 128.")
     packing_format: Literal["tile_packed_to_4d", "plain", "preshuffled", "plain_int32"] | None = (
@@ -174,9 +177,8 @@ class Int4WeightOnly(_QuantType):
 class Float8DynamicActivationFloat8Weight(_QuantType):
     """float8 weights and activations (needs a GPU with compute capability >= 8.9)."""
 
-    train_reason: ClassVar[str | None] = (
-        "dynamic float8 activations: not shown to pass gradients (like int8dq)"
-    )
+    trains_on: ClassVar[frozenset[str]] = frozenset()
+    train_reason: ClassVar[str] = "dynamic float8 activations: not shown to pass gradients"
     name: Literal["Float8DynamicActivationFloat8WeightConfig"]
     granularity: Literal["per_tensor", "per_row"] | None = Field(
         None, description="Scale granularity (default per_tensor)."
@@ -275,8 +277,10 @@ class TorchaoEntry(EntryBase):
         return self.kwargs.quant_type.cuda_reason
 
     def train_reason(self, library: Library) -> str | None:
-        reason = self.kwargs.quant_type.train_reason
-        return f"torchao {self.kwargs.quant_type.name}: {reason}" if reason else None
+        quant_type = self.kwargs.quant_type
+        if library in quant_type.trains_on:
+            return None
+        return f"torchao {quant_type.name}: {quant_type.train_reason}"
 
     def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
         if library == "diffusers":

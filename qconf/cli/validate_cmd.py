@@ -13,6 +13,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the environment checks (installed backends, GPU), e.g. a GPU plan on CI",
     )
+    parser.add_argument(
+        "--train",
+        action="store_true",
+        help="the plan is for LoRA training: refuse backends that cannot pass gradients",
+    )
+    parser.add_argument(
+        "--train-parts", metavar="PARTS", help="with --train: check only these parts (a,b)"
+    )
     add_plan_arguments(parser)
 
 
@@ -23,6 +31,11 @@ def run(args: argparse.Namespace) -> int:
     resolved = plan.resolve()
     if not args.plan_only:
         check_environment(resolved)
+    if args.train or args.train_parts:
+        from qconf.trainable import check_trainable
+
+        parts = [p for p in (args.train_parts or "").split(",") if p]
+        check_trainable(resolved, parts or None)
     quantized = ", ".join(f"{name}={p.backend}" for name, p in resolved.quantized.items())
     print(
         f"OK: {resolved.parts.pipeline} from {plan.model.source}, {resolved.mode} mode, "

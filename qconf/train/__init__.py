@@ -22,8 +22,8 @@ from typing import Any
 
 from qconf.errors import BackendUnavailableError, ModelSourceError, PlanError, Problem
 
-__all__ = ["ADAPTER_FILE", "DEFAULT_TARGETS", "add_lora", "load_adapter", "lora_parameters",
-           "save_adapter"]  # fmt: skip
+__all__ = ["ADAPTER_FILE", "DEFAULT_TARGETS", "add_lora", "attach_adapter", "load_adapter",
+           "lora_parameters", "save_adapter"]  # fmt: skip
 
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LoRA weight name
 # Attention projections: what diffusers' LoRA training scripts target by default.
@@ -76,8 +76,21 @@ def add_lora(
         init_lora_weights="gaussian",
     )
     module.requires_grad_(False)
-    module.add_adapter(config)
+    attach_adapter(module, config)
     return config
+
+
+def attach_adapter(module: Any, config: Any) -> None:
+    """diffusers models: `add_adapter`, as diffusers documents. transformers models: peft's
+    `inject_adapter_in_model` (what `add_adapter` does inside, minus transformers' check for a
+    peft release newer than any published one)."""
+    if type(module).__module__.startswith("diffusers"):
+        module.add_adapter(config)
+        return
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(config, module, adapter_name="default")
+    module.peft_config = {"default": config}
 
 
 def lora_parameters(module: Any) -> list[Any]:
@@ -96,8 +109,10 @@ def save_adapter(pipeline: Any, directory: str | Path, parts: Mapping[str, Any])
     kwargs: dict[str, Any] = {}
     for name, module in parts.items():
         if name not in loadable:
-            raise PlanError(Problem(f"train part '{name}'", f"{pipeline_class.__name__} loads "
-                                    f"LoRA only on {', '.join(loadable)}", "train one of those"))  # fmt: skip
+            raise PlanError(
+                Problem(f"train part '{name}'", f"{pipeline_class.__name__} loads LoRA only on "
+                        f"{', '.join(loadable)}", "train one of those")
+            )  # fmt: skip
         if not getattr(module, "peft_config", None):
             raise PlanError(Problem(f"train part '{name}'", "has no adapter", "call add_lora"))
         kwargs[f"{name}_lora_layers"] = get_peft_model_state_dict(module)
@@ -139,7 +154,7 @@ def load_adapter(pipeline: Any, directory: str | Path) -> list[str]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise ModelSourceError(Problem(str(path), f"unreadable adapter file ({exc})",
-                                       "save the adapter again"))  # fmt: skip
+                                       "save the adapter again")) from None  # fmt: skip
     configs = _configs_by_part(metadata, path)
     loaded = []
     for part, config in configs.items():
@@ -150,10 +165,11 @@ def load_adapter(pipeline: Any, directory: str | Path) -> list[str]:
         prefix = f"{part}."
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
-            module.add_adapter(LoraConfig(**config))
+            attach_adapter(module, LoraConfig(**config))
         except (TypeError, ValueError) as exc:
-            raise PlanError(Problem(str(path), f"adapter config for '{part}' is not a LoRA "
-                                    f"config ({exc})", "save the adapter again"))  # fmt: skip
+            problem = Problem(str(path), f"adapter config for '{part}' is not a LoRA config "
+                              f"({exc})", "save the adapter again")  # fmt: skip
+            raise PlanError(problem) from None
         result = set_peft_model_state_dict(module, state)
         unexpected = getattr(result, "unexpected_keys", None) or []
         if unexpected:
