@@ -40,17 +40,59 @@ def compose(
     setting that came from a file rather than the command line is refused."""
     from omegaconf import OmegaConf
 
+    check_override_sizes(overrides)
     user_dirs = user_config_dirs(config_dir)
+    typed = list(overrides)
     if plan_file is not None:
         overrides = [*plan_file_overrides(plan_file), *overrides]
     rewritten = rewrite_overrides(list(overrides), user_dirs)
     cfg = _compose(user_dirs, config_name, [*rewritten, *SEARCH_OVERRIDES], overrides)
-    problems = _hydra_problems(cfg, rewritten, overrides)
+    problems = _hydra_problems(cfg, rewritten, overrides) + _trust_problems(cfg, typed)
     if problems:
         raise PlanError(problems)
     OmegaConf.set_struct(cfg, False)
     cfg.pop("hydra")
     return cfg
+
+
+MAX_OVERRIDE_CHARS = 10_000
+
+
+def check_override_sizes(overrides: Sequence[str]) -> None:
+    """Hydra's override parser is slow on huge values; a plan never needs one this long."""
+    for text in overrides:
+        if len(text) > MAX_OVERRIDE_CHARS:
+            raise PlanError(
+                Problem(f"override '{text[:40]}...'", f"longer than {MAX_OVERRIDE_CHARS:,} "
+                        "characters", "put large values in a plan file (--plan)")
+            )  # fmt: skip
+
+
+# Flags that let a model run code: only what the user types may turn them on.
+TRUST_FLAGS = ("model.allow_pickle", "model.trust_remote_code")
+
+
+def _trust_problems(cfg: Any, typed: Sequence[str]) -> list[Problem]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    typed_true = set()
+    for text in typed:
+        override = parser.parse_override(text)
+        if override.key_or_group in TRUST_FLAGS and override.value() is True:
+            typed_true.add(override.key_or_group)
+    problems = []
+    for flag in TRUST_FLAGS:
+        section, key = flag.split(".")
+        if cfg.get(section, {}).get(key) is True and flag not in typed_true:
+            problems.append(
+                Problem(
+                    flag,
+                    "turned on by a config or plan file; it lets the model run code",
+                    f"type {flag}=true on the command line if you trust this model",
+                )
+            )
+    return problems
 
 
 def primary_dir(user_dirs: tuple[Path, ...]) -> Path:
@@ -141,6 +183,17 @@ def _hydra_problems(cfg: Any, rewritten: list[str], user_overrides: Sequence[str
     parser = OverridesParser.create()
     cli_hydra = [o for o in rewritten if is_hydra_override(parser.parse_override(o).key_or_group)]
     composed = OmegaConf.to_container(cfg.hydra, resolve=False)
+    expected = {"hydra": [*cli_hydra, *SEARCH_OVERRIDES],
+                "task": [o for o in rewritten if o not in cli_hydra]}  # fmt: skip
+    if composed.get("overrides") != expected:  # type: ignore[union-attr]
+        # Hydra applies hydra.overrides.* to every job of a sweep as if typed.
+        return [
+            Problem(
+                "hydra.overrides",
+                "set by a config file; Hydra would apply them as command-line overrides",
+                "remove hydra.overrides from the file",
+            )
+        ]
     cli_keys = {parser.parse_override(o).key_or_group for o in cli_hydra}
     picks = plugin_choices(composed, cli_keys)  # type: ignore[arg-type]
     try:

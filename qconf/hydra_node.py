@@ -21,8 +21,9 @@ from qconf.errors import Problem
 
 # Filled by Hydra at run time or derived from the overrides: not a file's choice.
 _RUNTIME_KEYS = {
-    "runtime",
-    "overrides",
+    "runtime.choices",  # the files' own group choices (checked as files, not as hydra)
+    "runtime.config_sources",  # --config-dir, from the command line
+    "overrides",  # compared as a whole in compose
     "job.override_dirname",
     "job.id",
     "job.num",
@@ -134,7 +135,7 @@ def _plugin_problems(plugin: str, node: Any, trusted: Any) -> list[Problem]:
         ]
     allowed = ALLOWED_PLUGINS.get(str(target), frozenset())
     changed = {key for key in set(node) | set(trusted) if node.get(key) != trusted.get(key)}
-    return [
+    problems = [
         Problem(
             f"{where}.{key}",
             "set by a config file; files may set only "
@@ -144,6 +145,26 @@ def _plugin_problems(plugin: str, node: Any, trusted: Any) -> list[Problem]:
         )
         for key in sorted(changed - allowed, key=str)
     ]
+    # Launchers write these values into job scripts (sbatch lines): plain words only.
+    problems += [
+        Problem(
+            f"{where}.{key}",
+            f"{node.get(key)!r} is not a plain value (number, or letters, digits and _.,:=@+/-)",
+            f"set {where}.{key} on the command line if you mean it",
+        )
+        for key in sorted(changed & allowed, key=str)
+        if not _plain_value(node.get(key))
+    ]
+    return problems
+
+
+_PLAIN_WORD = re.compile(r"^[A-Za-z0-9_.,:=@+/-]{0,128}$")
+
+
+def _plain_value(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    return isinstance(value, str) and bool(_PLAIN_WORD.match(value))
 
 
 def plugin_choices(composed: Mapping[str, Any], cli_keys: set[str]) -> list[str]:

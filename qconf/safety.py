@@ -120,9 +120,46 @@ def safe_instantiate(cfg: Any, *args: Any, **kwargs: Any) -> Any:
         if not (isinstance(target, str) and target in allowed_targets())
         and not _is_allowed_object(target)
     ]
+    # instantiate resolves interpolations again: a value that resolved to `${...}` (oc.create,
+    # oc.decode, an escaped string) would build a new, unchecked config there.
+    unsafe += [
+        Problem(
+            where or "config",
+            "resolves to another interpolation (${...})",
+            "write the value itself",
+        )  # fmt: skip
+        for where, value in _strings({"cfg": data, "args": call_args, "kwargs": call_kwargs}, "")
+        if "${" in value
+    ]
     if unsafe:
         raise PlanError(unsafe)
     return instantiate(data, *call_args, **{"_convert_": "all", **call_kwargs})
+
+
+def _strings(data: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            yield from _strings(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _strings(value, f"{path}[{i}]")
+    elif isinstance(data, str):
+        yield path, data
+
+
+# `${a}${a}` over a chain of keys doubles the value at each step: a few dozen references can
+# resolve to gigabytes. Real plans use a handful.
+MAX_INTERPOLATIONS = 30
+
+
+def check_interpolation_count(data: Any) -> None:
+    """Refuse, before resolving, a plan with more `${...}` references than any real one has."""
+    count = sum(value.count("${") for _, value in _strings(data, ""))
+    if count > MAX_INTERPOLATIONS:
+        raise PlanError(
+            Problem("config", f"{count} interpolations (${{...}}); at most {MAX_INTERPOLATIONS}",
+                    "write values instead of references")
+        )  # fmt: skip
 
 
 class EnvironmentRead(Exception):

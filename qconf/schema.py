@@ -29,7 +29,12 @@ from qconf.errors import PlanError, Problem
 from qconf.messages import PlanProblems, did_you_mean, problems_from_errors
 from qconf.parts import PipelineParts, pipeline_parts
 from qconf.paths import backend_options
-from qconf.safety import EnvironmentRead, no_environment_reads, target_problems
+from qconf.safety import (
+    EnvironmentRead,
+    check_interpolation_count,
+    no_environment_reads,
+    target_problems,
+)
 
 if TYPE_CHECKING:
     from qconf.resolve import ResolvedPlan
@@ -219,6 +224,7 @@ def _plain(cfg: Any) -> Any:
         from omegaconf import OmegaConf
         from omegaconf.errors import OmegaConfBaseException
 
+        check_interpolation_count(OmegaConf.to_container(cfg, resolve=False))
         try:
             with no_environment_reads():
                 return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)

@@ -9,6 +9,7 @@ counted once per use) and refuses it past fixed limits, before anything is built
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ import yaml
 
 MAX_NODES = 100_000  # after alias expansion; qconf's largest config has a few hundred
 MAX_DEPTH = 64
-MAX_BYTES = 1 << 20
+MAX_BYTES = 64 << 10  # PyYAML parses ~40 KB/s here: a file must read in seconds
 
 
 class YAMLLimitError(yaml.YAMLError):
@@ -71,6 +72,14 @@ def bounded(loader_class: type) -> type:
     """A subclass of a PyYAML loader class that checks each document before constructing it."""
 
     class BoundedLoader(loader_class):  # type: ignore[misc, valid-type]
+        def __init__(self, stream: Any) -> None:
+            size = len(stream) if isinstance(stream, (str, bytes)) else _file_size(stream)
+            if size is not None and size > MAX_BYTES:
+                name = str(getattr(stream, "name", "<string>"))
+                mark = yaml.error.Mark(name, 0, 0, 0, None, None)
+                raise YAMLLimitError(f"larger than {MAX_BYTES // 1024} KiB", mark)
+            super().__init__(stream)
+
         def get_single_node(self) -> Any:
             try:
                 node = super().get_single_node()
@@ -81,6 +90,13 @@ def bounded(loader_class: type) -> type:
             return node
 
     return BoundedLoader
+
+
+def _file_size(stream: Any) -> int | None:
+    try:
+        return os.fstat(stream.fileno()).st_size
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 BoundedSafeLoader = bounded(yaml.SafeLoader)

@@ -19,6 +19,7 @@ from qconf.cli.main import USER_ERROR, safe
 from qconf.compose import (
     CONFIG_NAME,
     SEARCH_OVERRIDES,
+    check_override_sizes,
     compose,
     primary_dir,
     rewrite_overrides,
@@ -37,6 +38,7 @@ _VALUE_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", 
 _HELP_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c",
                "--shell-completion", "-sc"}  # fmt: skip
 PICKLE_FLAG = "--trust-pickled-config"
+MAX_JOBS = 1000  # a sweep is checked job by job before any starts
 
 
 @dataclass
@@ -45,6 +47,7 @@ class _Sweep:
 
     config_dir: str | None
     config_name: str
+    plan_file: str | None = None
     plans: dict[tuple[str, ...], Any] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
 
@@ -54,12 +57,14 @@ def main(argv: list[str]) -> int:
     config_dir = _take(flags, "--config-dir", "-cd")
     config_name = _take(flags, "--config-name", "-cn") or CONFIG_NAME
     plan_file = _take(flags, "--plan")
-    if plan_file is not None:  # the file's plan first, the command line on top of it
-        overrides = [*plan_file_overrides(plan_file), *overrides]
     _refuse_unsupported(flags)
+    check_override_sizes(overrides)
     user_dirs = user_config_dirs(config_dir)
-    rewritten = rewrite_overrides(overrides, user_dirs)
-    sweep = _Sweep(config_dir, config_name)
+    # Hydra composes each job from the plan file's overrides, then the typed ones; qconf's
+    # checks keep them apart (a file may not turn on what only typing may).
+    from_file = plan_file_overrides(plan_file) if plan_file is not None else []
+    rewritten = rewrite_overrides([*from_file, *overrides], user_dirs)
+    sweep = _Sweep(config_dir, config_name, plan_file)
     if not _HELP_FLAGS & set(flags):
         # Every job's plan is checked before Hydra starts: a user error exits 2 with no run
         # folder, and a sweep never dies halfway on a plan it could have refused up front.
@@ -122,6 +127,8 @@ def _preflight(overrides: list[str], rewritten: list[str], *, multirun: bool,
 
     jobs = _jobs(overrides, multirun)
     hydra_jobs = _jobs(rewritten, multirun)
+    if len(jobs) != len(hydra_jobs):  # a plan file cannot sweep; this is a bug if reached
+        raise RuntimeError("sweep split differs between typed and rewritten overrides")
     hydra_overrides = [o for o in overrides if _is_hydra(o)]
     problems: list[Problem] = []
     for number, (job, hydra_job) in enumerate(zip(jobs, hydra_jobs, strict=True)):
@@ -130,6 +137,7 @@ def _preflight(overrides: list[str], rewritten: list[str], *, multirun: bool,
                 [*job, *hydra_overrides],
                 config_dir=sweep.config_dir,
                 config_name=sweep.config_name,
+                plan_file=sweep.plan_file,
             )
             plan = validate(cfg, config_dir=sweep.config_dir)
             check_environment(plan.resolve())
@@ -153,11 +161,33 @@ def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
         return [task]
     try:
         parsed = OverridesParser.create().parse_overrides(task)
+        count = 1
+        for override in parsed:
+            if override.is_sweep_override():
+                count *= _sweep_length(override)
+        if count > MAX_JOBS:
+            raise PlanError(Problem("-m", f"the sweep has {count:,} jobs (more than {MAX_JOBS})",
+                                    "sweep fewer values, or run it in parts"))  # fmt: skip
+        return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     except HydraException as exc:
         raise PlanError(
-            Problem("override", f"bad override syntax ({exc})", "write key=value, key=a,b")
-        ) from None
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+            Problem("override", f"cannot expand the sweep ({_first_line(exc)})",
+                    "list the values: key=a,b or key=range(0,4); glob() is not supported")
+        ) from None  # fmt: skip
+
+
+def _sweep_length(override: Any) -> int:
+    from hydra.core.override_parser.types import RangeSweep
+
+    value = override.value()
+    if isinstance(value, RangeSweep):
+        start, stop, step = value.start or 0, value.stop, value.step or 1
+        return max(0, int((stop - start) / step) + (1 if (stop - start) % step else 0))
+    return len(list(override.sweep_iterator()))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _is_hydra(override: str) -> bool:
@@ -199,12 +229,13 @@ def generate(cfg: Any, sweep: _Sweep) -> None:
     out = Path(hydra_cfg.runtime.output_dir)
     task = list(hydra_cfg.overrides.task)
     try:
+        # The plan checked before launch; launchers in other processes get the same mapping
+        # (pickled with this function). Never recomposed from Hydra's view of the job.
         plan = sweep.plans.get(_task_key(task))
-        if plan is None:  # a launcher that runs jobs in other processes: check again there
-            from qconf.schema import validate
-
-            composed = compose(task, config_dir=sweep.config_dir, config_name=sweep.config_name)
-            plan = validate(composed, config_dir=sweep.config_dir)
+        if plan is None:
+            unchecked = Problem("hydra.overrides.task", "this job was not checked before launch",
+                                "run it without sweeper plugins that add jobs")  # fmt: skip
+            raise PlanError(unchecked)
         _generate(plan, out)
     except QconfError as exc:
         for line in exc.lines:
