@@ -52,10 +52,11 @@ def load(
     if train:  # True: every quantized part; or the names of the parts that will be trained
         check_trainable(resolved, None if train is True else list(train))
     if save is not None:
-        from qconf.saving import check_can_save, check_shard_size
+        from qconf.saving import check_can_save, check_shard_size, snapshot
 
         check_can_save(resolved, save, force=force)  # before any weight is read
         check_shard_size(max_shard_size)
+        listing = snapshot(save)
     source = _source_path(plan.model.source)
 
     import torch
@@ -85,7 +86,7 @@ def load(
     if save is not None:
         from qconf.saving import save_pipeline
 
-        save_pipeline(loaded, save, force=force, max_shard_size=max_shard_size)
+        save_pipeline(loaded, save, force=force, max_shard_size=max_shard_size, listing=listing)
     return loaded
 
 

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -139,8 +140,11 @@ def save_pipeline(
     *,
     force: bool = False,
     max_shard_size: str | int | None = None,
+    listing: list[tuple] | None = None,
 ) -> Path:
-    """Write the loaded pipeline + qconf.yaml to `target`, atomically (see module docstring)."""
+    """Write the loaded pipeline + qconf.yaml to `target`, atomically (see module docstring).
+    `listing` (from `snapshot`, taken when the save was first checked) is what --force may
+    replace; anything added later survives."""
     import yaml
 
     check_can_save(loaded.resolved, target, force=force)
@@ -150,6 +154,7 @@ def save_pipeline(
         raise PlanError(adapters)
     path = save_target(target)
     path.parent.mkdir(parents=True, exist_ok=True)
+    listing = snapshot(target) if listing is None else listing
     with _save_lock(path):
         _remove_stale(path)
         staging = Path(
@@ -161,7 +166,7 @@ def save_pipeline(
             )
             record = {"versions": library_versions(), "plan": loaded.resolved.to_json()}
             (staging / PLAN_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
-            _move_into_place(staging, path, target, force=force)
+            _move_into_place(staging, path, target, force=force, listing=listing)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -174,32 +179,51 @@ def _hidden(path: Path) -> str:
 
 @contextmanager
 def _save_lock(path: Path) -> Iterator[None]:
-    """One save into DIR at a time: an O_EXCL marker beside DIR holding the saver's pid (a
-    marker whose process is gone is stale and taken over)."""
+    """One save into DIR at a time: a marker beside DIR holding the saver's pid, created with
+    its content in one step (link(2) of a written file fails if the marker exists). A marker
+    whose process is gone is stale and taken over."""
     lock = path.parent / f"{_hidden(path)}lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            break
-        except FileExistsError:
-            owner = _pid_in(lock.read_text(errors="replace") if lock.exists() else "")
-            if owner is not None and _alive(owner):
-                raise PlanError(
-                    Problem(
-                        "--save",
-                        f"another qconf process (pid {owner}) is saving into '{path}'",
-                        "wait for it, or pick another folder",
-                    )  # fmt: skip
-                ) from None
-            lock.unlink(missing_ok=True)
-    else:
-        raise PlanError(Problem("--save", f"cannot lock '{lock}'", "remove it if stale"))
+    mine = path.parent / f"{_hidden(path)}lock-{os.getpid()}-{threading.get_ident()}"
+    mine.write_text(str(os.getpid()))
     try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
+        for _ in range(3):
+            try:
+                os.link(mine, lock)
+                break
+            except FileExistsError:
+                _take_over_if_stale(lock, path)
+        else:
+            raise PlanError(Problem("--save", f"cannot lock '{lock}'", "remove it if stale"))
+    finally:
+        mine.unlink(missing_ok=True)
+    try:
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+def _take_over_if_stale(lock: Path, path: Path) -> None:
+    owner = _pid_in(lock.read_text(errors="replace") if lock.exists() else "")
+    if owner is None or not _alive(owner):
+        # Move the stale marker aside (only one process can), then check it was the stale one.
+        aside = lock.with_name(f"{lock.name}-stale-{os.getpid()}-{threading.get_ident()}")
+        try:
+            os.rename(lock, aside)
+        except FileNotFoundError:
+            return
+        moved = _pid_in(aside.read_text(errors="replace"))
+        if moved is None or not _alive(moved):
+            aside.unlink(missing_ok=True)
+            return
+        try:  # we moved a fresh marker: put it back
+            os.link(aside, lock)
+        finally:
+            aside.unlink(missing_ok=True)
+        owner = moved
+    raise PlanError(
+        Problem("--save", f"another qconf process (pid {owner}) is saving into '{path}'",
+                "wait for it, or pick another folder")
+    )  # fmt: skip
 
 
 def _pid_in(text: str) -> int | None:
@@ -226,24 +250,17 @@ def _remove_stale(path: Path) -> None:
                 shutil.rmtree(stale, ignore_errors=True)
 
 
-def _move_into_place(staging: Path, path: Path, target: str | Path, *, force: bool) -> None:
+def _move_into_place(
+    staging: Path, path: Path, target: str | Path, *, force: bool, listing: list[tuple]
+) -> None:
     """rename(2) onto DIR succeeds only if DIR is absent or empty *at that instant*: anything
     written into DIR meanwhile survives and the save fails. With force, the old DIR is first
-    moved aside (and deleted once the new one is in place)."""
+    moved aside (and deleted once the new one is in place) — if it is still what it was when
+    the save started (`listing`); what someone wrote into it meanwhile is never deleted."""
     if path.is_symlink():  # replaced by a symlink since the check
         raise PlanError(Problem("--save", f"'{target}' became a symlink", "nothing was written"))
     if force and path.is_dir() and any(path.iterdir()):
-        retired = Path(
-            tempfile.mkdtemp(dir=path.parent, prefix=f"{_hidden(path)}old-{os.getpid()}-")
-        )
-        os.rename(path, retired / path.name)
-        try:
-            os.rename(staging, path)
-        except OSError:
-            os.rename(retired / path.name, path)  # put the old folder back
-            raise
-        finally:
-            shutil.rmtree(retired, ignore_errors=True)
+        _replace(staging, path, target, listing)
         return
     try:
         os.rename(staging, path)
@@ -257,6 +274,51 @@ def _move_into_place(staging: Path, path: Path, target: str | Path, *, force: bo
                 )
             ) from None
         raise
+
+
+def _replace(staging: Path, path: Path, target: str | Path, listing: list[tuple]) -> None:
+    retired = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{_hidden(path)}old-{os.getpid()}-"))
+    old = retired / path.name
+    os.rename(path, old)  # from here on, nobody can write into the old DIR by its name
+    changed = _listing(old) != listing
+    if not changed:
+        try:
+            os.rename(staging, path)
+        except OSError:
+            changed = True  # DIR was created again meanwhile
+        else:
+            shutil.rmtree(retired, ignore_errors=True)
+            return
+    try:
+        os.rename(old, path)
+        retired.rmdir()
+    except OSError:
+        raise PlanError(
+            Problem("--save", f"'{target}' changed while saving; its old content is in '{old}'",
+                    "move it back, then save again")
+        ) from None  # fmt: skip
+    raise PlanError(
+        Problem("--save", f"'{target}' changed while saving; left as it is",
+                "save again (with --force to replace it)")
+    )  # fmt: skip
+
+
+def snapshot(target: str | Path) -> list[tuple]:
+    """What --force would replace in DIR, as of now."""
+    return _listing(save_target(target))
+
+
+def _listing(path: Path) -> list[tuple]:
+    """What DIR holds (names, sizes, modification times), to tell whether it changed."""
+    if not path.is_dir():
+        return []
+    entries = []
+    for root, dirs, files in os.walk(path):
+        for name in sorted(dirs + files):
+            stat = os.lstat(os.path.join(root, name))
+            entries.append((os.path.relpath(os.path.join(root, name), path), stat.st_size,
+                            stat.st_mtime_ns, stat.st_mode))  # fmt: skip
+    return sorted(entries)
 
 
 def library_versions() -> dict[str, str]:

@@ -383,3 +383,119 @@ def test_force_replaces_only_the_named_folder(tmp_path: Path) -> None:
     assert (target / "qconf.yaml").is_file() and not (target / "old.txt").exists()
     assert (tmp_path / "sibling.txt").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saved", "sibling.txt"]
+
+
+# --- found by the attack review ---
+
+
+def test_a_preset_cannot_feed_overrides_to_hydra(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    marker = tmp_path / "marker"
+    write(
+        conf / "preset" / "evil.yaml",
+        "# @package _global_\nhydra:\n  overrides:\n"
+        f"    hydra: ['+hydra.job.env_set.X=1', 'hydra.sweep.subdir=../../{marker}']\n"
+        "    task: ['model.trust_remote_code=true']\n",
+    )
+    for args in (["validate"], ["run"], ["run", "-m"]):
+        result = run_cli(*args, "--config-dir", str(conf), "preset=evil", "run.seed=1,2"
+                         if "-m" in args else "run.seed=1", cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 2 and "hydra.overrides" in result.stderr, result.stderr
+    assert not marker.exists() and not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.parametrize("flag", ["model.trust_remote_code", "model.allow_pickle"])
+def test_files_cannot_turn_on_code_running_flags(flag: str, tmp_path: Path) -> None:
+    section, key = flag.split(".")
+    conf = tmp_path / "conf"
+    write(conf / "preset" / "evil.yaml", f"# @package _global_\n{section}:\n  {key}: true\n")
+    write(conf / "model" / "evil.yaml", f"source: tiny-flux\n{key}: true\n")
+    plan = write(tmp_path / "plan.yaml", f"{section}:\n  {key}: true\n")
+    for args in (["--config-dir", str(conf), "preset=evil"], ["--config-dir", str(conf),
+                 "model=evil"], ["--plan", str(plan)]):  # fmt: skip
+        for command in ("validate", "run"):
+            result = run_cli(command, *args, cwd=tmp_path)
+            assert result.returncode == 2 and f"{flag}: turned on by a config" in result.stderr
+    # typed, it is the user's choice
+    assert main(["validate", "--plan-only", "--plan", str(plan), f"{flag}=true"]) == 0
+
+
+def test_launcher_parameters_from_files_are_plain_words(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    write(
+        conf / "preset" / "evil.yaml",
+        "# @package _global_\ndefaults:\n  - override /hydra/launcher: submitit_slurm\n"
+        'hydra:\n  launcher:\n    comment: "x\\ntouch /tmp/marker #"\n',
+    )
+    result = run_cli("validate", "--plan-only", "--config-dir", str(conf), "preset=evil",
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "hydra.launcher.comment" in result.stderr
+    write(
+        conf / "preset" / "ok.yaml",
+        "# @package _global_\ndefaults:\n  - override /hydra/launcher: submitit_slurm\n"
+        "hydra:\n  launcher:\n    partition: gpu-a100\n    mem_gb: 64\n",
+    )
+    assert main(["validate", "--plan-only", "--config-dir", str(conf), "preset=ok"]) == 0
+
+
+def test_safe_instantiate_refuses_interpolations_that_build_configs(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    payload = f"{{_target_: pathlib.Path.touch, self: {marker}}}"
+    for value in (f'${{oc.create:"{payload}"}}', f"${{oc.create:{payload}}}",
+                  f"\\${{oc.create:{payload}}}"):  # fmt: skip
+        with pytest.raises(qconf.PlanError):
+            qconf.safe_instantiate(OmegaConf.create({"x": value}))
+    assert not marker.exists()
+
+
+def test_interpolation_bombs_are_refused_before_resolving(tmp_path: Path) -> None:
+    lines = ["# @package _global_", "run:", "  l0: x"]
+    lines += [f"  l{i}: ${{run.l{i - 1}}}${{run.l{i - 1}}}" for i in range(1, 41)]
+    lines.append("  prompt: ${run.l40}")
+    write(tmp_path / "conf" / "preset" / "bomb.yaml", "\n".join(lines) + "\n")
+    result = run_cli("validate", "--config-dir", str(tmp_path / "conf"), "preset=bomb",
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "interpolations" in result.stderr
+
+
+def test_large_yaml_is_refused_before_parsing(tmp_path: Path) -> None:
+    big = "x: [" + ",".join(["0"] * 200_000) + "]\n"
+    write(tmp_path / "conf" / "preset" / "big.yaml", "# @package _global_\n" + big)
+    write(tmp_path / "conf" / "backend" / "big.yaml", big)
+    for args in (["validate", "preset=big"], ["validate"], ["list", "backends"]):
+        result = run_cli(args[0], "--config-dir", str(tmp_path / "conf"), *args[1:], cwd=tmp_path)
+        assert result.returncode in (0, 2), result.stderr
+    assert "larger than 64 KiB" in run_cli("validate", "--config-dir", str(tmp_path / "conf"),
+                                          "preset=big", cwd=tmp_path).stderr  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "preset=glob(*)"],
+        ["-m", "run.seed=range(0,100000000)"],
+        ["+x=[" + ",".join(["0"] * 60_000) + "]"],
+    ],  # fmt: skip
+    ids=["glob", "huge-range", "huge-value"],
+)
+def test_hostile_command_lines_end_quickly(args: list[str], tmp_path: Path) -> None:
+    result = run_cli("run", *args, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
+
+
+def test_force_never_deletes_what_was_written_during_the_save(tmp_path: Path) -> None:
+    target = tmp_path / "saved"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    cfg = qconf.compose(["quant.mapping.transformer=int8wo"])
+    from qconf.saving import snapshot
+
+    listing = snapshot(target)
+    loaded = qconf.load(cfg)
+    (target / "theirs.txt").write_text("written after the check")
+    with pytest.raises(qconf.PlanError, match="changed while saving"):
+        from qconf.saving import save_pipeline
+
+        save_pipeline(loaded, target, force=True, listing=listing)
+    assert sorted(p.name for p in target.iterdir()) == ["old.txt", "theirs.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]
