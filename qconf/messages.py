@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from qconf.backends import REGISTRY
 from qconf.backends.torchao import QUANT_TYPES
-from qconf.errors import Problem
+from qconf.errors import Problem, QconfError
 from qconf.paths import backend_options
 
 
@@ -64,7 +64,7 @@ def problems_from_errors(
         path = ".".join(str(e) for e in prefix + loc if not (isinstance(e, str) and e in _TAGGED))
         path = path.replace(".[", "[")
         kind, ctx = error["type"], error.get("ctx") or {}
-        if kind == "value_error" and isinstance(ctx.get("error"), PlanProblems):
+        if kind == "value_error" and isinstance(ctx.get("error"), (PlanProblems, QconfError)):
             for p in ctx["error"].problems:
                 where = (
                     p.where
@@ -121,4 +121,13 @@ def _one_problem(
         return Problem(path, f"'{value}' is not allowed", f"expected {ctx.get('expected')}")
     if kind == "missing":
         return Problem(path, "required key is missing", "set it")
-    return Problem(path, f"{error['msg']} (got {value!r})", "")
+    message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return Problem(path or "plan", f"{message} (got {shown_value(value)})", "")
+
+
+def shown_value(value: Any, limit: int = 60) -> str:
+    """A value as an error line quotes it: short (never a dump of the whole plan)."""
+    if isinstance(value, dict):
+        return "a mapping" if value else "{}"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

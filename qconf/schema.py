@@ -30,6 +30,7 @@ from qconf.messages import PlanProblems, did_you_mean, problems_from_errors
 from qconf.parts import PipelineParts, pipeline_parts
 from qconf.paths import backend_options
 from qconf.safety import target_problems
+from qconf.userpath import user_path
 
 if TYPE_CHECKING:
     from qconf.resolve import ResolvedPlan
@@ -200,7 +201,7 @@ def validate(cfg: Any, *, config_dir: str | Path | None = None) -> Plan:
     unsafe = target_problems(data)
     if unsafe:  # before anything else reads the config
         raise PlanError(unsafe)
-    extra = (Path(config_dir).expanduser().resolve(),) if config_dir is not None else ()
+    extra = (user_path(config_dir, "--config-dir").resolve(),) if config_dir is not None else ()
     try:
         return Plan.model_validate(data, context={"options": backend_options(extra)})
     except ValidationError as exc:

@@ -7,13 +7,13 @@ so qconf loads such parts itself and hands them to the pipeline as ready compone
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from qconf.backends.base import Backend, EntryBase, FloatDType, KwargsBase, Library
-from qconf.errors import Problem
+from qconf.errors import PlanError, Problem
+from qconf.userpath import user_path
 
 
 class GGUFKwargs(KwargsBase):
@@ -30,7 +30,10 @@ class GGUFEntry(EntryBase):
     skip_param: ClassVar[str | None] = None
 
     def check_backend_rules(self) -> list[Problem]:
-        path = Path(self.file).expanduser()
+        try:
+            path = user_path(self.file, "file")
+        except PlanError as exc:
+            return [Problem("file", exc.problems[0].what, exc.problems[0].fix)]
         if path.suffix != ".gguf" or not path.is_file():
             return [Problem("file", f"'{self.file}' is not a .gguf file", "give the path of one")]
         return []

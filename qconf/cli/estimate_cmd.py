@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from qconf.cli.main import add_plan_arguments
+from qconf.cli.plan_args import plan_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,12 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qconf.compose import compose
     from qconf.estimate import estimate, plot
-    from qconf.schema import validate
+    from qconf.userpath import user_path
 
-    plan = validate(compose(args.overrides, config_dir=args.config_dir), config_dir=args.config_dir)
-    result = estimate(plan, args.folder)
+    folder = user_path(args.folder, "--folder") if args.folder else None
+    plan = plan_from_args(args)
+    result = estimate(plan, folder)
     if args.plot:
         plot(result, args.plot)
     if args.json:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from qconf.cli.main import console
+from qconf.userpath import user_path
 
 WHAT = ("backends", "options", "presets", "models")
 
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
 
     out = console()
-    extra = (Path(args.config_dir).expanduser(),) if args.config_dir else ()
+    extra = (user_path(args.config_dir, "--config-dir"),) if args.config_dir else ()
     for what in [args.what] if args.what else WHAT:
         out.print(TABLES[what](extra))
     return 0

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from qconf.cli.main import add_plan_arguments
+from qconf.cli.plan_args import plan_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,12 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qconf.compose import compose
     from qconf.loader import load
-    from qconf.schema import validate
+    from qconf.userpath import user_path
 
-    plan = validate(compose(args.overrides, config_dir=args.config_dir), config_dir=args.config_dir)
-    loaded = load(plan, save=args.save, force=args.force)
+    plan = plan_from_args(args)
+    save = user_path(args.save, "--save") if args.save else None
+    loaded = load(plan, save=save, force=args.force)
     if args.json:
         print(json.dumps(loaded.report.to_json(), indent=2))
     else:

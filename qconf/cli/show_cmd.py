@@ -6,6 +6,7 @@ import argparse
 import json
 
 from qconf.cli.main import add_plan_arguments, console
+from qconf.cli.plan_args import plan_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,10 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qconf.compose import compose
-    from qconf.schema import validate
 
-    plan = validate(compose(args.overrides, config_dir=args.config_dir), config_dir=args.config_dir)
+    plan = plan_from_args(args)
     resolved = plan.resolve()
     if args.json:
         print(json.dumps(resolved.to_json(), indent=2))

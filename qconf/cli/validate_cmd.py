@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from qconf.cli.main import add_plan_arguments
+from qconf.cli.plan_args import plan_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,11 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qconf.compose import compose
     from qconf.environment import check_environment
-    from qconf.schema import validate
 
-    plan = validate(compose(args.overrides, config_dir=args.config_dir), config_dir=args.config_dir)
+    plan = plan_from_args(args)
     resolved = plan.resolve()
     if not args.plan_only:
         check_environment(resolved)
