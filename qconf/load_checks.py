@@ -2,10 +2,10 @@
 
 Before: a local model folder's weight files are complete (safetensors headers against file
 sizes), its GGUF files parse, and the classes it names exist in the installed libraries.
-During: the keys each library found missing from a part's checkpoint. diffusers leaves such
-parameters on the meta device and transformers fills them with fresh random values; both only
-log it. qconf records the libraries' own missing-key lists (after their renames, tied weights
-and ignore lists) and fails the load naming the part and the count."""
+After: weights missing from a part's checkpoint. diffusers leaves such parameters on the meta
+device and transformers fills them with fresh random values; both only log it. qconf looks for
+meta parameters and records transformers' own missing-key list (after its renames, tied weights
+and ignore lists), and fails the load naming the part and the count."""
 
 from __future__ import annotations
 
@@ -62,38 +62,28 @@ def _check_classes(parts: PipelineParts) -> None:
 
 @contextlib.contextmanager
 def missing_keys() -> Iterator[dict[int, list[str]]]:
-    """{id(model): keys its library found missing from the checkpoint}, for loads inside."""
-    from diffusers import ModelMixin
+    """{id(model): keys transformers found missing from the checkpoint}, for loads inside.
+    (diffusers needs no hook: it leaves missing parameters on the meta device; its own
+    missing-key list also names keys a pre-quantized quanto checkpoint stores differently.)"""
     from transformers import PreTrainedModel
 
     found: dict[int, list[str]] = {}
-    diffusers_load = ModelMixin.__dict__.get("_load_pretrained_model")
-    transformers_finalize = PreTrainedModel.__dict__.get("_finalize_model_loading")
-    if not isinstance(diffusers_load, classmethod) or not isinstance(
-        transformers_finalize, staticmethod
-    ):  # the libraries changed: the check in `missing_key_problems` still sees meta tensors
+    original = PreTrainedModel.__dict__.get("_finalize_model_loading")
+    if not isinstance(original, staticmethod):  # transformers changed; test_bad_inputs says so
         yield found
         return
 
-    @functools.wraps(diffusers_load.__func__)
-    def load(cls: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
-        result = diffusers_load.__func__(cls, model, *args, **kwargs)
-        found[id(result[0])] = sorted(result[1])
-        return result
-
-    @functools.wraps(transformers_finalize.__func__)
+    @functools.wraps(original.__func__)
     def finalize(model: Any, load_config: Any, loading_info: Any) -> Any:
-        info = transformers_finalize.__func__(model, load_config, loading_info)
+        info = original.__func__(model, load_config, loading_info)
         found[id(model)] = sorted(info.missing_keys)
         return info
 
-    ModelMixin._load_pretrained_model = classmethod(load)
     PreTrainedModel._finalize_model_loading = staticmethod(finalize)
     try:
         yield found
     finally:
-        ModelMixin._load_pretrained_model = diffusers_load
-        PreTrainedModel._finalize_model_loading = transformers_finalize
+        PreTrainedModel._finalize_model_loading = original
 
 
 def missing_key_problems(pipeline: Any, parts: Any, found: dict[int, list[str]]) -> list[Problem]:
@@ -104,7 +94,7 @@ def missing_key_problems(pipeline: Any, parts: Any, found: dict[int, list[str]])
         if module is None or not hasattr(module, "named_parameters"):
             continue
         keys = set(found.get(id(module), []))
-        keys |= {key for key, p in module.named_parameters() if p.device.type == "meta"}
+        keys |= {key for key, p in module.named_parameters() if _on_meta(p)}
         if keys:
             shown = ", ".join(sorted(keys)[:3]) + (", ..." if len(keys) > 3 else "")
             problems.append(
@@ -117,3 +107,12 @@ def missing_key_problems(pipeline: Any, parts: Any, found: dict[int, list[str]])
                 )
             )
     return problems
+
+
+def _on_meta(tensor: Any) -> bool:
+    """No data behind it. A tensor subclass (quanto's QBytesTensor) may report the meta device
+    for its wrapper while its inner tensors hold the data: look inside."""
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is None:
+        return tensor.device.type == "meta"
+    return any(_on_meta(getattr(tensor, name)) for name in flatten()[0])

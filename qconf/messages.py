@@ -36,6 +36,11 @@ def did_you_mean(name: str, candidates: Any) -> str:
     return f"did you mean '{close[0]}'? " if close else ""
 
 
+def _tags(field: str) -> str:
+    """The values a tagged union accepts (pydantic leaves them out when the tag is missing)."""
+    return ", ".join(QUANT_TYPES if field == "name" else REGISTRY)
+
+
 def _model_at(
     loc: tuple[Any, ...], tag: str | None, root: type[BaseModel] | None
 ) -> type[BaseModel] | None:
@@ -98,7 +103,7 @@ def _one_problem(
         )
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         field = ctx.get("discriminator", "").strip("'")
-        expected = ctx.get("expected_tags", "").replace("'", "")
+        expected = ctx.get("expected_tags", "").replace("'", "") or _tags(field)
         where = f"{path}.{field}" if path else field
         if kind == "union_tag_not_found":
             return Problem(where, "missing", f"set {field}: one of {expected}")
@@ -122,7 +127,9 @@ def _one_problem(
     if kind == "missing":
         return Problem(path, "required key is missing", "set it")
     message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    return Problem(path or "plan", f"{message} (got {shown_value(value)})", "")
+    return Problem(
+        path or "plan", f"{message} (got {shown_value(value)})", "fix the value (qconf schema)"
+    )
 
 
 def shown_value(value: Any, limit: int = 60) -> str:

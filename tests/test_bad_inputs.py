@@ -311,3 +311,51 @@ def test_unwritable_cache(capsys, monkeypatch, tmp_path: Path, cache: str) -> No
     monkeypatch.setenv("QCONF_CACHE", cache)
     errors = fails(capsys, "load", "model.source=tiny-sd")
     assert errors[0].startswith("error: QCONF_CACHE: ")
+
+
+# --- 7. messages --------------------------------------------------------------------------------
+
+
+def test_missing_backend_lists_the_backends(capsys) -> None:
+    errors = fails(capsys, "validate", "quant.mapping.transformer={kwargs:{}}")
+    assert errors == [
+        "error: quant.mapping.transformer.backend: missing — set backend: one of "
+        "bitsandbytes_4bit, bitsandbytes_8bit, torchao, quanto, gguf"
+    ]
+    errors = fails(
+        capsys, "validate", "quant.mapping.transformer={backend:torchao,kwargs:{quant_type:{}}}"
+    )
+    assert "set name: one of Int8WeightOnlyConfig, " in errors[0]
+
+
+def test_a_wrong_value_is_quoted_short_never_the_plan(capsys) -> None:
+    errors = fails(capsys, "validate", "model.source={a:1}")
+    assert errors == [
+        "error: model.source: Input should be a valid string (got a mapping) — fix the value "
+        "(qconf schema)"
+    ]
+
+
+def test_list_shows_extras_in_brackets(capsys) -> None:
+    assert main(["list", "backends"]) == 0
+    out = capsys.readouterr().out
+    assert "qconf[torchao]" in out and "qconf[quanto]" in out
+
+
+def test_user_strings_are_printed_with_controls_escaped(capsys, tmp_path: Path) -> None:
+    from qconf.cli.text import markup, safe
+
+    assert safe("a\x1b[31mb\nc\x9b") == "a\\x1b[31mb\\nc\\x9b"
+    assert markup("qconf[torchao]\x07") == "qconf\\[torchao]\\x07"
+    options = tmp_path / "backend"
+    options.mkdir()
+    (options / "evil.yaml").write_text('backend: torchao\nkwargs: {note: "[bold]x\\e[2J"}\n')
+    assert main(["list", "options", "--config-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and '"[bold]x' in out  # json.dumps escaped it; rich kept the [
+    assert (
+        main(["validate", "--plan-only", "model.source='a\x1b[2Jb'", "model.pipeline=FluxPipeline"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "a\\x1b[2Jb" in out

@@ -10,6 +10,7 @@ from typing import Any
 
 from qconf.cli.main import add_plan_arguments
 from qconf.cli.plan_args import plan_from_args
+from qconf.cli.text import safe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print_estimate(result)
     for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
+        print(f"note: {safe(note)}", file=sys.stderr)
     if args.plot:
-        print(f"plot written to {args.plot}")
+        print(f"plot written to {safe(args.plot)}")
     return 0
 
 

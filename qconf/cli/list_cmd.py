@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from qconf.cli.main import console
+from qconf.cli.text import markup
 from qconf.userpath import user_path
 
 WHAT = ("backends", "options", "presets", "models")
@@ -46,7 +47,8 @@ def backends_table(extra: tuple[Path, ...]):  # noqa: ANN201 - a rich Table
             if lib in spec.params and version and (has_cuda or lib not in spec.needs_cuda)
         ]
         saves = [lib for lib in LIBRARIES if spec.can_save.get(lib)]
-        table.add_row(
+        add_row(
+            table,
             key,
             names,
             version or "no",
@@ -68,7 +70,7 @@ def options_table(extra: tuple[Path, ...]):  # noqa: ANN201
     for column in ("option", "backend", "kwargs"):
         table.add_column(column)
     for name, option in backend_options(extra).items():
-        table.add_row(name, str(option.get("backend")), json.dumps(option.get("kwargs") or {}))
+        add_row(table, name, str(option.get("backend")), json.dumps(option.get("kwargs") or {}))
     return table
 
 
@@ -81,7 +83,7 @@ def presets_table(extra: tuple[Path, ...]):  # noqa: ANN201
     table.add_column("preset")
     table.add_column("description")
     for name, path in group_options("preset", extra).items():
-        table.add_row(name, _comment(path))
+        add_row(table, name, _comment(path))
     return table
 
 
@@ -96,7 +98,7 @@ def models_table(extra: tuple[Path, ...]):  # noqa: ANN201
         table.add_column(column)
     for name, path in group_options("model", extra).items():
         data = yaml.safe_load(path.read_text()) or {}
-        table.add_row(name, str(data.get("source")), str(data.get("pipeline") or "from source"))
+        add_row(table, name, str(data.get("source")), str(data.get("pipeline") or "from source"))
     return table
 
 
@@ -107,6 +109,11 @@ def _comment(path: Path) -> str:
         if line.startswith("#") and not line.startswith("# @package")
     ]
     return " ".join(lines)
+
+
+def add_row(table, *cells: object) -> None:  # noqa: ANN001 - a rich Table
+    """Every cell is text from the registry or a config file: markup and controls escaped."""
+    table.add_row(*(markup(cell) for cell in cells))
 
 
 TABLES = {

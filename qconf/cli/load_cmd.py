@@ -8,6 +8,7 @@ from typing import Any
 
 from qconf.cli.main import add_plan_arguments
 from qconf.cli.plan_args import plan_from_args
+from qconf.cli.text import safe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_report(loaded.report)
     if args.save:
-        print(f"saved to {args.save} (reload with model.source={args.save})")
+        print(f"saved to {safe(args.save)} (reload with model.source={safe(args.save)})")
     return 0
 
 
