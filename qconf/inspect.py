@@ -8,7 +8,6 @@ from typing import Any
 
 from qconf.checks import saved_entries
 from qconf.errors import ModelSourceError, PlanError, Problem
-from qconf.messages import PlanProblems
 from qconf.model_files import read_part_config
 from qconf.parts import pipeline_parts
 from qconf.userpath import user_path
@@ -26,10 +25,7 @@ def inspect_folder(folder: str | Path) -> dict[str, Any]:
     found, problems = pipeline_parts(str(path), None)
     if found is None:
         raise PlanError(problems)
-    try:
-        entries = saved_entries(found.weighted)
-    except PlanProblems as exc:
-        raise PlanError(exc.problems) from None
+    entries = saved_entries(found.weighted)
     return {
         "model": {"source": str(folder), "pipeline": found.pipeline, "torch_dtype": _dtype(path)},
         "quant": {"mapping": {name: entry.canonical() for name, entry in entries.items()}},

@@ -161,7 +161,7 @@ def _load_gguf_parts(resolved: ResolvedPlan, source: str, dtype: Any) -> dict[st
         model_cls = getattr(diffusers, resolved.parts.parts[name].class_name)
         ready[name] = model_cls.from_single_file(
             part.entry.file,  # type: ignore[attr-defined]
-            quantization_config=part.build(),
+            quantization_config=part.entry.config_for(resolved.torch_dtype),  # type: ignore[attr-defined]
             config=source,
             subfolder=name,
             torch_dtype=dtype,

@@ -18,6 +18,7 @@ from pydantic import (
 from qconf.backends import REGISTRY, BackendEntry, EntryBase, StrictModel
 from qconf.backends.base import FloatDType
 from qconf.checks import (
+    dtype_problems,
     mode_problems,
     part_problems,
     raw_name_problems,
@@ -187,6 +188,7 @@ class Plan(StrictModel):
         if found is not None:
             problems += source_problems(self.model, found)
             problems += part_problems(self.quant, found)
+            problems += dtype_problems(self.model, self.quant)
             if not problems:
                 problems += saved_problems(self, found)
         if problems:

@@ -359,3 +359,100 @@ def test_user_strings_are_printed_with_controls_escaped(capsys, tmp_path: Path) 
     )
     out = capsys.readouterr().out
     assert "\x1b" not in out and "a\\x1b[2Jb" in out
+
+
+# --- 2. saved quantization_config blocks of unusual shapes ----------------------------------
+
+_INT8 = {"default": {"_type": "Int8WeightOnlyConfig", "_data": {}}}
+SAVED = {
+    "not a mapping": ("int8", "quantization_config is a string, expected a JSON object"),
+    "no quant_method": ({"bits": 8}, "quantization_config has no quant_method"),
+    "quant_method a list": ({"quant_method": ["torchao"]}, "has no quant_method"),
+    "unknown quant_method": ({"quant_method": "awq"}, "saved with quant_method 'awq'"),
+    "gguf": ({"quant_method": "gguf"}, "cannot be reloaded from a saved folder"),
+    "skip list a number": (
+        {"quant_method": "quanto", "weights_dtype": "int8", "modules_to_not_convert": 5},
+        "skip",
+    ),
+    "skip list a string": (
+        {"quant_method": "torchao", "quant_type": _INT8, "modules_to_not_convert": "proj_out"},
+        "skip",
+    ),
+    "weights dtype a number": ({"quant_method": "quanto", "weights_dtype": 8}, "weights_dtype"),
+    "quant_type a number": ({"quant_method": "torchao", "quant_type": 5}, "quant type '5'"),
+    "granularity data a number": (
+        {
+            "quant_method": "torchao",
+            "quant_type": {
+                "default": {
+                    "_type": "Int8WeightOnlyConfig",
+                    "_data": {"granularity": {"_type": "PerGroup", "_data": 5}},
+                }
+            },
+        },
+        "wrong shape",
+    ),
+}
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["validate", "--plan-only"], ["load"]])
+@pytest.mark.parametrize("case", sorted(SAVED))
+def test_saved_quantization_config_shapes(capsys, flux: Path, command, case: str) -> None:
+    block, expected = SAVED[case]
+    config_file = flux / "transformer" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["quantization_config"] = block
+    _write(config_file, config)
+    args = [*command, flux] if command == ["inspect"] else [*command, f"model.source={flux}"]
+    errors = fails(capsys, *args)
+    assert len(errors) == 1 and expected in errors[0], errors
+    assert "transformer" in errors[0].split(": ")[1]
+
+
+# --- 6. GGUF parts follow model.torch_dtype ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def transformer_gguf(tmp_path_factory: pytest.TempPathFactory, qconf_cache: Path) -> Path:
+    from safetensors.torch import load_file
+    from test_save import write_gguf
+
+    weights = (
+        tiny_pipeline_path("tiny-flux") / "transformer" / "diffusion_pytorch_model.safetensors"
+    )
+    path = tmp_path_factory.mktemp("gguf") / "transformer.gguf"
+    write_gguf(load_file(weights), path)
+    return path
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_gguf_part_computes_in_the_model_dtype(transformer_gguf: Path, dtype: str) -> None:
+    import qconf
+
+    entry = f"quant.mapping.transformer={{backend:gguf,file:'{transformer_gguf}'}}"
+    loaded = qconf.load(qconf.compose([entry, f"model.torch_dtype={dtype}"]))
+    assert str(loaded.pipeline.transformer.proj_out.compute_dtype) == f"torch.{dtype}"
+    image = loaded.pipeline("a cat", num_inference_steps=1, height=32, width=32).images[0]
+    assert image.size == (32, 32)
+
+
+def test_gguf_compute_dtype_must_match_the_model_dtype(capsys, transformer_gguf: Path) -> None:
+    entry = (
+        f"quant.mapping.transformer={{backend:gguf,file:'{transformer_gguf}',"
+        "kwargs:{compute_dtype:float16}}"
+    )
+    errors = fails(capsys, "validate", entry, "model.torch_dtype=bfloat16")
+    assert errors == [
+        "error: quant.mapping.transformer.kwargs.compute_dtype: float16, but model.torch_dtype is "
+        "bfloat16 — drop compute_dtype (it follows model.torch_dtype) or make them equal"
+    ]
+
+
+@pytest.mark.parametrize("command", ["estimate", "load"])
+@pytest.mark.parametrize("keep", [3, 200, -64], ids=["no-magic", "cut-header", "cut-data"])
+def test_truncated_gguf(capsys, tmp_path, transformer_gguf: Path, command: str, keep) -> None:
+    cut = tmp_path / "cut.gguf"
+    data = transformer_gguf.read_bytes()
+    cut.write_bytes(data[:keep])
+    errors = fails(capsys, command, f"quant.mapping.transformer={{backend:gguf,file:'{cut}'}}")
+    assert str(cut) in errors[0]

@@ -125,6 +125,12 @@ class EntryBase(StrictModel):
         raise NotImplementedError
 
 
+def saved_names(value: Any) -> Any:
+    """A module-name list from a saved config.json, as a list; anything else unchanged so that
+    validation reports it (list("abc") would silently make three names)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 @dataclass(frozen=True)
 class Backend:
     """A registry entry: everything qconf knows about one quantization backend."""

@@ -39,10 +39,18 @@ class GGUFEntry(EntryBase):
         return []
 
     def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
+        return self.config_for(None)
+
+    def config_for(self, model_dtype: str | None) -> Any:
+        """diffusers' GGUFQuantizationConfig; weights dequantize to `compute_dtype`, else to the
+        pipeline's load dtype (a different one fails at the first matmul), else diffusers'
+        default."""
         import torch
         from diffusers import GGUFQuantizationConfig
 
-        dtype = self.kwargs.compute_dtype or "bfloat16"
+        dtype = self.kwargs.compute_dtype or model_dtype
+        if dtype is None:
+            return GGUFQuantizationConfig()
         return GGUFQuantizationConfig(compute_dtype=getattr(torch, dtype))
 
 
