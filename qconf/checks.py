@@ -55,7 +55,7 @@ def raw_name_problems(data: dict) -> list[Problem]:
         return problems
     mapping = quant.get("mapping") if isinstance(quant.get("mapping"), dict) else {}
     components = quant.get("components") if isinstance(quant.get("components"), list) else []
-    named = {name: f"quant.mapping.{name}" for name in mapping}
+    named = {name: f"quant.mapping.{name}" for name in mapping if isinstance(name, str)}
     named.update({str(n): f"quant.components[{i}]" for i, n in enumerate(components)})
     problems = [p for name, where in named.items() if (p := _name_problem(name, where, found))]
     return problems + mode_problems(

@@ -36,6 +36,9 @@ def did_you_mean(name: str, candidates: Any) -> str:
     return f"did you mean '{close[0]}'? " if close else ""
 
 
+_KINDS = {int: "a number", float: "a number", bool: "a boolean", type(None): "null"}
+
+
 def _tags(field: str) -> str:
     """The values a tagged union accepts (pydantic leaves them out when the tag is missing)."""
     return ", ".join(QUANT_TYPES if field == "name" else REGISTRY)
@@ -92,6 +95,12 @@ def _one_problem(
     root: type[BaseModel] | None,
 ) -> Problem:
     value = error.get("input")
+    if loc and loc[-1] == "[key]":  # a mapping key of the wrong type (YAML `1: int8wo`)
+        return Problem(
+            path.removesuffix(".[key]").removesuffix("[key]"),
+            f"key {shown_value(value)} is {_KINDS.get(type(value), 'not a string')}, not a name",
+            "name the part (e.g. transformer); quote keys that look like numbers",
+        )
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1], tag, root)
         fields = list(model.model_fields) if model else []

@@ -12,10 +12,10 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from qconf.bounds import MAX_JSON_DEPTH, depth
 from qconf.errors import ModelSourceError, Problem
 
 MAX_JSON_BYTES = 16 * 2**20  # configs are kilobytes; a safetensors header of a big model ~10 MB
-MAX_JSON_DEPTH = 32  # torchao's serialized configs nest ~8 deep
 LIBRARIES = ("diffusers", "transformers")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _CLASS = re.compile(r"[A-Z][A-Za-z0-9_]*")
@@ -32,19 +32,6 @@ def _type_name(value: Any) -> str:
     )
 
 
-def _depth(value: Any) -> int:
-    """Nesting depth of parsed JSON, iteratively (no recursion limit to hit)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        deepest = max(deepest, level)
-        if isinstance(item, dict):
-            stack += [(v, level + 1) for v in item.values()]
-        elif isinstance(item, list):
-            stack += [(v, level + 1) for v in item]
-    return deepest
-
-
 def parse_json(text: str | bytes, where: Path | str, what: str) -> Any:
     """JSON from untrusted text: bounded size and depth; invalid JSON names line and column."""
     if len(text) > MAX_JSON_BYTES:
@@ -59,7 +46,7 @@ def parse_json(text: str | bytes, where: Path | str, what: str) -> Any:
         raise bad_file(
             where, f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} col {exc.colno})"
         ) from None
-    if _depth(data) > MAX_JSON_DEPTH:
+    if depth(data) > MAX_JSON_DEPTH:
         raise bad_file(where, f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
     return data
 

@@ -17,6 +17,7 @@ from pydantic import (
 
 from qconf.backends import REGISTRY, BackendEntry, EntryBase, StrictModel
 from qconf.backends.base import FloatDType
+from qconf.bounds import MAX_PLAN_DEPTH, depth
 from qconf.checks import (
     dtype_problems,
     mode_problems,
@@ -200,6 +201,14 @@ def validate(cfg: Any, *, config_dir: str | Path | None = None) -> Plan:
     """Check a composed config (DictConfig or dict) and return the Plan, or raise PlanError
     listing every problem. Pure: reads config files and model_index.json, never weights."""
     data = _plain(cfg)
+    if depth(data) > MAX_PLAN_DEPTH:  # before anything walks it recursively
+        raise PlanError(
+            Problem(
+                "plan",
+                f"values are nested more than {MAX_PLAN_DEPTH} levels deep",
+                "a plan is a few levels deep: check the nested values you wrote",
+            )
+        )
     unsafe = target_problems(data)
     if unsafe:  # before anything else reads the config
         raise PlanError(unsafe)
@@ -219,6 +228,10 @@ def _plain(cfg: Any) -> Any:
 
         try:
             return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        except RecursionError:
+            raise PlanError(
+                Problem("plan", "values are nested too deeply", "check the nested values")
+            ) from None
         except OmegaConfBaseException as exc:
             key = getattr(exc, "full_key", None) or "config"
             raise PlanError(

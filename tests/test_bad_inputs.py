@@ -456,3 +456,54 @@ def test_truncated_gguf(capsys, tmp_path, transformer_gguf: Path, command: str, 
     cut.write_bytes(data[:keep])
     errors = fails(capsys, command, f"quant.mapping.transformer={{backend:gguf,file:'{cut}'}}")
     assert str(cut) in errors[0]
+
+
+# --- 4. integer keys, deep nesting ------------------------------------------------------------
+
+
+def _user_conf(tmp_path: Path, name: str, text: str) -> Path:
+    (tmp_path / "preset").mkdir(exist_ok=True)
+    (tmp_path / "preset" / f"{name}.yaml").write_text("# @package _global_\n" + text)
+    return tmp_path
+
+
+def test_integer_yaml_key_in_the_mapping(capsys, tmp_path: Path) -> None:
+    conf = _user_conf(tmp_path, "intkey", "quant:\n  mapping:\n    1: int8wo\n")
+    assert fails(capsys, "validate", "--config-dir", conf, "preset=intkey") == [
+        "error: quant.mapping.1: key 1 is a number, not a name — name the part (e.g. "
+        "transformer); quote keys that look like numbers"
+    ]
+
+
+def test_integer_key_from_python() -> None:
+    import qconf
+
+    with pytest.raises(qconf.PlanError, match=r"quant.mapping.1: key 1 is a number"):
+        qconf.validate({"model": {"source": "tiny-flux"}, "quant": {"mapping": {1: "int8wo"}}})
+
+
+@pytest.mark.parametrize("depth", [40, 3000])
+def test_deep_override_values(capsys, depth: int) -> None:
+    errors = fails(capsys, "validate", "quant.kwargs.x=" + "[" * depth + "]" * depth)
+    assert f"value nested {depth} levels deep" in errors[0]
+
+
+def test_deep_yaml_file(capsys, tmp_path: Path) -> None:
+    conf = _user_conf(tmp_path, "deep", "quant:\n  kwargs:\n    x: " + "[" * 3000 + "]" * 3000)
+    assert fails(capsys, "validate", "--config-dir", conf, "preset=deep")[0].startswith(
+        "error: config: a config file nests values too deeply"
+    )
+
+
+def test_deep_plan_from_python() -> None:
+    import qconf
+
+    deep: object = 1
+    for _ in range(5000):
+        deep = {"a": deep}
+    cyclic: dict = {}
+    cyclic["a"] = cyclic
+    for value in (deep, cyclic):
+        plan = {"model": {"source": "tiny-flux"}, "quant": {"backend": "torchao", "kwargs": value}}
+        with pytest.raises(qconf.PlanError, match="nested more than 32 levels"):
+            qconf.validate(plan)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from qconf.bounds import check_override_depth
+from qconf.errors import PlanError, Problem
+
 
 def plan_from_args(args: argparse.Namespace) -> Any:
     """The validated Plan of `args.overrides` under `args.config_dir`."""
@@ -14,4 +17,15 @@ def plan_from_args(args: argparse.Namespace) -> Any:
     from qconf.userpath import user_path
 
     config_dir = user_path(args.config_dir, "--config-dir") if args.config_dir else None
-    return validate(compose(args.overrides, config_dir=config_dir), config_dir=config_dir)
+    check_override_depth(args.overrides)
+    try:
+        cfg = compose(args.overrides, config_dir=config_dir)
+    except RecursionError:  # a config file nested deeper than YAML/OmegaConf can walk
+        raise PlanError(
+            Problem(
+                "config",
+                "a config file nests values too deeply to read",
+                "check the files of --config-dir (a plan is a few levels deep)",
+            )
+        ) from None
+    return validate(cfg, config_dir=config_dir)
