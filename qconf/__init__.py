@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from qconf.compose import compose
 from qconf.errors import BackendUnavailableError, ModelSourceError, PlanError, Problem, QconfError
+from qconf.quiet import quiet
 from qconf.safety import safe_instantiate
 from qconf.schema import Plan, validate
 
@@ -27,6 +28,7 @@ __all__ = [
     "compose",
     "load",
     "load_pipeline",
+    "quiet",
     "safe_instantiate",
     "save",
     "validate",

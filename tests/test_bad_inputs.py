@@ -507,3 +507,45 @@ def test_deep_plan_from_python() -> None:
         plan = {"model": {"source": "tiny-flux"}, "quant": {"backend": "torchao", "kwargs": value}}
         with pytest.raises(qconf.PlanError, match="nested more than 32 levels"):
             qconf.validate(plan)
+
+
+# --- 8. noise -----------------------------------------------------------------------------------
+
+
+def test_cli_load_prints_no_known_library_noise(qconf_cache: Path) -> None:
+    import subprocess
+
+    args = ["load", "quant.mapping.transformer=quanto-int8", "quant.mapping.text_encoder=nf4"]
+    result = subprocess.run(
+        [sys.executable, "-m", "qconf.cli.main", *args, "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "QCONF_VERBOSE": ""},
+    )
+    assert result.returncode == 0, result.stderr
+    for noise in ("Warning", "deprecated", "kernels", "_C_", "Enum subclass", "torchvision"):
+        assert noise not in result.stderr, result.stderr
+
+
+def test_quiet_filters_known_noise_only_inside() -> None:
+    import warnings
+
+    import qconf
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with qconf.quiet():
+            warnings.warn("`QuantoConfig` is deprecated and will go", FutureWarning, stacklevel=1)
+            warnings.warn("a real problem", UserWarning, stacklevel=1)
+            assert logging.getLogger("torchao").level == logging.ERROR
+        warnings.warn("`QuantoConfig` is deprecated and will go", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == [
+        "a real problem",
+        "`QuantoConfig` is deprecated and will go",
+    ]
+
+
+def test_list_backends_notes_the_quanto_deprecation_once(capsys) -> None:
+    assert main(["list", "backends"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("deprecates QuantoConfig") == 1

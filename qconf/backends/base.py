@@ -148,3 +148,5 @@ class Backend:
     needs_cuda: Mapping[Library, str] = field(default_factory=dict)
     can_save: Mapping[Library, bool] = field(default_factory=dict)
     quant_method: str = ""  # `quant_method` in a saved config.json
+    # library -> its deprecation notice for this backend (shown once, by `qconf list backends`)
+    deprecated: Mapping[Library, str] = field(default_factory=dict)

@@ -64,4 +64,8 @@ QUANTO = QuantoEntry.spec = Backend(
     # transformers refuses to save quanto models (STACK-FACTS).
     can_save={"diffusers": True, "transformers": False},
     quant_method="quanto",
+    deprecated={
+        "diffusers": "diffusers deprecates QuantoConfig (removal planned for diffusers 1.0); "
+        "torchao offers the same int8/int4/float8 weights"
+    },
 )

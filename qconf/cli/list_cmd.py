@@ -56,6 +56,13 @@ def backends_table(extra: tuple[Path, ...]):  # noqa: ANN201 - a rich Table
             ", ".join(saves) or "no",
             f"qconf[{spec.extra}]",
         )
+    notes = [
+        f"{key} on {lib} parts: {why}"
+        for key, spec in REGISTRY.items()
+        for lib, why in spec.deprecated.items()
+    ]
+    if notes:
+        table.caption = markup("; ".join(notes))
     return table
 
 
