@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from qconf.compose import compose
 from qconf.errors import BackendUnavailableError, ModelSourceError, PlanError, Problem, QconfError
+from qconf.quiet import quiet
 from qconf.safety import safe_instantiate
 from qconf.schema import Plan, validate
 
@@ -29,6 +30,7 @@ __all__ = [
     "load_part",
     "load_pipeline",
     "part_config",
+    "quiet",
     "safe_instantiate",
     "save",
     "validate",

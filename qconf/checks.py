@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import TypeAdapter, ValidationError
 
 from qconf.backends import REGISTRY, BackendEntry, EntryBase, entry_from_saved
-from qconf.errors import Problem
-from qconf.messages import PlanProblems, did_you_mean, problems_from_errors
+from qconf.errors import PlanError, Problem
+from qconf.messages import did_you_mean, problems_from_errors
 from qconf.parts import Part, PipelineParts, pipeline_parts
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def raw_name_problems(data: dict) -> list[Problem]:
         return problems
     mapping = quant.get("mapping") if isinstance(quant.get("mapping"), dict) else {}
     components = quant.get("components") if isinstance(quant.get("components"), list) else []
-    named = {name: f"quant.mapping.{name}" for name in mapping}
+    named = {name: f"quant.mapping.{name}" for name in mapping if isinstance(name, str)}
     named.update({str(n): f"quant.components[{i}]" for i, n in enumerate(components)})
     problems = [p for name, where in named.items() if (p := _name_problem(name, where, found))]
     return problems + mode_problems(
@@ -113,6 +113,23 @@ def part_problems(quant: QuantSpec, found: PipelineParts) -> list[Problem]:
     return problems
 
 
+def dtype_problems(model: ModelSpec, quant: QuantSpec) -> list[Problem]:
+    """A GGUF part (the one backend with compute_dtype) computes in its compute_dtype, the rest
+    of the pipeline in model.torch_dtype: two dtypes fail at the first matmul between them."""
+    problems = []
+    for name, entry in quant.mapping.items():
+        dtype = getattr(getattr(entry, "kwargs", None), "compute_dtype", None)
+        if dtype and model.torch_dtype and dtype != model.torch_dtype:
+            problems.append(
+                Problem(
+                    f"quant.mapping.{name}.kwargs.compute_dtype",
+                    f"{dtype}, but model.torch_dtype is {model.torch_dtype}",
+                    "drop compute_dtype (it follows model.torch_dtype) or make them equal",
+                )
+            )
+    return problems
+
+
 def source_problems(model: ModelSpec, found: PipelineParts) -> list[Problem]:
     """Refuse to run code from a model folder unless the user opted in."""
     problems = []
@@ -136,38 +153,60 @@ def source_problems(model: ModelSpec, found: PipelineParts) -> list[Problem]:
     return problems
 
 
-_SAVED_METHODS = {spec.quant_method for spec in REGISTRY.values()}
+_SAVED_METHODS = {s.quant_method for s in REGISTRY.values() if any(s.can_save.values())}
 
 
 def saved_entries(parts: Mapping[str, Part]) -> dict[str, EntryBase]:
-    """Entries of the parts a folder holds pre-quantized (their config.json says how)."""
+    """Entries of the parts a folder holds pre-quantized (their config.json says how). A block
+    qconf cannot read is a PlanError naming the part's config.json."""
     entries = {}
     for name, part in parts.items():
-        if part.saved_quantization is None:
-            continue
-        data = entry_from_saved(part.saved_quantization)
-        if data is None:
-            method = part.saved_quantization.get("quant_method")
-            raise PlanProblems(
-                [
-                    Problem(
-                        "model.source",
-                        f"part '{name}' was saved with quant_method '{method}', which qconf "
-                        "does not model",
-                        f"qconf reads: {', '.join(sorted(_SAVED_METHODS))}",
-                    )
-                ]
-            )
-        try:
-            entries[name] = _ENTRY.validate_python(data)
-        except ValidationError as exc:
-            raise PlanProblems(
-                [
-                    Problem(f"model.source ({name}/config.json)", p.what, p.fix)
-                    for p in problems_from_errors(exc.errors())
-                ]
-            ) from None
+        if part.saved_quantization is not None:
+            entries[name] = _saved_entry(name, part.saved_quantization)
     return entries
+
+
+def _saved_entry(name: str, saved: Mapping[str, Any]) -> EntryBase:
+    where = f"model.source ({name}/config.json)"
+    method = str(saved.get("quant_method"))
+    spec = next((s for s in REGISTRY.values() if s.quant_method == method.lower()), None)
+    if spec is None:
+        raise PlanError(
+            Problem(
+                where,
+                f"part '{name}' was saved with quant_method '{method}', which qconf does not model",
+                f"qconf reads: {', '.join(sorted(_SAVED_METHODS))}",
+            )
+        )
+    if not any(spec.can_save.values()):
+        raise PlanError(
+            Problem(
+                where,
+                f"part '{name}' says quant_method '{method}', which cannot be reloaded from a "
+                "saved folder",
+                f"load the original file with quant.mapping.{name}={{backend: {spec.key}, "
+                "file: ...}",
+            )
+        )
+    try:
+        return _ENTRY.validate_python(entry_from_saved(dict(saved)))
+    except ValidationError as exc:
+        fix = f"compare it with a config.json {spec.key} writes, or re-save the model"
+        raise PlanError(
+            [
+                Problem(where, f"quantization_config → {p.where}: {p.what}", fix)
+                for p in problems_from_errors(exc.errors())
+            ]
+        ) from None
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError) as exc:
+        raise PlanError(
+            Problem(
+                where,
+                f"quantization_config has a field of the wrong shape ({type(exc).__name__}: "
+                f"{str(exc)[:80]})",
+                f"compare it with a config.json {spec.key} writes, or re-save the model",
+            )
+        ) from None
 
 
 def saved_problems(plan: Plan, found: PipelineParts) -> list[Problem]:

@@ -14,10 +14,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from qconf.bounds import check_override_depth
 from qconf.errors import PlanError, Problem
 from qconf.hydra_node import hydra_node_problems, is_hydra_override, plugin_choices
 from qconf.paths import backend_options, conf_dir
 from qconf.planfile import override_value, plan_file_overrides
+from qconf.userpath import user_path
 from qconf.yamlsafe import bounded_omegaconf
 
 CONFIG_NAME = "qconf"
@@ -25,6 +27,7 @@ _MAPPING_PREFIX = "quant.mapping."
 # Open dicts: a new key there is normal use, not a typo, so no `+` is needed.
 _OPEN_PREFIXES = (_MAPPING_PREFIX, "quant.kwargs.")
 _WHOLE_DICTS = ("quant.mapping", "quant.kwargs")
+_LISTS = {"backend": "options", "preset": "presets", "model": "models"}  # group -> qconf list
 
 
 def compose(
@@ -41,6 +44,7 @@ def compose(
     from omegaconf import OmegaConf
 
     check_override_sizes(overrides)
+    check_override_depth(overrides)
     user_dirs = user_config_dirs(config_dir)
     typed = list(overrides)
     if plan_file is not None:
@@ -226,10 +230,7 @@ def _trusted_hydra(cli_hydra: tuple[str, ...]) -> dict[str, Any]:
 def user_config_dirs(config_dir: str | Path | None) -> tuple[Path, ...]:
     if config_dir is None:
         return ()
-    try:
-        path = Path(config_dir).expanduser().resolve()
-    except RuntimeError:  # ~nosuchuser
-        path = Path(str(config_dir))
+    path = user_path(config_dir, "--config-dir").resolve()
     if not path.is_dir():
         raise PlanError(Problem("--config-dir", f"'{config_dir}' is not a folder", "pass a folder"))
     return (path,)
@@ -322,7 +323,7 @@ def _missing_option_problem(message: str) -> Problem:
         f"override '{group}={option}'",
         f"unknown {group} '{option}'",
         f"{did_you_mean}available: {', '.join(available) or 'none'}"
-        + (f" (qconf list {group}s)" if group in ("backend", "preset", "model") else ""),
+        + (f" (qconf list {_LISTS[group]})" if group in _LISTS else ""),
     )
 
 

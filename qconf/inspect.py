@@ -3,19 +3,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from qconf.checks import saved_entries
 from qconf.errors import ModelSourceError, PlanError, Problem
-from qconf.messages import PlanProblems
+from qconf.model_files import read_part_config
 from qconf.parts import pipeline_parts
+from qconf.userpath import user_path
 
 
 def inspect_folder(folder: str | Path) -> dict[str, Any]:
     """The plan (as plain data) that produced the pipeline saved in `folder`."""
-    path = Path(folder).expanduser()
+    path = user_path(folder, "inspect")
     if not (path / "model_index.json").is_file():
         raise ModelSourceError(
             Problem(
@@ -25,10 +25,7 @@ def inspect_folder(folder: str | Path) -> dict[str, Any]:
     found, problems = pipeline_parts(str(path), None)
     if found is None:
         raise PlanError(problems)
-    try:
-        entries = saved_entries(found.weighted)
-    except PlanProblems as exc:
-        raise PlanError(exc.problems) from None
+    entries = saved_entries(found.weighted)
     return {
         "model": {"source": str(folder), "pipeline": found.pipeline, "torch_dtype": _dtype(path)},
         "quant": {"mapping": {name: entry.canonical() for name, entry in entries.items()}},
@@ -38,7 +35,7 @@ def inspect_folder(folder: str | Path) -> dict[str, Any]:
 def _dtype(folder: Path) -> str | None:
     """transformers records the load dtype in config.json; diffusers does not."""
     for config in sorted(folder.glob("*/config.json")):
-        data = json.loads(config.read_text())
+        data = read_part_config(config.parent)
         dtype = data.get("dtype") or data.get("torch_dtype")
         if dtype in ("float32", "float16", "bfloat16"):
             return dtype

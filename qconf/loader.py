@@ -16,6 +16,7 @@ from qconf.report import LoadReport, measure_part
 from qconf.resolve import ResolvedPlan
 from qconf.schema import Plan, validate
 from qconf.trainable import check_trainable
+from qconf.userpath import user_path
 
 
 @dataclass
@@ -62,6 +63,9 @@ def load(
     import torch
     from diffusers import DiffusionPipeline
 
+    from qconf.load_checks import check_folder, missing_key_problems, missing_keys
+
+    check_folder(resolved, _local_folder(plan.model.source, source))
     dtype = getattr(torch, resolved.torch_dtype) if resolved.torch_dtype else None
     started = time.perf_counter()
     ready_parts = _load_gguf_parts(resolved, source, dtype)
@@ -70,9 +74,10 @@ def load(
     if plan.model.device_map is not None:
         safety["device_map"] = plan.model.device_map
     try:
-        pipeline = DiffusionPipeline.from_pretrained(
-            source, quantization_config=config, dtype=dtype, **safety, **ready_parts
-        )
+        with missing_keys() as missing:
+            pipeline = DiffusionPipeline.from_pretrained(
+                source, quantization_config=config, dtype=dtype, **safety, **ready_parts
+            )
     except OSError as exc:  # missing files, hub unreachable (offline), not in the cache
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(
@@ -82,6 +87,9 @@ def load(
                 "use a local folder, a model already in the Hugging Face cache, or a tiny-* model",
             )
         ) from None
+    problems = missing_key_problems(pipeline, resolved.parts, missing)
+    if problems:
+        raise ModelSourceError(problems)
     loaded = Loaded(pipeline, resolved, time.perf_counter() - started)
     if save is not None:
         from qconf.saving import save_pipeline
@@ -122,8 +130,18 @@ def _source_path(source: str) -> str:
 
         return str(tiny_pipeline_path(source))
     if kind == "folder":
-        return str(Path(source).expanduser())
+        return str(user_path(source, "model.source"))
     return source
+
+
+def _local_folder(source: str, path: str) -> Path | None:
+    """The folder the pipeline loads from, when it is on this machine."""
+    if source_kind(source) != "hub":
+        return Path(path)
+    from qconf.parts import hub_cache_index
+
+    cached = hub_cache_index(source)
+    return cached.parent if cached is not None else None
 
 
 def _transformers_default_skips(resolved: ResolvedPlan, source: str) -> dict[str, list[str]]:
@@ -159,7 +177,7 @@ def _load_gguf_parts(resolved: ResolvedPlan, source: str, dtype: Any) -> dict[st
         model_cls = getattr(diffusers, resolved.parts.parts[name].class_name)
         ready[name] = model_cls.from_single_file(
             part.entry.file,  # type: ignore[attr-defined]
-            quantization_config=part.build(),
+            quantization_config=part.entry.config_for(resolved.torch_dtype),  # type: ignore[attr-defined]
             config=source,
             subfolder=name,
             torch_dtype=dtype,

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from qconf.backends import REGISTRY
 from qconf.backends.torchao import QUANT_TYPES
-from qconf.errors import Problem
+from qconf.errors import Problem, QconfError
 from qconf.paths import backend_options
 
 
@@ -34,6 +34,14 @@ def did_you_mean(name: str, candidates: Any) -> str:
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     close = close or [c for c in candidates if c.endswith(name) or name.endswith(c)][:1]
     return f"did you mean '{close[0]}'? " if close else ""
+
+
+_KINDS = {int: "a number", float: "a number", bool: "a boolean", type(None): "null"}
+
+
+def _tags(field: str) -> str:
+    """The values a tagged union accepts (pydantic leaves them out when the tag is missing)."""
+    return ", ".join(QUANT_TYPES if field == "name" else REGISTRY)
 
 
 def _model_at(
@@ -64,7 +72,7 @@ def problems_from_errors(
         path = ".".join(str(e) for e in prefix + loc if not (isinstance(e, str) and e in _TAGGED))
         path = path.replace(".[", "[")
         kind, ctx = error["type"], error.get("ctx") or {}
-        if kind == "value_error" and isinstance(ctx.get("error"), PlanProblems):
+        if kind == "value_error" and isinstance(ctx.get("error"), (PlanProblems, QconfError)):
             for p in ctx["error"].problems:
                 where = (
                     p.where
@@ -87,6 +95,12 @@ def _one_problem(
     root: type[BaseModel] | None,
 ) -> Problem:
     value = error.get("input")
+    if loc and loc[-1] == "[key]":  # a mapping key of the wrong type (YAML `1: int8wo`)
+        return Problem(
+            path.removesuffix(".[key]").removesuffix("[key]"),
+            f"key {shown_value(value)} is {_KINDS.get(type(value), 'not a string')}, not a name",
+            "name the part (e.g. transformer); quote keys that look like numbers",
+        )
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1], tag, root)
         fields = list(model.model_fields) if model else []
@@ -98,7 +112,7 @@ def _one_problem(
         )
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         field = ctx.get("discriminator", "").strip("'")
-        expected = ctx.get("expected_tags", "").replace("'", "")
+        expected = ctx.get("expected_tags", "").replace("'", "") or _tags(field)
         where = f"{path}.{field}" if path else field
         if kind == "union_tag_not_found":
             return Problem(where, "missing", f"set {field}: one of {expected}")
@@ -121,4 +135,15 @@ def _one_problem(
         return Problem(path, f"'{value}' is not allowed", f"expected {ctx.get('expected')}")
     if kind == "missing":
         return Problem(path, "required key is missing", "set it")
-    return Problem(path, f"{error['msg']} (got {value!r})", "")
+    message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return Problem(
+        path or "plan", f"{message} (got {shown_value(value)})", "fix the value (qconf schema)"
+    )
+
+
+def shown_value(value: Any, limit: int = 60) -> str:
+    """A value as an error line quotes it: short (never a dump of the whole plan)."""
+    if isinstance(value, dict):
+        return "a mapping" if value else "{}"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

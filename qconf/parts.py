@@ -6,14 +6,15 @@ already in the local Hugging Face cache, and finally the generated table of pipe
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from qconf.errors import Problem
+from qconf.model_files import read_model_index, read_part_config
 from qconf.pipeline_table import load_table
+from qconf.userpath import user_path
 
 TINY_PIPELINES: dict[str, str] = {
     "tiny-flux": "FluxPipeline",
@@ -64,7 +65,7 @@ class PipelineParts:
 def source_kind(source: str) -> SourceKind:
     if source in TINY_PIPELINES:
         return "tiny"
-    if source.startswith((".", "/", "~")) or Path(source).expanduser().is_dir():
+    if source.startswith((".", "/", "~")) or user_path(source, "model.source").is_dir():
         return "folder"
     return "hub"
 
@@ -83,16 +84,13 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
 def from_model_index(path: Path) -> PipelineParts:
-    index = json.loads(path.read_text())
-    pipeline = index.get("_class_name", "DiffusionPipeline")
-    if isinstance(pipeline, list):  # ["pipeline.py", "MyPipeline"]: a custom pipeline file
-        pipeline = str(pipeline[-1])
+    pipeline, entries = read_model_index(path)
     known = load_table().get(pipeline, {})
     parts = {}
-    for name, value in index.items():
-        if name.startswith("_") or not isinstance(value, list) or value[0] is None:
+    for name, value in entries.items():
+        if value is None:
             continue
-        library, class_name = str(value[0]), str(value[1])
+        library, class_name = value
         info = known.get(name)
         if info is not None and info["class"] == class_name:
             weights = info["weights"]
@@ -107,9 +105,8 @@ def from_model_index(path: Path) -> PipelineParts:
 def _folder_facts(folder: Path, library: str) -> dict:
     """What a part's own folder says: saved quantization, weight format, custom code."""
     facts: dict = {}
-    config_file = folder / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    if isinstance(config.get("quantization_config"), dict):
+    config = read_part_config(folder)
+    if "quantization_config" in config:
         facts["saved_quantization"] = config["quantization_config"]
     if library not in ("diffusers", "transformers"):
         facts["custom_code"] = f"its class comes from '{library}', not diffusers or transformers"
@@ -148,7 +145,7 @@ def pipeline_parts(source: str, pipeline: str | None) -> tuple[PipelineParts | N
         absent = _TINY_ABSENT.get(source, _AUXILIARY)
         found = _from_table(TINY_PIPELINES[source], f"built-in {source}", absent)
     elif kind == "folder":
-        index = Path(source).expanduser() / "model_index.json"
+        index = user_path(source, "model.source") / "model_index.json"
         if not index.is_file():
             return None, [
                 Problem(

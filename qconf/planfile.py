@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from qconf.errors import PlanError, Problem
+from qconf.userpath import user_path
 from qconf.yamlsafe import load_yaml_file
 
 SECTIONS = ("model", "quant", "run")
@@ -20,10 +21,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def user_file(text: str | Path, where: str) -> Path:
     """A file path the user gave: `~` expanded, and it must be a readable file."""
-    try:
-        path = Path(text).expanduser()
-    except RuntimeError:  # ~nosuchuser
-        raise PlanError(Problem(where, f"'{text}': no such user", "give a path")) from None
+    path = user_path(text, where)
     if not path.is_file():
         raise PlanError(Problem(where, f"'{text}' is not a file", "give the path of a plan file"))
     return path

@@ -19,6 +19,7 @@ from typing import Any
 from qconf.compose import compose
 from qconf.paths import backend_options, group_options
 from qconf.schema import validate
+from qconf.userpath import user_path
 
 START_MARKER = "<!-- presets:start -->"
 END_MARKER = "<!-- presets:end -->"
@@ -31,7 +32,7 @@ _HEADER = (
 
 def preset_names(config_dir: str | Path | None = None) -> list[str]:
     """Every preset option, built-in and (with `config_dir`) the user's, sorted."""
-    extra = (Path(config_dir).expanduser().resolve(),) if config_dir is not None else ()
+    extra = (user_path(config_dir, "--config-dir").resolve(),) if config_dir is not None else ()
     return sorted(group_options("preset", extra))
 
 
@@ -45,7 +46,7 @@ def preset_row(name: str, config_dir: str | Path | None = None) -> str:
     # The composed mapping still holds each part's {backend, kwargs} as the preset wrote it,
     # before the schema fills in library defaults: that is what matches conf/backend options.
     mapping = OmegaConf.to_container(cfg.quant.mapping, resolve=True) or {}
-    extra = (Path(config_dir).expanduser().resolve(),) if config_dir is not None else ()
+    extra = (user_path(config_dir, "--config-dir").resolve(),) if config_dir is not None else ()
     options = backend_options(extra)
     quantized = ", ".join(
         f"{part}: {_option_label(mapping.get(part), resolved_part.backend, options)}"

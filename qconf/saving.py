@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from qconf.backends import REGISTRY
 from qconf.errors import PlanError, Problem
 from qconf.resolve import ResolvedPlan
+from qconf.userpath import user_path
 
 if TYPE_CHECKING:
     from qconf.loader import Loaded
@@ -78,10 +79,7 @@ def save_target(target: str | Path) -> Path:
     where = "--save"
     if not text.strip():
         raise PlanError(Problem(where, "empty path", "name the folder to save into"))
-    try:
-        expanded = Path(text).expanduser()
-    except RuntimeError:  # ~nosuchuser
-        raise PlanError(Problem(where, f"'{text}': no such user", "give a path")) from None
+    expanded = user_path(text, where)
     path = Path(os.path.abspath(expanded))  # absolute, symlinks not followed
     if path.is_symlink():
         raise PlanError(

@@ -17,7 +17,9 @@ from pydantic import (
 
 from qconf.backends import REGISTRY, BackendEntry, EntryBase, StrictModel
 from qconf.backends.base import FloatDType
+from qconf.bounds import MAX_PLAN_DEPTH, depth
 from qconf.checks import (
+    dtype_problems,
     mode_problems,
     part_problems,
     raw_name_problems,
@@ -35,6 +37,7 @@ from qconf.safety import (
     no_environment_reads,
     target_problems,
 )
+from qconf.userpath import user_path
 
 if TYPE_CHECKING:
     from qconf.resolve import ResolvedPlan
@@ -196,6 +199,7 @@ class Plan(StrictModel):
         if found is not None:
             problems += source_problems(self.model, found)
             problems += part_problems(self.quant, found)
+            problems += dtype_problems(self.model, self.quant)
             if not problems:
                 problems += saved_problems(self, found)
         if problems:
@@ -207,10 +211,18 @@ def validate(cfg: Any, *, config_dir: str | Path | None = None) -> Plan:
     """Check a composed config (DictConfig or dict) and return the Plan, or raise PlanError
     listing every problem. Pure: reads config files and model_index.json, never weights."""
     data = _plain(cfg)
+    if depth(data) > MAX_PLAN_DEPTH:  # before anything walks it recursively
+        raise PlanError(
+            Problem(
+                "plan",
+                f"values are nested more than {MAX_PLAN_DEPTH} levels deep",
+                "a plan is a few levels deep: check the nested values you wrote",
+            )
+        )
     unsafe = target_problems(data)
     if unsafe:  # before anything else reads the config
         raise PlanError(unsafe)
-    extra = (Path(config_dir).expanduser().resolve(),) if config_dir is not None else ()
+    extra = (user_path(config_dir, "--config-dir").resolve(),) if config_dir is not None else ()
     try:
         return Plan.model_validate(data, context={"options": backend_options(extra)})
     except ValidationError as exc:
@@ -228,6 +240,10 @@ def _plain(cfg: Any) -> Any:
         try:
             with no_environment_reads():
                 return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        except RecursionError:
+            raise PlanError(
+                Problem("plan", "values are nested too deeply", "check the nested values")
+            ) from None
         except OmegaConfBaseException as exc:
             key = str(getattr(exc, "full_key", None) or "config")
             cause = _environment_read(exc)

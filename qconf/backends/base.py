@@ -132,6 +132,12 @@ class EntryBase(StrictModel):
         raise NotImplementedError
 
 
+def saved_names(value: Any) -> Any:
+    """A module-name list from a saved config.json, as a list; anything else unchanged so that
+    validation reports it (list("abc") would silently make three names)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 @dataclass(frozen=True)
 class Backend:
     """A registry entry: everything qconf knows about one quantization backend."""
@@ -151,3 +157,5 @@ class Backend:
     # library -> LoRA trains on a frozen part quantized with it (test_train.py checks each claim)
     trainable: Mapping[Library, bool] = field(default_factory=dict)
     quant_method: str = ""  # `quant_method` in a saved config.json
+    # library -> its deprecation notice for this backend (shown once, by `qconf list backends`)
+    deprecated: Mapping[Library, str] = field(default_factory=dict)

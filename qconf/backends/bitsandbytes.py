@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from qconf.backends.base import Backend, EntryBase, FloatDType, KwargsBase, Library
+from qconf.backends.base import Backend, EntryBase, FloatDType, KwargsBase, Library, saved_names
 from qconf.errors import Problem
 
 _CUDA_REASON = (
@@ -73,7 +73,7 @@ class _BitsAndBytesEntry(EntryBase):
         }
         data = {"backend": f"bitsandbytes_{4 if four_bit else 8}bit", "kwargs": kwargs}
         if saved.get("llm_int8_skip_modules"):
-            data["skip"] = list(saved["llm_int8_skip_modules"])
+            data["skip"] = saved_names(saved["llm_int8_skip_modules"])
         return data
 
     def check_backend_rules(self) -> list[Problem]:

@@ -7,13 +7,13 @@ so qconf loads such parts itself and hands them to the pipeline as ready compone
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from qconf.backends.base import Backend, EntryBase, FloatDType, KwargsBase, Library
-from qconf.errors import Problem
+from qconf.errors import PlanError, Problem
+from qconf.userpath import user_path
 
 
 class GGUFKwargs(KwargsBase):
@@ -30,16 +30,27 @@ class GGUFEntry(EntryBase):
     skip_param: ClassVar[str | None] = None
 
     def check_backend_rules(self) -> list[Problem]:
-        path = Path(self.file).expanduser()
+        try:
+            path = user_path(self.file, "file")
+        except PlanError as exc:
+            return [Problem("file", exc.problems[0].what, exc.problems[0].fix)]
         if path.suffix != ".gguf" or not path.is_file():
             return [Problem("file", f"'{self.file}' is not a .gguf file", "give the path of one")]
         return []
 
     def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
+        return self.config_for(None)
+
+    def config_for(self, model_dtype: str | None) -> Any:
+        """diffusers' GGUFQuantizationConfig; weights dequantize to `compute_dtype`, else to the
+        pipeline's load dtype (a different one fails at the first matmul), else diffusers'
+        default."""
         import torch
         from diffusers import GGUFQuantizationConfig
 
-        dtype = self.kwargs.compute_dtype or "bfloat16"
+        dtype = self.kwargs.compute_dtype or model_dtype
+        if dtype is None:
+            return GGUFQuantizationConfig()
         return GGUFQuantizationConfig(compute_dtype=getattr(torch, dtype))
 
 

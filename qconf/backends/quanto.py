@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from qconf.backends.base import Backend, EntryBase, KwargsBase, Library
+from qconf.backends.base import Backend, EntryBase, KwargsBase, Library, saved_names
 
 
 class QuantoKwargs(KwargsBase):
@@ -30,7 +30,7 @@ class QuantoEntry(EntryBase):
         kwargs: dict[str, Any] = {"weights_dtype": weights}
         data: dict[str, Any] = {"backend": "quanto", "kwargs": kwargs}
         if saved.get("modules_to_not_convert"):
-            data["skip"] = list(saved["modules_to_not_convert"])
+            data["skip"] = saved_names(saved["modules_to_not_convert"])
         return data
 
     def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
@@ -65,4 +65,8 @@ QUANTO = QuantoEntry.spec = Backend(
     can_save={"diffusers": True, "transformers": False},
     trainable={"diffusers": True, "transformers": True},
     quant_method="quanto",
+    deprecated={
+        "diffusers": "diffusers deprecates QuantoConfig (removal planned for diffusers 1.0); "
+        "torchao offers the same int8/int4/float8 weights"
+    },
 )

@@ -8,7 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from qconf.backends.base import Backend, EntryBase, KwargsBase, Library, StrictModel
+from qconf.backends.base import Backend, EntryBase, KwargsBase, Library, StrictModel, saved_names
 
 
 class _QuantType(StrictModel):
@@ -270,7 +270,7 @@ class TorchaoEntry(EntryBase):
                 kwargs[flag] = True
         data: dict[str, Any] = {"backend": "torchao", "kwargs": kwargs}
         if saved.get("modules_to_not_convert"):
-            data["skip"] = list(saved["modules_to_not_convert"])
+            data["skip"] = saved_names(saved["modules_to_not_convert"])
         return data
 
     def cuda_reason(self, library: Library) -> str | None:

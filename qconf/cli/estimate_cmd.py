@@ -8,7 +8,9 @@ import json
 import sys
 from typing import Any
 
-from qconf.cli.main import add_plan_arguments, plan_from_args
+from qconf.cli.main import add_plan_arguments
+from qconf.cli.plan_args import plan_from_args
+from qconf.cli.text import safe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,9 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qconf.estimate import estimate, plot
+    from qconf.userpath import user_path
 
+    folder = user_path(args.folder, "--folder") if args.folder else None
     plan = plan_from_args(args)
-    result = estimate(plan, args.folder)
+    result = estimate(plan, folder)
     if args.plot:
         plot(result, args.plot)
     if args.json:
@@ -35,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print_estimate(result)
     for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
+        print(f"note: {safe(note)}", file=sys.stderr)
     if args.plot:
-        print(f"plot written to {args.plot}")
+        print(f"plot written to {safe(args.plot)}")
     return 0
 
 

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from qconf.cli.main import console
+from qconf.cli.text import markup
+from qconf.userpath import user_path
 from qconf.yamlsafe import load_yaml_file
 
 WHAT = ("backends", "options", "presets", "models")
@@ -19,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
 
     out = console()
-    extra = (Path(args.config_dir).expanduser(),) if args.config_dir else ()
+    extra = (user_path(args.config_dir, "--config-dir"),) if args.config_dir else ()
     for what in [args.what] if args.what else WHAT:
         out.print(TABLES[what](extra))
     return 0
@@ -46,7 +48,8 @@ def backends_table(extra: tuple[Path, ...]):  # noqa: ANN201 - a rich Table
             if lib in spec.params and version and (has_cuda or lib not in spec.needs_cuda)
         ]
         saves = [lib for lib in LIBRARIES if spec.can_save.get(lib)]
-        table.add_row(
+        add_row(
+            table,
             key,
             names,
             version or "no",
@@ -54,6 +57,13 @@ def backends_table(extra: tuple[Path, ...]):  # noqa: ANN201 - a rich Table
             ", ".join(saves) or "no",
             f"qconf[{spec.extra}]",
         )
+    notes = [
+        f"{key} on {lib} parts: {why}"
+        for key, spec in REGISTRY.items()
+        for lib, why in spec.deprecated.items()
+    ]
+    if notes:
+        table.caption = markup("; ".join(notes))
     return table
 
 
@@ -68,7 +78,7 @@ def options_table(extra: tuple[Path, ...]):  # noqa: ANN201
     for column in ("option", "backend", "kwargs"):
         table.add_column(column)
     for name, option in backend_options(extra).items():
-        table.add_row(name, str(option.get("backend")), json.dumps(option.get("kwargs") or {}))
+        add_row(table, name, str(option.get("backend")), json.dumps(option.get("kwargs") or {}))
     return table
 
 
@@ -81,7 +91,7 @@ def presets_table(extra: tuple[Path, ...]):  # noqa: ANN201
     table.add_column("preset")
     table.add_column("description")
     for name, path in group_options("preset", extra).items():
-        table.add_row(name, _comment(path))
+        add_row(table, name, _comment(path))
     return table
 
 
@@ -94,8 +104,9 @@ def models_table(extra: tuple[Path, ...]):  # noqa: ANN201
     for column in ("model", "source", "pipeline"):
         table.add_column(column)
     for name, path in group_options("model", extra).items():
-        data = load_yaml_file(path) or {}
-        table.add_row(name, str(data.get("source")), str(data.get("pipeline") or "from source"))
+        data = load_yaml_file(path)
+        data = data if isinstance(data, dict) else {}
+        add_row(table, name, str(data.get("source")), str(data.get("pipeline") or "from source"))
     return table
 
 
@@ -106,6 +117,11 @@ def _comment(path: Path) -> str:
         if line.startswith("#") and not line.startswith("# @package")
     ]
     return " ".join(lines)
+
+
+def add_row(table, *cells: object) -> None:  # noqa: ANN001 - a rich Table
+    """Every cell is text from the registry or a config file: markup and controls escaped."""
+    table.add_row(*(markup(cell) for cell in cells))
 
 
 TABLES = {

@@ -6,7 +6,9 @@ import argparse
 import json
 from typing import Any
 
-from qconf.cli.main import add_plan_arguments, plan_from_args
+from qconf.cli.main import add_plan_arguments
+from qconf.cli.plan_args import plan_from_args
+from qconf.cli.text import safe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,15 +23,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qconf.loader import load
+    from qconf.userpath import user_path
 
     plan = plan_from_args(args)
-    loaded = load(plan, save=args.save, force=args.force, max_shard_size=args.max_shard_size)
+    save = user_path(args.save, "--save") if args.save is not None else None
+    loaded = load(plan, save=save, force=args.force, max_shard_size=args.max_shard_size)
     if args.json:
         print(json.dumps(loaded.report.to_json(), indent=2))
     else:
         print_report(loaded.report)
-    if args.save:
-        print(f"saved to {args.save} (reload with model.source={args.save})")
+    if args.save is not None:
+        print(f"saved to {safe(args.save)} (reload with model.source={safe(args.save)})")
     return 0
 
 

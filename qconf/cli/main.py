@@ -8,7 +8,6 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from qconf.errors import QconfError
 
@@ -35,15 +34,6 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides: key=value, +key=value, ~key, group=option"
     )
-
-
-def plan_from_args(args: argparse.Namespace) -> Any:
-    """The validated Plan from --config-dir, --plan and the overrides (every plan command)."""
-    from qconf.compose import compose
-    from qconf.schema import validate
-
-    cfg = compose(args.overrides, config_dir=args.config_dir, plan_file=args.plan)
-    return validate(cfg, config_dir=args.config_dir)
 
 
 def console():  # noqa: ANN201 - a rich Console
@@ -93,17 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _guard(lambda: _module(command).run(args))
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
-
-
-def safe(text: str) -> str:
-    """A user-supplied string made harmless for a terminal: control characters (escape
-    sequences, carriage returns) shown as \\xNN instead of acting on the terminal."""
-    return str(text).translate(_CONTROL)
-
-
 def _guard(action) -> int:  # noqa: ANN001
     from qconf.cli.quiet import quiet_library_noise
+    from qconf.cli.text import safe
 
     quiet_library_noise()
     try:

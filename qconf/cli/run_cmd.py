@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qconf.cli.main import USER_ERROR, safe
+from qconf.cli.main import USER_ERROR
+from qconf.cli.text import safe
 from qconf.compose import (
     CONFIG_NAME,
     SEARCH_OVERRIDES,

@@ -15,9 +15,9 @@ def run(args: argparse.Namespace) -> int:
 
     text = json.dumps(plan_json_schema(), indent=2)
     if args.output:
-        from pathlib import Path
+        from qconf.userpath import write_text
 
-        Path(args.output).write_text(text + "\n")
+        write_text(args.output, text + "\n", "--output")
     else:
         print(text)
     return 0

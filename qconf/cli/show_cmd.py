@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from qconf.cli.main import add_plan_arguments, console, plan_from_args
+from qconf.cli.main import add_plan_arguments, console
+from qconf.cli.plan_args import plan_from_args
+from qconf.cli.text import markup
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,17 +36,20 @@ def run(args: argparse.Namespace) -> int:
 
     model = resolved.to_json()["model"]
     table = Table(
-        title=f"{model['pipeline']} from {model['source']} — {resolved.mode} mode, "
-        f"torch_dtype={model['torch_dtype']}"
+        title=markup(
+            f"{model['pipeline']} from {model['source']} — {resolved.mode} mode, "
+            f"torch_dtype={model['torch_dtype']}"
+        )
     )
     for column in ("part", "library", "backend", "config class", "kwargs"):
         table.add_column(column)
     for name, part in resolved.components.items():
         library = resolved.parts.parts[name].library
         if part is None:
-            table.add_row(name, library, "—", "—", "unquantized")
+            cells = (name, library, "—", "—", "unquantized")
         else:
             kwargs = json.dumps(part.kwargs, separators=(", ", ": "))
-            table.add_row(name, library, part.backend, part.config_class, kwargs)
+            cells = (name, library, part.backend, part.config_class, kwargs)
+        table.add_row(*(markup(cell) for cell in cells))
     console().print(table)
     return 0

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from qconf.cli.main import console
+from qconf.cli.text import markup
 
 
 @dataclass(frozen=True)
@@ -22,15 +23,15 @@ def print_bytes_table(title: str, rows: Iterable[BytesRow], bytes_column: str) -
     from rich.table import Table
 
     rows = list(rows)
-    table = Table(title=title)
+    table = Table(title=markup(title))
     for column in ("part", "backend", "quantized layers", "params", "unquantized", bytes_column):
         table.add_column(column, justify="right" if column == "params" else "left")
     table.add_column("ratio", justify="right")
     for row in rows:
         table.add_row(
-            row.part,
-            row.backend or "—",
-            row.layers or "—",
+            markup(row.part),
+            markup(row.backend or "—"),
+            markup(row.layers or "—"),
             f"{row.params:,}",
             human_bytes(row.bytes_unquantized),
             human_bytes(row.bytes),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from qconf.cli.main import add_plan_arguments, plan_from_args
+from qconf.cli.main import add_plan_arguments
+from qconf.cli.plan_args import plan_from_args
+from qconf.cli.text import safe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
         check_trainable(resolved, parts or None)
     quantized = ", ".join(f"{name}={p.backend}" for name, p in resolved.quantized.items())
     print(
-        f"OK: {resolved.parts.pipeline} from {plan.model.source}, {resolved.mode} mode, "
-        f"quantized: {quantized or 'nothing'}"
+        safe(
+            f"OK: {resolved.parts.pipeline} from {plan.model.source}, {resolved.mode} mode, "
+            f"quantized: {quantized or 'nothing'}"
+        )
     )
     return 0

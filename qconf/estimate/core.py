@@ -25,6 +25,7 @@ from qconf.estimate.sources import (
     safetensors_header,
 )
 from qconf.report import PartTotals
+from qconf.userpath import user_path
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def estimate(plan_or_resolved: Any, source_folder: str | Path | None = None) -> 
     if not isinstance(resolved, ResolvedPlan):
         plan = resolved if isinstance(resolved, Plan) else validate(resolved)
         resolved = plan.resolve()
-    folder = Path(source_folder).expanduser() if source_folder else model_folder(resolved.plan)
+    folder = user_path(source_folder, "--folder") if source_folder else model_folder(resolved.plan)
     index = folder / "model_index.json"
     if not index.is_file():
         raise ModelSourceError(

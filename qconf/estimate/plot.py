@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qconf.errors import ModelSourceError, Problem
+from qconf.errors import ModelSourceError, PlanError, Problem
 from qconf.estimate.core import Estimate
+from qconf.userpath import atomic_output, user_path
 
 
-def plot(result: Estimate, path: str | Path) -> Path:
-    """Bar chart per part, unquantized vs the plan, in GiB (matplotlib, Agg backend)."""
+def plot(result: Estimate, path: str | Path, where: str = "--plot") -> Path:
+    """Bar chart per part, unquantized vs the plan, in GiB (matplotlib, Agg backend), written
+    atomically (nothing is left behind if it fails)."""
+    with atomic_output(path, where) as temp:  # the target is checked before drawing
+        _draw(result, temp, user_path(path, where).suffix.lstrip(".") or "png")
+    return user_path(path, where)
+
+
+def _draw(result: Estimate, target: Path, file_format: str) -> None:
     try:
         import matplotlib
 
@@ -35,7 +43,11 @@ def plot(result: Estimate, path: str | Path) -> Path:
     axes.set_title(f"{result.pipeline}: estimated weight memory")
     axes.legend()
     figure.tight_layout()
-    target = Path(path)
-    figure.savefig(target, dpi=120)
-    plt.close(figure)
-    return target
+    try:
+        figure.savefig(target, dpi=120, format=file_format)
+    except ValueError as exc:  # an extension matplotlib cannot write
+        raise PlanError(
+            Problem("--plot", str(exc).splitlines()[0], "use a .png, .svg or .pdf file name")
+        ) from None
+    finally:
+        plt.close(figure)

@@ -4,13 +4,16 @@ no tensor data is read."""
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from qconf.errors import ModelSourceError, Problem
+from qconf.model_files import part_header, read_gguf, read_part_config
 from qconf.parts import source_kind
+from qconf.userpath import user_path
 
 
 def model_folder(plan: Any) -> Path:
@@ -23,7 +26,7 @@ def model_folder(plan: Any) -> Path:
 
         return tiny_pipeline_path(source)
     if kind == "folder":
-        return Path(source).expanduser()
+        return user_path(source, "model.source")
     from qconf.parts import hub_cache_index
 
     cached = hub_cache_index(source)
@@ -42,12 +45,11 @@ def model_folder(plan: Any) -> Path:
 def meta_model(folder: Path, name: str, library: str, class_name: str, dtype: Any) -> Any:
     """(config dict, module on the meta device), built as the library builds it before loading:
     diffusers in fp32 (weights are cast while loading), transformers under its load dtype."""
-    import torch
-
     if not (folder / name / "config.json").is_file():
         raise ModelSourceError(
             Problem(str(folder / name), "has no config.json", "copy the part's config.json there")
         )
+    read_part_config(folder / name)  # shape, size and depth checked before a library reads it
     module = _library_module(library)
     cls = getattr(module, class_name, None) if module is not None else None
     if cls is None:
@@ -58,10 +60,34 @@ def meta_model(folder: Path, name: str, library: str, class_name: str, dtype: An
                 "estimate parts of diffusers and transformers classes only",
             )
         )
-    if library == "diffusers":
-        config = cls.load_config(folder, subfolder=name)
-        return config, _on_meta(lambda: cls.from_config(config))
-    config = module.AutoConfig.from_pretrained(folder, subfolder=name)
+    with _config_values(folder / name / "config.json", class_name):
+        if library == "diffusers":
+            config = cls.load_config(folder, subfolder=name)
+            return config, _on_meta(lambda: cls.from_config(config))
+        config = module.AutoConfig.from_pretrained(folder, subfolder=name)
+        return _transformers_meta(cls, config, dtype)
+
+
+@contextlib.contextmanager
+def _config_values(file: Path, class_name: str) -> Iterator[None]:
+    """A config.json of the right shape can still hold values the model cannot be built with
+    (a string where a size goes): that is the file's fault, said as such."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError) as exc:
+        raise ModelSourceError(
+            Problem(
+                str(file),
+                f"{class_name} cannot be built from it ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:120] if str(exc) else ''})",
+                "fix the values in config.json (compare with the original model's)",
+            )
+        ) from None
+
+
+def _transformers_meta(cls: Any, config: Any, dtype: Any) -> Any:
+    import torch
+
     for sub in [config, *(getattr(config, key, None) for key in config.sub_configs)]:
         if sub is not None:  # as from_pretrained does: sub-models build in the same dtype
             sub.dtype = dtype
@@ -119,27 +145,16 @@ def fp32_matcher(model: Any, library: str, dtype: Any) -> Callable[[str], bool]:
 
 
 def safetensors_header(part_folder: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """{tensor: (shape, dtype)} from the part's *.safetensors headers; no tensor data is read.
-    Variant files (model.fp16.safetensors) are used only when no plain file exists."""
-    from safetensors import safe_open
-
-    files = sorted(part_folder.glob("*.safetensors"))
-    plain = [f for f in files if re.fullmatch(r"[^.]+(-\d+-of-\d+)?\.safetensors", f.name)]
-    header: dict[str, tuple[tuple[int, ...], str]] = {}
-    for file in plain or files:
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                tensor = handle.get_slice(key)
-                header[key] = (tuple(tensor.get_shape()), tensor.get_dtype())
-    return header
+    """{tensor: (shape, dtype)} from the part's *.safetensors headers; no tensor data is read."""
+    return part_header(part_folder)
 
 
 def gguf_bytes(file: str, dtype_size: int) -> int:
     """Quantized GGUF tensors stay as their raw blocks; float ones are cast to the load dtype."""
-    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf import GGMLQuantizationType
 
     floats = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
-    reader = GGUFReader(file)
+    reader = read_gguf(file)
     return sum(
         int(t.n_elements) * dtype_size if t.tensor_type in floats else int(t.n_bytes)
         for t in reader.tensors

@@ -43,7 +43,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qconf.errors import ModelSourceError, Problem
 from qconf.parts import TINY_PIPELINES
+from qconf.userpath import user_path
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -60,7 +62,7 @@ BUILD_VERSION = 1
 def cache_root() -> Path:
     """Root of qconf's cache: ``$QCONF_CACHE`` if set, else ``~/.cache/qconf``."""
     env = os.environ.get("QCONF_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "qconf"
+    return user_path(env, "QCONF_CACHE") if env else Path.home() / ".cache" / "qconf"
 
 
 def _check_name(name: str) -> None:
@@ -86,22 +88,35 @@ def tiny_pipeline_path(name: str) -> Path:
         # deleted files by hand). Nothing can be writing into it: clear it and rebuild.
         shutil.rmtree(target, ignore_errors=True)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as exc:
+        raise _cache_error(name, target.parent, exc) from None
     try:
         tmp.chmod(0o755)  # mkdtemp makes it owner-only; the cache may be shared
         pipe = build_tiny_pipeline(name)
-        pipe.save_pretrained(tmp, safe_serialization=True)
         try:
+            pipe.save_pretrained(tmp, safe_serialization=True)
             os.replace(tmp, target)
-        except OSError:
+        except OSError as exc:
             # Another process renamed its copy in first (a non-empty target cannot be replaced).
             if not (target / "model_index.json").is_file():
-                raise
+                raise _cache_error(name, target.parent, exc) from None
     finally:
         # After a successful rename `tmp` no longer exists; otherwise drop our (partial) copy.
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _cache_error(name: str, folder: Path, exc: OSError) -> ModelSourceError:
+    return ModelSourceError(
+        Problem(
+            "QCONF_CACHE" if os.environ.get("QCONF_CACHE") else str(cache_root()),
+            f"cannot build {name} in '{folder}' ({exc.strerror or exc})",
+            "set QCONF_CACHE to a folder you can write to",
+        )
+    )
 
 
 def build_tiny_pipeline(name: str) -> DiffusionPipeline:
