@@ -37,7 +37,7 @@ def train_problems(resolved: ResolvedPlan, parts: Iterable[str] | None = None) -
                 Problem(
                     where,
                     f"cannot train LoRA on '{name}': {reason}",
-                    "pick a trainable option (qconf list backends, column 'trains'), "
+                    "pick a trainable option (qconf list options, column 'LoRA trains on'), "
                     "e.g. int8wo, nf4 (GPU) or quanto-int8",
                 )
             )

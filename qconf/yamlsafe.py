@@ -84,7 +84,8 @@ def bounded(loader_class: type) -> type:
             try:
                 node = super().get_single_node()
             except RecursionError:  # PyYAML's composer recurses once per nesting level
-                raise YAMLLimitError(f"nested deeper than {MAX_DEPTH} levels") from None
+                mark = yaml.error.Mark(str(getattr(self, "name", "<string>")), 0, 0, 0, None, None)
+                raise YAMLLimitError(f"nested deeper than {MAX_DEPTH} levels", mark) from None
             if node is not None:
                 check_node(node)
             return node

@@ -122,6 +122,7 @@ def test_show_json_contract() -> None:
         "torch_dtype": "bfloat16",
         "allow_pickle": False,
         "trust_remote_code": False,
+        "device_map": None,
     }
     assert shown["components"] == {
         "text_encoder": None,

@@ -75,11 +75,27 @@ def options_table(extra: tuple[Path, ...]):  # noqa: ANN201
     from qconf.paths import backend_options
 
     table = Table(title="backend options (quant.mapping.<part>=<option>)")
-    for column in ("option", "backend", "kwargs"):
+    for column in ("option", "backend", "kwargs", "LoRA trains on"):
         table.add_column(column)
     for name, option in backend_options(extra).items():
-        add_row(table, name, str(option.get("backend")), json.dumps(option.get("kwargs") or {}))
+        add_row(table, name, str(option.get("backend")), json.dumps(option.get("kwargs") or {}),
+                _trains_on(option))  # fmt: skip
     return table
+
+
+def _trains_on(option: dict) -> str:
+    """The libraries whose parts LoRA trains through under this option (qconf.trainable)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from qconf.backends import LIBRARIES, BackendEntry
+
+    try:
+        entry = TypeAdapter(BackendEntry).validate_python(option)
+    except ValidationError:
+        return "?"
+    libraries = [lib for lib in LIBRARIES if lib in entry.spec.params
+                 and entry.train_reason(lib) is None]  # fmt: skip
+    return ", ".join(f"{lib} parts" for lib in libraries) or "no"
 
 
 def presets_table(extra: tuple[Path, ...]):  # noqa: ANN201
