@@ -1,8 +1,8 @@
 """LoRA on a quantized base, as a Hydra app around a qconf plan (Flux-family pipelines).
 
     python examples/train_lora.py                                   # tiny-flux, bf16 base
-    python examples/train_lora.py preset=flux-int8wo model=tiny-flux quant.mapping.text_encoder_2=null
-    python examples/train_lora.py preset=flux-int8wo model=tiny-flux train.rank=8 train.steps=50
+    python examples/train_lora.py preset=flux-int8wo model=tiny-flux train.rank=8
+    python examples/train_lora.py +quant.mapping.transformer=quanto-int8    # + : a new key (Hydra)
 
 The plan is checked for training before any weight is read (a backend that cannot pass
 gradients, like int8dq on the transformer, is refused), the quantized pipeline is loaded, a
@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 def plan_of(cfg: DictConfig) -> qconf.Plan:
     """The qconf part of the app config (model:, quant:, run:), validated."""
-    plan = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "quant", "run")}
+    plan = {
+        key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "quant", "run")
+    }
     return qconf.validate(plan)
 
 
@@ -66,6 +68,15 @@ def flow_matching_loss(transformer, batch: dict) -> torch.Tensor:  # noqa: ANN00
 
 @hydra.main(config_path="conf", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except qconf.QconfError as exc:  # the user's plan or settings: one line each, exit 2
+        for line in exc.lines:
+            print(f"error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def train(cfg: DictConfig) -> None:
     settings = cfg.train
     plan = plan_of(cfg)
     out = Path(HydraConfig.get().runtime.output_dir)
@@ -96,8 +107,10 @@ def main(cfg: DictConfig) -> None:
     with qconf.quiet():
         fresh = qconf.load_pipeline(plan)  # the same plan, quantized again
     qconf.train.load_adapter(fresh, adapter.parent)
-    image = fresh(settings.prompt, num_inference_steps=plan.run.steps, height=settings.size,
-                  width=settings.size, generator=torch.Generator().manual_seed(0)).images[0]  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    size = settings.size
+    image = fresh(settings.prompt, num_inference_steps=plan.run.steps, height=size, width=size,
+                  generator=generator).images[0]  # fmt: skip
     image.save(out / "image.png")
     print(f"wrote {out / settings.adapter_dir / qconf.train.ADAPTER_FILE} and {out / 'image.png'}")
 

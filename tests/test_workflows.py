@@ -267,3 +267,21 @@ def test_example_app_runs_its_documented_overrides(tmp_path: Path) -> None:
         command = [sys.executable, str(script), *args.split()]
         result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
         assert result.returncode == 0, (args, result.stderr[-2000:])
+
+
+def test_train_example_trains_saves_reloads_and_refuses_int8dq(tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    script = str(REPO / "examples" / "train_lora.py")
+    ok = subprocess.run([sys.executable, script, "preset=flux-int8wo", "model=tiny-flux",
+                         "quant.mapping.text_encoder_2=null", "train.steps=3"],
+                        capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    (adapter,) = tmp_path.glob("outputs/*/*/lora/pytorch_lora_weights.safetensors")
+    assert (adapter.parent.parent / "image.png").is_file()
+    losses = re.findall(r"step \d+ loss ([\d.]+)", ok.stdout + ok.stderr)
+    assert len(losses) == 2
+    refused = subprocess.run([sys.executable, script, "+quant.mapping.transformer=int8dq"],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert refused.returncode == 2
+    assert "cannot train LoRA on 'transformer'" in refused.stderr
+    assert "Traceback" not in refused.stderr
