@@ -21,8 +21,7 @@ from qconf.errors import Problem
 
 # Filled by Hydra at run time or derived from the overrides: not a file's choice.
 _RUNTIME_KEYS = {
-    "runtime.choices",  # the files' own group choices (checked as files, not as hydra)
-    "runtime.config_sources",  # --config-dir, from the command line
+    "runtime",  # written by Hydra itself when it composes (cwd, choices, sources, versions)
     "overrides",  # compared as a whole in compose
     "job.override_dirname",
     "job.id",
