@@ -99,6 +99,8 @@ def _one_problem(
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         field = ctx.get("discriminator", "").strip("'")
         expected = ctx.get("expected_tags", "").replace("'", "")
+        if not expected:  # pydantic gives no tags when the key is missing
+            expected = ", ".join(REGISTRY if field == "backend" else QUANT_TYPES)
         where = f"{path}.{field}" if path else field
         if kind == "union_tag_not_found":
             return Problem(where, "missing", f"set {field}: one of {expected}")
