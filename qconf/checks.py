@@ -104,9 +104,12 @@ def part_problems(quant: QuantSpec, found: PipelineParts) -> list[Problem]:
                 detail = f"{problem.what} ('{name}' is a {part.library} part)"
                 problems.append(Problem(f"{entry_where}.{problem.where}", detail, problem.fix))
     # Cross-field rules of an entry, once per entry (a global entry serves many parts).
-    entries = {where: entry for where, entry in named.values() if entry is not None}
+    entries = {
+        where if quant.mode == "granular" else "quant": entry
+        for where, entry in named.values()
+        if entry is not None
+    }
     for where, entry in entries.items():
-        where = where if quant.mode == "granular" else "quant"
         problems += [
             Problem(f"{where}.{p.where}", p.what, p.fix) for p in entry.check_consistency()
         ]

@@ -16,6 +16,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 if "QCONF_CACHE" not in os.environ:
     os.environ["QCONF_CACHE"] = tempfile.mkdtemp(prefix="qconf-test-cache-")
     atexit.register(shutil.rmtree, os.environ["QCONF_CACHE"], ignore_errors=True)
+# A private, empty Hugging Face hub cache: tests neither read nor write the user's, and a hub id
+# resolves only to what a test puts there. Set before huggingface_hub is imported (it reads the
+# variable once, at import).
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="qconf-test-hub-")
+atexit.register(shutil.rmtree, os.environ["HF_HUB_CACHE"], ignore_errors=True)
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 

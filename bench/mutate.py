@@ -1,0 +1,89 @@
+"""Mutation testing of the torch-free core (`make mutate`): mutmut plants one small bug at a time
+in qconf/{schema,checks,messages,compose,safety,saving,resolve}.py and runs the fast torch-free
+tests against each (configured in pyproject.toml, [tool.mutmut]). Prints the kill rate per
+module and every mutant that no test kills, with the reason recorded for it in
+bench/mutation-survivors.md (equivalent mutant, or covered only by the torch tests). A survivor
+without a recorded reason is shown with its diff: add a test that kills it, or record why none
+can. Exits 1 when the kill rate is below 90 % or a survivor has no recorded reason.
+
+    python bench/mutate.py [--reuse]   # --reuse: keep mutants/ results from an earlier run
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REASONS_FILE = ROOT / "bench" / "mutation-survivors.md"
+THRESHOLD = 90.0
+KILLED = ("killed", "timeout")
+
+
+def mutmut(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "mutmut"), *args]
+    return subprocess.run(command, cwd=ROOT, text=True, **kwargs)
+
+
+def recorded_reasons() -> dict[str, str]:
+    """`- \\`mutant name\\`: reason` lines of the survivors file."""
+    if not REASONS_FILE.is_file():
+        return {}
+    found = re.findall(r"^- `([^`]+)`: (.+)$", REASONS_FILE.read_text(), flags=re.M)
+    return dict(found)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reuse", action="store_true", help="keep earlier results in mutants/")
+    args = parser.parse_args()
+    if not args.reuse:
+        shutil.rmtree(ROOT / "mutants", ignore_errors=True)
+    started = time.perf_counter()
+    run = mutmut("run", stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - started
+    if run.returncode != 0:
+        print(f"mutmut run failed (exit {run.returncode})", file=sys.stderr)
+        return run.returncode
+    listing = mutmut("results", "--all", "true", capture_output=True).stdout
+    status = dict(re.findall(r"^\s*(\S+): (.+)$", listing, flags=re.M))
+    by_module: dict[str, Counter] = defaultdict(Counter)
+    for name, verdict in status.items():
+        by_module[name.split(".x")[0]][verdict] += 1
+
+    print(f"mutation testing of the torch-free core: {len(status)} mutants in {seconds:.0f} s\n")
+    print(f"{'module':<18} {'mutants':>8} {'killed':>8} {'rate':>7}")
+    for module, counts in sorted(by_module.items()):
+        total, killed = sum(counts.values()), sum(counts[k] for k in KILLED)
+        print(f"{module:<18} {total:>8} {killed:>8} {100 * killed / total:>6.1f}%")
+    total = len(status)
+    killed = sum(1 for verdict in status.values() if verdict in KILLED)
+    rate = 100 * killed / total if total else 0.0
+    print(f"{'all':<18} {total:>8} {killed:>8} {rate:>6.1f}%")
+
+    reasons = recorded_reasons()
+    survivors = sorted(name for name, verdict in status.items() if verdict not in KILLED)
+    print(f"\n{len(survivors)} not killed (reasons: {REASONS_FILE.relative_to(ROOT)}):")
+    unexplained = []
+    for name in survivors:
+        reason = reasons.get(name)
+        print(f"  {name} [{status[name]}]: {reason or 'NO REASON RECORDED'}")
+        if reason is None:
+            unexplained.append(name)
+    for name in unexplained:
+        print(f"\n--- {name} (add a test that kills it, or record why none can)")
+        print(mutmut("show", name, capture_output=True).stdout.strip())
+    if rate < THRESHOLD:
+        print(f"\nkill rate {rate:.1f}% is below {THRESHOLD:.0f}%", file=sys.stderr)
+        return 1
+    return 1 if unexplained else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
