@@ -87,6 +87,6 @@ def _missing(repo_id: str, files: list[str], reason: str) -> Problem:
         "model.source",
         f"'{repo_id}' has no built-in snapshot and no local copy, and its config files could "
         f"not be fetched ({reason}); missing: {', '.join(files)}",
-        "go online once (only those config files are downloaded), or copy them into a folder "
-        "and pass --folder DIR",
+        "go online once (only those config files are downloaded), or copy them into a local "
+        "folder and pass --folder DIR",
     )
