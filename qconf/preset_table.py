@@ -1,9 +1,11 @@
-"""The presets as a markdown table, for the README (torch-free).
+"""The presets as a markdown table, for the README.
 
 Each preset is composed, validated and resolved exactly as `qconf show preset=<name>` does it, so
 the table cannot drift from what the presets really do. A part's backend option is recovered by
 matching its composed entry against conf/backend/*.yaml; kwargs a preset changes on top of an
-option are shown next to it (e.g. `nf4` (bnb_4bit_compute_dtype=float16)).
+option are shown next to it (e.g. `nf4` (bnb_4bit_compute_dtype=float16)). The memory column is
+`qconf estimate` run on the model's config snapshot shipped in the wheel (meta device, nothing
+allocated; this column alone imports torch).
 
 `python -m qconf.preset_table` prints the table; the README keeps a copy between the
 `<!-- presets:start -->` and `<!-- presets:end -->` lines, checked by tests/test_presets.py, and
@@ -25,8 +27,9 @@ START_MARKER = "<!-- presets:start -->"
 END_MARKER = "<!-- presets:end -->"
 
 _HEADER = (
-    "| Preset | Model | Pipeline | Quantized parts (backend option) |",
-    "|---|---|---|---|",
+    "| Preset | Model | Pipeline | Quantized parts (backend option) "
+    "| Weights GiB: bf16/fp16 → plan |",
+    "|---|---|---|---|---|",
 )
 
 
@@ -36,8 +39,9 @@ def preset_names(config_dir: str | Path | None = None) -> list[str]:
     return sorted(group_options("preset", extra))
 
 
-def preset_row(name: str, config_dir: str | Path | None = None) -> str:
-    """One table row: compose, validate and resolve `preset=<name>` (raises PlanError)."""
+def preset_row(name: str, config_dir: str | Path | None = None, memory: bool = True) -> str:
+    """One table row: compose, validate and resolve `preset=<name>` (raises PlanError); with
+    `memory`, the estimate's weights column (imports torch), else that cell is left empty."""
     from omegaconf import OmegaConf
 
     cfg = compose([f"preset={name}"], config_dir=config_dir)
@@ -54,8 +58,18 @@ def preset_row(name: str, config_dir: str | Path | None = None) -> str:
     )
     return (
         f"| `{name}` | `{plan.model.source}` | {resolved.parts.pipeline} | "
-        f"{quantized or 'nothing'} |"
+        f"{quantized or 'nothing'} | {_memory(name, config_dir) if memory else ''} |"
     )
+
+
+def _memory(name: str, config_dir: str | Path | None) -> str:
+    """Estimated weights from the shipped config snapshot (qconf.estimate; imports torch)."""
+    from qconf.estimate.presets import GIB, estimate_preset
+
+    found = estimate_preset(name, config_dir)
+    if found.bytes is None or found.bytes_unquantized is None:
+        return "no snapshot"
+    return f"{found.bytes_unquantized / GIB:.1f} → **{found.bytes / GIB:.1f}**"
 
 
 def markdown_table(config_dir: str | Path | None = None) -> str:

@@ -68,7 +68,7 @@ def test_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["estimate", "--json", "model=tiny-flux", "quant.mapping.transformer=int8wo"])
     assert code == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"components", "total_bytes"}
+    assert set(data) == {"components", "total_bytes", "load_peak_bytes"}
     assert set(data["components"]) == set(PARTS["tiny-flux"])
     for part in data["components"].values():
         assert set(part) == {"params", "bytes_unquantized", "bytes"}
@@ -139,6 +139,7 @@ def test_hub_id_without_local_files_is_a_user_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # online, only its config files would be fetched
     code = main(["estimate", "model.source=acme/not-here", "model.pipeline=FluxPipeline"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qconf.cli import fits
 from qconf.cli.main import console
 from qconf.cli.text import markup
 from qconf.userpath import user_path
@@ -16,10 +17,12 @@ WHAT = ("backends", "options", "presets", "models")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", nargs="?", choices=WHAT, help="what to list (default: all)")
     parser.add_argument("--config-dir", help="a folder of your own config groups")
+    fits.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-
+    if args.fits:
+        return fits.run(args)
     out = console()
     extra = (user_path(args.config_dir, "--config-dir"),) if args.config_dir else ()
     for what in [args.what] if args.what else WHAT:

@@ -49,6 +49,13 @@ class PartEstimate:
         }
 
 
+# Peak memory while quantizing on load, as a multiple of the weights after load: measured on a
+# full-width, reduced-depth Flux.1-dev on CPU (torchao int8wo on transformer + T5: anonymous
+# memory peaked at 1.26x the final bytes, reclaimable safetensors page cache aside; see
+# bench/bench_estimate_full_width.py), rounded up. Unquantized loads peak at about the weights.
+LOAD_PEAK_RATIO = 1.3
+
+
 @dataclass(frozen=True)
 class Estimate(PartTotals):
     pipeline: str
@@ -60,10 +67,22 @@ class Estimate(PartTotals):
     def notes(self) -> list[str]:
         return [f"{p.part}: {note}" for p in self.parts.values() for note in p.notes]
 
+    @property
+    def load_peak_bytes(self) -> int:
+        """Upper estimate of the memory needed while loading: `LOAD_PEAK_RATIO` x the weights
+        when a part is quantized on load, the weights alone otherwise. Activations at inference
+        come on top and are not estimated (they depend on resolution, frames and batch)."""
+        quantized = any(p.backend for p in self.parts.values())
+        return math.ceil(self.total_bytes * (LOAD_PEAK_RATIO if quantized else 1.0))
+
     def to_json(self) -> dict[str, Any]:
         """The `qconf estimate --json` contract."""
         components = {name: part.to_json() for name, part in self.parts.items()}
-        return {"components": components, "total_bytes": self.total_bytes}
+        return {
+            "components": components,
+            "total_bytes": self.total_bytes,
+            "load_peak_bytes": self.load_peak_bytes,
+        }
 
 
 # --- the estimate -----------------------------------------------------------------------------

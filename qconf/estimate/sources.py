@@ -5,6 +5,7 @@ no tensor data is read."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,8 +18,9 @@ from qconf.userpath import user_path
 
 
 def model_folder(plan: Any) -> Path:
-    """The pipeline folder of the plan's source: a tiny pipeline's cache folder, a local folder
-    or a hub id's snapshot in the local Hugging Face cache; else a user error."""
+    """The pipeline folder of the plan's source: a tiny pipeline's cache folder, a local folder,
+    a hub id's snapshot in the local Hugging Face cache, the config-only snapshot qconf ships,
+    or (with network) the hub id's config files fetched alone; else a user error."""
     source = plan.model.source
     kind = source_kind(source)
     if kind == "tiny":
@@ -27,24 +29,28 @@ def model_folder(plan: Any) -> Path:
         return tiny_pipeline_path(source)
     if kind == "folder":
         return user_path(source, "model.source")
+    from qconf.estimate.snapshots import fetch_configs, snapshot_folder
     from qconf.parts import hub_cache_index
 
     cached = hub_cache_index(source)
     if cached is not None:
         return cached.parent
-    raise ModelSourceError(
-        Problem(
-            "model.source",
-            f"'{source}' is a hub id with no local copy; estimate reads config files only",
-            "point model.source (or --folder) at a local folder holding model_index.json and "
-            "each part's config.json, weights optional (e.g. bench/full_width/flux-dev)",
-        )
-    )
+    return snapshot_folder(source) or fetch_configs(source, plan.model.pipeline)
 
 
 def meta_model(folder: Path, name: str, library: str, class_name: str, dtype: Any) -> Any:
     """(config dict, module on the meta device), built as the library builds it before loading:
-    diffusers in fp32 (weights are cast while loading), transformers under its load dtype."""
+    diffusers in fp32 (weights are cast while loading), transformers under its load dtype.
+    Cached per (folder, part, dtype) and config file state: callers only read the module."""
+    config_file = folder / name / "config.json"
+    stamp = config_file.stat().st_mtime_ns if config_file.is_file() else None
+    return _meta_model(folder.resolve(), name, library, class_name, dtype, stamp)
+
+
+@functools.lru_cache(maxsize=32)
+def _meta_model(
+    folder: Path, name: str, library: str, class_name: str, dtype: Any, stamp: int | None
+) -> Any:
     if not (folder / name / "config.json").is_file():
         raise ModelSourceError(
             Problem(str(folder / name), "has no config.json", "copy the part's config.json there")

@@ -1,0 +1,63 @@
+"""`qconf list presets --fits SIZE [--json]`: the presets whose estimated weights fit in SIZE,
+smallest first, each with its unquantized -> quantized bytes (from the shipped snapshots)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fits",
+        metavar="SIZE",
+        help="with `presets`: only presets whose estimated weights fit in SIZE (e.g. 16GiB)",
+    )
+    parser.add_argument("--json", action="store_true", help="with --fits: print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from qconf.cli.tables import human_bytes
+    from qconf.estimate.core import LOAD_PEAK_RATIO
+    from qconf.estimate.presets import estimate_presets, fitting, parse_size
+
+    if args.what not in (None, "presets"):
+        print(f"error: --fits: lists presets, not {args.what} — use `qconf list presets --fits "
+              f"{args.fits}`", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        budget = parse_size(args.fits)
+    except ValueError as exc:
+        print(f"error: --fits: {exc}", file=sys.stderr)
+        return 2
+    estimates = estimate_presets(args.config_dir)
+    fits = fitting(estimates, budget)
+    unknown = [e for e in estimates if e.bytes is None]
+    if args.json:
+        print(json.dumps({
+            "budget_bytes": budget,
+            "fits": [e.to_json() for e in fits],
+            "not_estimated": [e.to_json() for e in unknown],
+        }, indent=2))  # fmt: skip
+        return 0
+    from rich.table import Table
+
+    from qconf.cli.main import console
+
+    table = Table(title=f"presets whose weights fit in {human_bytes(budget)} (estimate)")
+    for column in ("preset", "model", "unquantized", "plan", "peak while loading"):
+        table.add_column(column, justify="left" if column in ("preset", "model") else "right")
+    for e in fits:
+        table.add_row(e.preset, e.source, human_bytes(e.bytes_unquantized),
+                      human_bytes(e.bytes), human_bytes(e.load_peak_bytes))  # fmt: skip
+    out = console()
+    out.print(table)
+    out.print(
+        f"Weights only; loading peaks at about {LOAD_PEAK_RATIO}x when quantizing on load and "
+        "inference needs activations on top (see `qconf estimate preset=<name>`)."
+    )
+    if unknown:
+        names = ", ".join(e.preset for e in unknown)
+        out.print(f"not estimated (no config snapshot shipped): {names}")
+    return 0

@@ -1,0 +1,174 @@
+"""Config-only snapshots of the presets' models: provenance, published parameter counts, offline
+estimates, `qconf list presets --fits`.
+
+Every count below is built from the shipped config.json files on the meta device (nothing
+allocated) and compared with a published figure, within 1 % or half a unit of the figure's last
+published digit, whichever is larger (a model card's "2 billion" says no more than 1.5-2.5 B).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+import qconf
+from qconf.cli.main import main as cli_main
+from qconf.estimate import estimate
+from qconf.estimate.presets import estimate_presets, fitting, parse_size
+from qconf.estimate.snapshots import shipped, snapshots_root
+
+BLOG = "https://huggingface.co/blog/diffusers-quantization (Flux.1-dev bf16 bytes per part / 2)"
+SDXL = "Podell et al., SDXL, arXiv:2307.01952, sec. 2.1 (UNet 2.6B, text encoders 817M)"
+WAN = "Wan team, Wan: Open and Advanced Large-Scale Video Generative Models, arXiv:2503.20314"
+
+# (hub id, parts summed, published parameters, unit of the last published digit, citation)
+PUBLISHED = [
+    ("black-forest-labs/FLUX.1-dev", ("transformer",), 11.9e9, 0.05e9, f"{BLOG}: 23.8 GB"),
+    ("black-forest-labs/FLUX.1-dev", ("text_encoder_2",), 4.76e9, 0.005e9, f"{BLOG}: 9.52 GB"),
+    ("black-forest-labs/FLUX.1-dev", ("text_encoder",), 0.125e9, 0.005e9, f"{BLOG}: 0.25 GB"),
+    ("black-forest-labs/FLUX.1-dev", ("vae",), 0.085e9, 0.005e9, f"{BLOG}: 0.17 GB"),
+    (
+        "black-forest-labs/FLUX.1-schnell",
+        ("transformer",),
+        12e9,
+        1e9,
+        "https://huggingface.co/black-forest-labs/FLUX.1-schnell (model card: "
+        "'a 12 billion parameter rectified flow transformer')",
+    ),
+    (
+        "stabilityai/stable-diffusion-3-medium-diffusers",
+        ("transformer",),
+        2e9,
+        1e9,
+        "https://huggingface.co/stabilityai/stable-diffusion-3-medium (model card: 2 billion "
+        "parameter MMDiT)",
+    ),
+    (
+        "stabilityai/stable-diffusion-3.5-large",
+        ("transformer",),
+        8.1e9,
+        0.1e9,
+        "https://stability.ai/news/introducing-stable-diffusion-3-5 (Large: 8.1 billion "
+        "parameters)",
+    ),
+    ("stabilityai/stable-diffusion-xl-base-1.0", ("unet",), 2.6e9, 0.1e9, SDXL),
+    (
+        "stabilityai/stable-diffusion-xl-base-1.0",
+        ("text_encoder", "text_encoder_2"),
+        817e6,
+        1e6,
+        SDXL,
+    ),
+    ("Wan-AI/Wan2.1-T2V-14B-Diffusers", ("transformer",), 14e9, 1e9, f"{WAN}: 14B"),
+    ("Wan-AI/Wan2.1-T2V-14B-Diffusers", ("vae",), 127e6, 1e6, f"{WAN}: Wan-VAE 127M"),
+    (
+        "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+        ("transformer",),
+        14e9,
+        1e9,
+        "https://github.com/Wan-Video/Wan2.2 README: A14B, 14B active parameters per step "
+        "(one expert)",
+    ),
+]
+
+
+def _params(repo_id: str) -> dict[str, int]:
+    folder = shipped()[repo_id]
+    result = estimate(qconf.validate({"model": {"source": str(folder)}}))
+    return {name: part.params for name, part in result.parts.items()}
+
+
+@pytest.mark.parametrize(
+    "repo_id,parts,published,unit,citation",
+    PUBLISHED,
+    ids=[f"{r}:{'+'.join(p)}" for r, p, *_ in PUBLISHED],
+)
+def test_parameter_counts_match_published_figures(
+    repo_id: str, parts: tuple[str, ...], published: float, unit: float, citation: str
+) -> None:
+    counted = sum(_params(repo_id)[part] for part in parts)
+    tolerance = max(0.01 * published, unit / 2)
+    assert abs(counted - published) <= tolerance, (
+        f"{repo_id} {parts}: {counted / 1e9:.4f} B counted vs {published / 1e9} B published "
+        f"({citation})"
+    )
+
+
+def test_every_snapshot_file_names_its_source() -> None:
+    files = sorted(snapshots_root().glob("*/**/*.json"))
+    assert files, "no snapshots shipped"
+    for file in files:
+        source = json.loads(file.read_text()).get("_qconf_source", "")
+        assert source.startswith("https://"), f"{file}: no _qconf_source"
+
+
+def test_snapshots_ship_in_the_wheel() -> None:
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    for glob in ('"snapshots/*/*.json"', '"snapshots/*/*/*.json"'):
+        assert glob in pyproject
+
+
+@pytest.fixture()
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache: snapshots only
+
+
+def test_estimate_preset_works_offline(offline: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["estimate", "--json", "preset=flux-nf4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["components"]["transformer"]["params"] == 11_901_408_320
+    gib = out["total_bytes"] / 2**30
+    assert 10.5 < gib < 10.7  # README: nf4 10.6 GiB with today's libraries
+    assert out["load_peak_bytes"] == math.ceil(out["total_bytes"] * 1.3)
+
+
+def test_estimate_without_snapshot_says_what_is_missing(
+    offline: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        cli_main(["estimate", "model.source=someone/no-such-model", "model.pipeline=FluxPipeline"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "someone/no-such-model" in err and "HF_HUB_OFFLINE" in err
+    for file in ("model_index.json", "transformer/config.json", "text_encoder_2/config.json"):
+        assert file in err, err
+
+
+def test_parse_size() -> None:
+    assert parse_size("16GiB") == parse_size("16G") == parse_size("16") == 16 * 2**30
+    assert parse_size("16GB") == 16 * 10**9
+    assert parse_size("12000 MiB") == 12000 * 2**20
+    with pytest.raises(ValueError):
+        parse_size("sixteen")
+
+
+@pytest.fixture(scope="module")
+def estimates() -> list:
+    return estimate_presets()
+
+
+def test_fits_agrees_with_the_estimates(
+    estimates: list, capsys: pytest.CaptureFixture[str]
+) -> None:
+    budget = 16 * 2**30
+    assert cli_main(["list", "presets", "--fits", "16GiB", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    listed = [(row["preset"], row["bytes"]) for row in out["fits"]]
+    expected = [(e.preset, e.bytes) for e in fitting(estimates, budget)]
+    assert listed == expected and listed, listed
+    assert [b for _, b in listed] == sorted(b for _, b in listed)
+    assert all(b <= budget for _, b in listed)
+    assert {"flux-nf4", "sdxl-int8wo", "sd35-nf4"} <= {p for p, _ in listed}
+    assert "flux-int8wo" not in {p for p, _ in listed}  # 16.1 GiB
+    unknown = {row["preset"] for row in out["not_estimated"]}
+    assert unknown == {e.preset for e in estimates if e.bytes is None}
+
+
+def test_every_preset_model_with_a_snapshot_is_estimated(estimates: list) -> None:
+    for e in estimates:
+        assert (e.bytes is None) == (e.source not in shipped()), e
