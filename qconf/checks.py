@@ -136,6 +136,14 @@ def dtype_problems(model: ModelSpec, quant: QuantSpec) -> list[Problem]:
 def source_problems(model: ModelSpec, found: PipelineParts) -> list[Problem]:
     """Refuse to run code from a model folder unless the user opted in."""
     problems = []
+    if found.custom_code and not model.trust_remote_code:
+        problems.append(
+            Problem(
+                "model.source",
+                f"the pipeline needs custom code: {found.custom_code}",
+                "set model.trust_remote_code=true only if you trust this model's code",
+            )
+        )
     for name, part in found.parts.items():
         if part.custom_code and not model.trust_remote_code:
             problems.append(

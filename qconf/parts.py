@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from qconf.errors import Problem
-from qconf.model_files import read_model_index, read_part_config
+from qconf.model_files import read_json, read_model_index, read_part_config
 from qconf.pipeline_table import load_table
 from qconf.userpath import user_path
 
@@ -56,6 +56,7 @@ class PipelineParts:
     pipeline: str
     parts: dict[str, Part]
     origin: str  # where the part list came from, for messages
+    custom_code: str | None = None  # why loading the pipeline class itself would run its code
 
     @property
     def weighted(self) -> dict[str, Part]:
@@ -99,7 +100,18 @@ def from_model_index(path: Path) -> PipelineParts:
         parts[name] = Part(
             name, library, class_name, weights, **_folder_facts(path.parent / name, library)
         )
-    return PipelineParts(pipeline, parts, str(path.parent))
+    return PipelineParts(pipeline, parts, str(path.parent), _custom_pipeline(path, pipeline))
+
+
+def _custom_pipeline(path: Path, pipeline: str) -> str | None:
+    """diffusers runs a pipeline file named by `_class_name: [file, class]`, and looks up a
+    class it does not have on the hub: both are code shipped with the model."""
+    raw = read_json(path, "model_index.json").get("_class_name")
+    if isinstance(raw, list):
+        return f"model_index.json names a pipeline file '{raw[0]}' (code shipped with the model)"
+    if pipeline not in load_table():
+        return f"'{pipeline}' is not a diffusers pipeline class (it would be looked up as code)"
+    return None
 
 
 def _folder_facts(folder: Path, library: str) -> dict:

@@ -499,3 +499,26 @@ def test_force_never_deletes_what_was_written_during_the_save(tmp_path: Path) ->
         save_pipeline(loaded, target, force=True, listing=listing)
     assert sorted(p.name for p in target.iterdir()) == ["old.txt", "theirs.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]
+
+
+def test_a_model_folder_with_its_own_pipeline_file_is_refused(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from qconf.tiny import tiny_pipeline_path
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_path("tiny-flux"), folder)
+    marker = tmp_path / "marker"
+    (folder / "pipeline_evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+        "from diffusers import FluxPipeline as EvilPipeline\n"
+    )
+    index = json.loads((folder / "model_index.json").read_text())
+    for name in (["pipeline_evil", "EvilPipeline"], ["pipeline_evil", "FluxPipeline"]):
+        index["_class_name"] = name
+        (folder / "model_index.json").write_text(json.dumps(index))
+        for command in ("validate", "load"):
+            result = run_cli(command, f"model.source={folder}", cwd=tmp_path)
+            assert result.returncode == 2 and "needs custom code" in result.stderr
+    assert not marker.exists()
