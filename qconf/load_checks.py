@@ -39,7 +39,7 @@ def _check_classes(parts: PipelineParts) -> None:
     import transformers
 
     libraries = {"diffusers": diffusers, "transformers": transformers}
-    custom = any(p.library not in libraries for p in parts.parts.values())
+    custom = parts.custom_code or any(p.library not in libraries for p in parts.parts.values())
     if not custom and getattr(diffusers, parts.pipeline, None) is None:
         raise ModelSourceError(
             Problem(

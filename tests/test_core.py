@@ -13,10 +13,11 @@ import pytest
 
 from qconf import PlanError
 from qconf.checks import mode_problems, raw_name_problems, saved_entries
-from qconf.compose import _override_value, compose, rewrite_overrides
+from qconf.compose import compose, rewrite_overrides
 from qconf.errors import Problem
 from qconf.messages import did_you_mean, problems_from_errors
 from qconf.paths import backend_options
+from qconf.planfile import override_value as _override_value
 from qconf.resolve import ResolvedPart
 from qconf.safety import safe_instantiate, target_problems
 from qconf.saving import check_can_save, library_versions, save_pipeline, save_problems
@@ -88,6 +89,7 @@ def test_model_spec_defaults_are_safe() -> None:
         "torch_dtype": "bfloat16",
         "allow_pickle": False,
         "trust_remote_code": False,
+        "device_map": None,
     }
 
 

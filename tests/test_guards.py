@@ -142,9 +142,8 @@ def test_custom_part_code_in_the_tiny_cache_does_not_run(
 def test_custom_pipeline_code_in_the_hub_cache_does_not_run(
     clean: dict[str, Path], tmp_path: Path
 ) -> None:
-    """model_index.json naming a pipeline file of the repo (`_class_name: [file, class]`): the
-    parts are all diffusers/transformers, so the folder check passes; diffusers would import the
-    file unless trust_remote_code is off."""
+    """model_index.json naming a pipeline file of the repo (`_class_name: [file, class]`):
+    diffusers would import the file; qconf refuses unless trust_remote_code is typed."""
     snapshot = hub_snapshot("org/custom-pipeline", clean["tiny-sd"])
     marker = tmp_path / "pipeline-code-ran"
     index = json.loads((snapshot / "model_index.json").read_text())
@@ -159,8 +158,9 @@ def test_custom_pipeline_code_in_the_hub_cache_does_not_run(
         )
     )
     plan = qconf.compose(["model.source=org/custom-pipeline"])
-    qconf.validate(plan)
-    with pytest.raises(ValueError, match="custom code in pipeline_evil.py"):
+    with pytest.raises(qconf.PlanError, match="the pipeline needs custom code"):
+        qconf.validate(plan)  # refused before loading (the load-time guard is tested above)
+    with pytest.raises(qconf.PlanError, match="needs custom code"):
         qconf.load(plan)
     assert not marker.exists()
     qconf.load(qconf.compose(["model.source=org/custom-pipeline", "model.trust_remote_code=true"]))
