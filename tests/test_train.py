@@ -180,3 +180,34 @@ def test_load_part_refuses_what_load_refuses(tmp_path: Path) -> None:
         qconf.load_part(qconf.compose(), "tokenizer")
     with pytest.raises(qconf.PlanError, match="did you mean"):
         qconf.load_part(qconf.compose(["quant.mapping.transformer=int8w"]), "transformer")
+
+
+@pytest.mark.parametrize("part", ["transformer", "text_encoder_2"])
+def test_training_estimate_matches_one_real_optimizer_step(part: str, qconf_cache: Path) -> None:
+    from qconf.estimate.training import lora_estimate
+
+    cfg = qconf.compose(["preset=flux-int8wo", "model=tiny-flux"])
+    plan = qconf.validate(cfg)
+    estimated = lora_estimate(plan, [part], rank=8)[part]
+    module = qconf.load_part(cfg, part, train=True)
+    library = "diffusers" if part == "transformer" else "transformers"
+    qconf.train.add_lora(module, rank=8)
+    params = qconf.train.lora_parameters(module)
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    kwargs, _ = _inputs(module, library)
+    _output(module, library, kwargs).square().mean().backward()
+    optimizer.step()
+    state = [t for s in optimizer.state.values() for t in s.values() if t.dim() > 0]
+    measured = sum(
+        t.numel() * t.element_size() for t in [*params, *(p.grad for p in params), *state]
+    )
+    assert estimated.params == sum(p.numel() for p in params)
+    assert abs(estimated.total_bytes - measured) <= 0.03 * measured
+
+
+def test_estimate_train_cli_refuses_untrainable_parts() -> None:
+    from qconf.cli.main import main
+
+    assert main(["estimate", "model=tiny-flux", "--train", "transformer", "--rank", "8"]) == 0
+    assert main(["estimate", "quant.mapping.transformer=int8dq", "--train", "transformer"]) == 2
+    assert main(["estimate", "--train", "tokenizer"]) == 2

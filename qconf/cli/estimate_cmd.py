@@ -22,6 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pipeline folder with model_index.json and each part's config.json to read instead "
         "of model.source (e.g. for a hub id with no local copy)",
     )
+    parser.add_argument(
+        "--train",
+        metavar="PARTS",
+        help="also estimate LoRA training on these parts (a,b): adapter weights, gradients and "
+        "AdamW states on top of the frozen base",
+    )
+    parser.add_argument("--rank", type=int, default=4, help="LoRA rank for --train (default 4)")
     add_plan_arguments(parser)
 
 
@@ -32,12 +39,24 @@ def run(args: argparse.Namespace) -> int:
     folder = user_path(args.folder, "--folder") if args.folder else None
     plan = plan_from_args(args)
     result = estimate(plan, folder)
+    training = _training(plan, args, folder)
     if args.plot:
         plot(result, args.plot)
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        data = result.to_json()
+        if training is not None:
+            data["train"] = {name: lora.to_json() for name, lora in training.items()}
+            data["train_total_bytes"] = result.total_bytes + sum(
+                lora.total_bytes for lora in training.values()
+            )
+        print(json.dumps(data, indent=2))
         return 0
     print_estimate(result)
+    if training is not None:
+        for name, lora in training.items():
+            print(f"LoRA r={lora.rank} on {safe(name)}: {lora.layers} layers, {lora.params:,} "
+                  f"trainable params, {_gib(lora.total_bytes)} for weights + gradients + AdamW "
+                  "states (activations not included)")  # fmt: skip
     for note in result.notes:
         print(f"note: {safe(note)}", file=sys.stderr)
     if args.plot:
@@ -75,3 +94,21 @@ def print_peak(result: Any) -> None:
         f"{human_bytes(result.load_peak_bytes)} ({rule}); inference needs activations on top "
         "(not estimated: they grow with resolution, frames and batch)"
     )
+
+
+def _training(plan: Any, args: argparse.Namespace, folder: Any) -> Any:
+    if not args.train:
+        return None
+    from qconf.errors import PlanError, Problem
+    from qconf.estimate.training import lora_estimate
+    from qconf.trainable import check_trainable
+
+    if args.rank < 1:
+        raise PlanError(Problem("--rank", f"{args.rank} is not a positive rank", "use 4..64"))
+    parts = [p for p in args.train.split(",") if p]
+    check_trainable(plan.resolve(), parts)
+    return lora_estimate(plan, parts, rank=args.rank, folder=folder)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
