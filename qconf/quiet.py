@@ -10,7 +10,7 @@ weights, load reports) still shows.
     with qconf.quiet():
         loaded = qconf.load(cfg)
 
-The command line is quiet by default; set QCONF_VERBOSE=1 to see everything."""
+The command line is quiet by default; `--verbose` (or QCONF_VERBOSE=1) shows everything."""
 
 from __future__ import annotations
 

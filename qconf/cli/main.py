@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qconf",
         description="Declarative, validated quantization plans for diffusers pipelines.",
-        epilog="Exit codes: 0 ok, 2 your input is wrong (one line per problem), 1 a bug.",
+        epilog="Exit codes: 0 ok, 2 your input is wrong (one line per problem), 1 a bug. "
+        "--verbose (anywhere) shows library warnings that qconf hides.",
     )
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
     for name, help_text in COMMANDS.items():
@@ -69,6 +71,9 @@ def _module(name: str):  # noqa: ANN202 - a subcommand module
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in args_list:  # every command, anywhere on the line: show library noise too
+        args_list = [a for a in args_list if a != "--verbose"]
+        os.environ["QCONF_VERBOSE"] = "1"
     command = args_list[0] if args_list else None
     if command == "run":
         # `run` is a Hydra app: Hydra parses its own flags (-m, --config-dir, hydra.* keys).
