@@ -16,15 +16,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from qconf.backends import REGISTRY
 from qconf.errors import PlanError, Problem
 from qconf.resolve import ResolvedPlan
 from qconf.userpath import user_path
 
-if TYPE_CHECKING:
-    from qconf.loader import Loaded
+
+class Loaded(Protocol):
+    """What saving needs of qconf.loader.Loaded (saving never imports the loader back)."""
+
+    pipeline: Any
+    resolved: ResolvedPlan
+
 
 PLAN_FILE = "qconf.yaml"
 _VERSIONED = ("qconf", "torch", "diffusers", "transformers", "accelerate", "safetensors")
