@@ -38,7 +38,8 @@ def plan_of(cfg: DictConfig) -> qconf.Plan:
 
 
 def flow_matching_batch(pipeline, settings: DictConfig) -> dict:  # noqa: ANN001
-    """One fixed training example: a random 'image' latent, the prompt's embeddings."""
+    """One fixed training example: a random 'image' latent, its noise and timestep, the
+    prompt's embeddings (a real script draws these per step from a dataset)."""
     generator = torch.Generator().manual_seed(settings.seed)
     dtype = pipeline.transformer.dtype
     with torch.no_grad():
@@ -47,15 +48,15 @@ def flow_matching_batch(pipeline, settings: DictConfig) -> dict:  # noqa: ANN001
     latents, image_ids = pipeline.prepare_latents(
         1, channels, settings.size, settings.size, dtype, "cpu", generator
     )
+    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+    t = torch.rand(1, generator=generator)  # one fixed timestep: the loss shows learning
     return {"latents": latents, "image_ids": image_ids, "prompt_embeds": prompt_embeds.to(dtype),
-            "pooled": pooled.to(dtype), "text_ids": text_ids, "generator": generator}  # fmt: skip
+            "pooled": pooled.to(dtype), "text_ids": text_ids, "noise": noise, "t": t}  # fmt: skip
 
 
 def flow_matching_loss(transformer, batch: dict) -> torch.Tensor:  # noqa: ANN001
     """Rectified flow: x_t = (1 - t) x0 + t noise, the model predicts noise - x0."""
-    x0 = batch["latents"]
-    noise = torch.randn(x0.shape, generator=batch["generator"], dtype=x0.dtype)
-    t = torch.rand(1, generator=batch["generator"])
+    x0, noise, t = batch["latents"], batch["noise"], batch["t"]
     noisy = ((1 - t) * x0.float() + t * noise.float()).to(x0.dtype)
     guidance = torch.tensor([3.5]) if transformer.config.guidance_embeds else None
     prediction = transformer(
