@@ -1091,3 +1091,164 @@ def test_library_versions_skip_what_is_not_installed(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(qconf.saving, "_VERSIONED", ("qconf", "no-such-distribution", "torch"))
     assert list(library_versions())[:2] == ["qconf", "torch"]
+
+
+# --- checks: dtypes, folder code, saved configs ---------------------------------------------------
+
+
+def test_gguf_compute_dtype_must_match_the_model_dtype(tmp_path: Path) -> None:
+    from qconf.checks import dtype_problems
+
+    file = tmp_path / "t.gguf"
+    file.write_bytes(b"")
+    gguf = {"backend": "gguf", "file": str(file), "kwargs": {"compute_dtype": "float16"}}
+    quant = QuantSpec(mapping={"transformer": gguf, "vae": QUANTO8})
+    assert [str(p) for p in dtype_problems(ModelSpec(source="tiny-flux"), quant)] == [
+        "quant.mapping.transformer.kwargs.compute_dtype: float16, but model.torch_dtype is "
+        "bfloat16 — drop compute_dtype (it follows model.torch_dtype) or make them equal"
+    ]
+    assert dtype_problems(ModelSpec(source="x", torch_dtype="float16"), quant) == []
+    assert dtype_problems(ModelSpec(source="x", torch_dtype=None), quant) == []
+    same = QuantSpec(mapping={"transformer": {**gguf, "kwargs": {}}})
+    assert dtype_problems(ModelSpec(source="x"), same) == []
+    assert lines({"model": FLUX, "quant": {"mapping": {"transformer": gguf}}}) == [
+        "quant.mapping.transformer.kwargs.compute_dtype: float16, but model.torch_dtype is "
+        "bfloat16 — drop compute_dtype (it follows model.torch_dtype) or make them equal"
+    ]
+
+
+def test_a_custom_pipeline_class_needs_trust(tmp_path: Path) -> None:
+    folder = flux_folder(tmp_path / "flux")
+    index = {**FLUX_INDEX, "_class_name": ["pipeline.py", "MyPipeline"]}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    model = {"source": str(folder)}
+    assert lines({"model": model}) == [
+        "model.source: the pipeline needs custom code: model_index.json names a pipeline file "
+        "'pipeline.py' (code shipped with the model) — set model.trust_remote_code=true only if "
+        "you trust this model's code"
+    ]
+    validate({"model": {**model, "trust_remote_code": True}})
+
+
+def test_saved_configs_that_cannot_be_read(tmp_path: Path) -> None:
+    from qconf.checks import saved_entries
+
+    gguf = flux_folder(tmp_path / "a", vae={"quantization_config": {"quant_method": "gguf"}})
+    assert lines({"model": {"source": str(gguf)}}) == [
+        "model.source (vae/config.json): part 'vae' says quant_method 'gguf', which cannot be "
+        "reloaded from a saved folder — load the original file with "
+        "quant.mapping.vae={backend: gguf, file: ...}"
+    ]
+    upper = {**SAVED_NF4, "quant_method": "BITSANDBYTES"}
+    shouting = flux_folder(tmp_path / "b", vae={"quantization_config": upper})
+    assert validate({"model": {"source": str(shouting)}}).targets()["vae"].backend == (
+        "bitsandbytes_4bit"
+    )
+    assert saved_entries({}) == {}
+
+
+def test_mapping_keys_of_the_wrong_type_and_shown_values() -> None:
+    from qconf.messages import shown_value
+
+    fix = "name the part (e.g. transformer); quote keys that look like numbers"
+    for value, kind in ((1, "a number"), (1.5, "a number"), (True, "a boolean"), (None, "null"),
+                        (b"x", "not a string")):  # fmt: skip
+        key = {"type": "x", "loc": ("quant", "mapping", "[key]"), "msg": "", "input": value}
+        assert problems_from_errors([key]) == [
+            Problem("quant.mapping", f"key {value!r} is {kind}, not a name", fix)
+        ]
+    top = {"type": "x", "loc": ("[key]",), "msg": "", "input": 1}
+    assert problems_from_errors([top]) == [Problem("", "key 1 is a number, not a name", fix)]
+    assert lines({"model": FLUX, "quant": {"mapping": {1: "int8wo"}}}) == [
+        f"quant.mapping.1: key 1 is a number, not a name — {fix}"
+    ]
+    assert lines({"model": FLUX, "run": {"prompt": {"a": 1}}}) == [
+        f"run.prompt: Input should be a valid string (got a mapping){VALUE_FIX}"
+    ]
+    assert lines({"model": FLUX, "run": {"prompt": {}}}) == [
+        f"run.prompt: Input should be a valid string (got {{}}){VALUE_FIX}"
+    ]
+    assert shown_value("a" * 58) == repr("a" * 58)
+    assert shown_value("a" * 59) == "'" + "a" * 56 + "..."
+    assert shown_value(list(range(30))) == repr(list(range(30)))[:57] + "..."
+    assert shown_value("abcdef", limit=5) == "'a..."
+    assert shown_value("ab", limit=4) == "'ab'"
+
+
+def test_plans_never_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omegaconf import OmegaConf
+
+    from qconf.safety import EnvironmentRead
+    from qconf.schema import _environment_read
+
+    monkeypatch.setenv("QCONF_CORE_SECRET", "abc")
+    cfg = OmegaConf.create({"model": {"source": "${oc.env:QCONF_CORE_SECRET}"}})
+    assert lines(cfg) == [
+        "model.source: reads environment variable 'QCONF_CORE_SECRET' (${oc.env:...}) — plans "
+        "are written into saved and run folders, so qconf never resolves environment variables; "
+        "put the value itself on the command line"
+    ]
+    read = EnvironmentRead("X")
+    outer = ValueError("outer")
+    outer.__context__ = read
+    assert _environment_read(read) is read and _environment_read(outer) is read
+    chained: BaseException = read
+    for _ in range(9):
+        wrapper = ValueError()
+        wrapper.__cause__ = chained
+        chained = wrapper
+    assert _environment_read(chained) is read
+    wrapper = ValueError()
+    wrapper.__cause__ = chained
+    assert _environment_read(wrapper) is None
+    assert _environment_read(ValueError()) is None and _environment_read(None) is None
+    both = ValueError()
+    both.__cause__, both.__context__ = read, ValueError()
+    assert _environment_read(both) is read
+
+
+def test_missing_options_and_yaml_causes() -> None:
+    import yaml
+
+    from qconf.compose import _missing_option_problem, _yaml_cause
+
+    message = "Could not find 'flavour/sweet'\nAvailable options in 'flavour':\n\tsour\n\tsweat\n"
+    assert str(_missing_option_problem(message)) == (
+        "override 'flavour=sweet': unknown flavour 'sweet' — did you mean 'sweat'? available: "
+        "sour, sweat"
+    )
+    assert str(_missing_option_problem("Could not find 'model/zzz'\n")) == (
+        "override 'model=zzz': unknown model 'zzz' — available: none (qconf list models)"
+    )
+    assert str(_missing_option_problem("Cannot find primary config 'x'\nmore")) == (
+        "config: Cannot find primary config 'x' — check --config-name/--config-dir"
+    )
+    error = yaml.YAMLError("bad")
+    chain: BaseException = error
+    for depth in range(5):
+        wrapper = ValueError(depth)
+        wrapper.__cause__ = chain
+        chain = wrapper
+    assert _yaml_cause(chain) is None  # five wrappers: given up
+    assert _yaml_cause(chain.__cause__) is error
+    context = ValueError()
+    context.__context__ = error
+    assert _yaml_cause(context) is error
+    both = ValueError()
+    both.__cause__, both.__context__ = error, ValueError()
+    assert _yaml_cause(both) is error
+    assert _yaml_cause(ValueError()) is None
+
+
+def test_problems_from_errors_without_the_usual_context() -> None:
+    assertion = {"type": "assertion_error", "loc": (), "msg": "Assertion failed, x", "input": 1}
+    assert problems_from_errors([assertion]) == [
+        Problem("plan", "x (got 1)", "fix the value (qconf schema)")
+    ]
+    bare = {"type": "union_tag_not_found", "loc": (), "msg": "", "ctx": {}}
+    assert problems_from_errors([bare]) == [Problem("", "missing", f"set : one of {BACKENDS}")]
+    tags = {"discriminator": "'backend'", "tag": "ab", "expected_tags": "'a', 'b'"}
+    invalid = {"type": "union_tag_invalid", "loc": ("x",), "msg": "", "ctx": tags}
+    assert problems_from_errors([invalid]) == [
+        Problem("x.backend", "unknown backend 'ab'", "did you mean 'b'? available: a, b")
+    ]
