@@ -1252,3 +1252,27 @@ def test_problems_from_errors_without_the_usual_context() -> None:
     assert problems_from_errors([invalid]) == [
         Problem("x.backend", "unknown backend 'ab'", "did you mean 'b'? available: a, b")
     ]
+
+
+def test_validate_bounds_and_config_dir() -> None:
+    from omegaconf import OmegaConf
+
+    deep: dict = {"x": 1}
+    for _ in range(33):
+        deep = {"a": deep}
+    assert lines({"model": FLUX, "run": deep}) == [
+        "plan: values are nested more than 32 levels deep — a plan is a few levels deep: check "
+        "the nested values you wrote"
+    ]
+    assert lines({"model": FLUX}, config_dir="~nosuchuserqq/x") == [
+        "--config-dir: '~nosuchuserqq/x': no user 'nosuchuserqq' on this machine — write the "
+        "full path, or ~/... for your own home"
+    ]
+    bomb = OmegaConf.create({"model": FLUX, "run": {"prompt": "${model.source}" * 31}})
+    assert lines(bomb) == [
+        "config: 31 interpolations (${...}); at most 30 — write values instead of references"
+    ]
+    loop = OmegaConf.create({"model": {"source": "${model.x}", "x": "${model.source}"}})
+    assert lines(loop) == [
+        "model.source: Recursive interpolation detected — set the value (e.g. model=tiny-flux)"
+    ]

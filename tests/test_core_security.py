@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -284,6 +285,9 @@ def test_save_target_protects_folders(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for target in (".", "..", "~", "/", str(work), str(tmp_path)):
         assert problems(save_target, target) == [f"--save: '{target}' {PROTECTED}"]
+    assert problems(save_target, "a\0b") == [
+        "--save: the path contains a NUL byte — give a plain path"
+    ]
     for blank in ("", "  "):
         assert problems(save_target, blank) == ["--save: empty path — name the folder to save into"]
     assert save_target("out/x") == work / "out" / "x"
@@ -354,12 +358,19 @@ def test_the_save_lock(tmp_path: Path) -> None:
         with _save_lock(target):
             assert lock.read_text() == str(os.getpid())
         assert list(tmp_path.iterdir()) == []
-    lock.write_text("1")  # a live process of someone else (init)
-    assert problems(_save_lock(target).__enter__)[0].startswith(
-        "--save: another qconf process (pid 1)"
-    )
-    assert lock.read_text() == "1"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".saved.qconf-lock"]
+    lock.write_bytes(b"\xff\xfe")  # not even text: stale
+    with _save_lock(target):
+        assert lock.read_text() == str(os.getpid())
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        lock.write_text(str(live.pid))  # another live process
+        (line,) = problems(_save_lock(target).__enter__)
+        assert line.startswith(f"--save: another qconf process (pid {live.pid}) is saving")
+        assert lock.read_text() == str(live.pid)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".saved.qconf-lock"]
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_stale_temp_folders_are_removed(tmp_path: Path) -> None:
@@ -455,6 +466,12 @@ def test_save_pipeline_refusals_and_races(tmp_path: Path) -> None:
     ]
     assert sorted(p.name for p in other.iterdir()) == ["more.txt", "theirs.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "saved"]
+    # ... also when it changed between the check (listing) and the save
+    listing = snapshot(other)
+    write(other / "late.txt", "l")
+    (line,) = problems(save_pipeline, loaded(Pipe()), other, force=True, listing=listing)
+    assert line.startswith(f"--save: '{other}' changed while saving; left as it is")
+    (other / "late.txt").unlink()
     save_pipeline(loaded(Pipe()), other, force=True)
     assert sorted(p.name for p in other.iterdir()) == ["model_index.json", "qconf.yaml"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "saved"]
