@@ -85,6 +85,11 @@ def test_files_cannot_turn_on_trust_flags(tmp_path: Path) -> None:
     ]
 
 
+def test_a_config_without_a_model_section_has_no_trust_flags(tmp_path: Path) -> None:
+    write(tmp_path / "mine.yaml", "x: 1\n")
+    assert dict(compose([], config_dir=tmp_path, config_name="mine")) == {"x": 1}
+
+
 def test_a_file_cannot_feed_overrides_to_hydra(tmp_path: Path) -> None:
     conf = tmp_path / "conf"
     write(
@@ -165,6 +170,7 @@ def test_whole_dict_overrides_replace_the_dict() -> None:
         "++quant.kwargs={int8wo:1}",
     ]
     assert rewrite_overrides(["quant.mapping=null"]) == ["++quant.mapping=null"]
+    assert rewrite_overrides(["quant.kwargs='a=b'"]) == ["++quant.kwargs='a=b'"]
     assert rewrite_overrides(["~quant.mapping"]) == ["~quant.mapping"]
     assert rewrite_overrides(["quant.mapping@x={a: 1}"]) == ["quant.mapping@x={a: 1}"]
     cfg = compose(["preset=flux-nf4", "quant.mapping={vae: int8wo}"])
@@ -378,6 +384,7 @@ def test_stale_temp_folders_are_removed(tmp_path: Path) -> None:
     names = [
         f".saved.qconf-tmp-{dead}-a",
         f".saved.qconf-old-{dead}-b",
+        f".saved.qconf-tmp-{dead}-x-y",
         f".saved.qconf-tmp-{alive}-c",
         ".saved.qconf-tmp-notapid-d",
         f".other.qconf-tmp-{dead}-e",
@@ -387,7 +394,7 @@ def test_stale_temp_folders_are_removed(tmp_path: Path) -> None:
     write(tmp_path / f".saved.qconf-tmp-{dead}-file", "")
     _remove_stale(tmp_path / "saved")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [*names[2:], f".saved.qconf-tmp-{dead}-file"]
+        [*names[3:], f".saved.qconf-tmp-{dead}-file"]
     )
 
 
