@@ -21,6 +21,7 @@ from qconf.compose import (
     rewrite_overrides,
     user_config_dirs,
 )
+from qconf.errors import Problem
 from qconf.safety import (
     MAX_INTERPOLATIONS,
     EnvironmentRead,
@@ -492,3 +493,42 @@ def test_save_pipeline_refusals_and_races(tmp_path: Path) -> None:
         f"--save: '{other}' became a symlink — nothing was written"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["moved", "other", "saved"]
+
+
+def test_depth_bounds_are_exact() -> None:
+    def nest(levels: int, wrap) -> object:  # noqa: ANN001
+        value: object = 1
+        for _ in range(levels):
+            value = wrap(value)
+        return value
+
+    too_deep = [Problem("config", "nested deeper than 100 levels", "")]
+    for wrap in (lambda v: [v], lambda v: {"k": v}):
+        assert plain(nest(100, wrap)) == nest(100, wrap)
+        with pytest.raises(PlanError) as caught:
+            plain(nest(101, wrap))
+        assert caught.value.problems == too_deep
+
+    @dataclasses.dataclass
+    class Deep:
+        a: str = "x"
+        b: str = "${a}"
+
+    assert plain(Deep()) == {"a": "x", "b": "x"}
+    assert plain([Deep()]) == [{"a": "x", "b": "x"}]
+    assert target_problems(nest(100, lambda v: {"k": v})) == []
+    with pytest.raises(PlanError) as caught:
+        target_problems(nest(101, lambda v: {"": v}))
+    assert caught.value.problems == too_deep
+    assert target_problems(nest(99, lambda v: {"k": v}), "p") == []
+    with pytest.raises(PlanError) as caught:
+        target_problems(nest(101, lambda v: [v]))
+    assert caught.value.problems == [Problem("[0]" * 101, "nested deeper than 100 levels", "")]
+
+
+def test_safe_instantiate_passes_args_and_checks_kwargs() -> None:
+    made = safe_instantiate({"_target_": BNB}, True)
+    assert (made.load_in_8bit, made.load_in_4bit) == (True, False)
+    assert problems(safe_instantiate, {"_target_": BNB}, x="${y}") == [
+        "kwargs.x: resolves to another interpolation (${...}) — write the value itself"
+    ]
