@@ -14,7 +14,7 @@ import pytest
 from qconf import PlanError
 from qconf.checks import mode_problems, raw_name_problems, saved_entries
 from qconf.compose import compose, rewrite_overrides
-from qconf.errors import Problem
+from qconf.errors import ModelSourceError, Problem
 from qconf.messages import did_you_mean, problems_from_errors
 from qconf.paths import backend_options
 from qconf.planfile import override_value as _override_value
@@ -32,7 +32,17 @@ QUANT_TYPES = (
 )
 INT8WO = {"backend": "torchao", "kwargs": {"quant_type": {"name": "Int8WeightOnlyConfig"}}}
 QUANTO8 = {"backend": "quanto", "kwargs": {"weights_dtype": "int8"}}
-TARGET_FIX = "qconf instantiates only qconf, diffusers, transformers, torchao.quantization objects"
+TARGET_FIX = "a config may name only qconf's loaders and the quantization config classes it " + (
+    "builds: diffusers.BitsAndBytesConfig, diffusers.GGUFQuantizationConfig, "
+    "diffusers.QuantoConfig, "
+    "diffusers.TorchAoConfig, qconf.load, qconf.load_pipeline, "
+    "torchao.quantization.Float8DynamicActivationFloat8WeightConfig, "
+    "torchao.quantization.Float8WeightOnlyConfig, torchao.quantization.Int4WeightOnlyConfig, "
+    "torchao.quantization.Int8DynamicActivationInt8WeightConfig, "
+    "torchao.quantization.Int8WeightOnlyConfig, torchao.quantization.IntxWeightOnlyConfig, "
+    "transformers.BitsAndBytesConfig, transformers.QuantoConfig, transformers.TorchAoConfig"
+)
+VALUE_FIX = " — fix the value (qconf schema)"
 
 
 def lines(plan: Any, **kwargs: Any) -> list[str]:
@@ -104,9 +114,9 @@ def test_run_spec_defaults_and_bounds() -> None:
     }
     RunSpec(steps=1, height=8, width=8)
     assert lines({"model": FLUX, "run": {"steps": 0, "height": 7, "width": 4}}) == [
-        "run.steps: Input should be greater than or equal to 1 (got 0)",
-        "run.height: Input should be greater than or equal to 8 (got 7)",
-        "run.width: Input should be greater than or equal to 8 (got 4)",
+        f"run.steps: Input should be greater than or equal to 1 (got 0){VALUE_FIX}",
+        f"run.height: Input should be greater than or equal to 8 (got 7){VALUE_FIX}",
+        f"run.width: Input should be greater than or equal to 8 (got 4){VALUE_FIX}",
     ]
 
 
@@ -127,7 +137,7 @@ def test_plans_are_frozen_and_strict() -> None:
         plan().model.source = "tiny-sd"  # type: ignore[misc]
     assert lines({"model": {**FLUX, "dtype": "x"}}) == [
         "model.dtype: unknown key — did you mean 'torch_dtype'? valid keys: source, pipeline, "
-        "torch_dtype, allow_pickle, trust_remote_code"
+        "torch_dtype, allow_pickle, trust_remote_code, device_map"
     ]
     assert lines({"model": FLUX, "run": {"stepz": 3}}) == [
         "run.stepz: unknown key — did you mean 'steps'? valid keys: prompt, steps, height, width, "
@@ -136,7 +146,7 @@ def test_plans_are_frozen_and_strict() -> None:
     assert lines({}) == ["model: required key is missing — set it"]
     assert lines({"model": {}}) == ["model.source: required key is missing — set it"]
     assert lines({"model": FLUX, "quant": 3}) == [
-        "quant: Input should be a valid dictionary or instance of QuantSpec (got 3)"
+        f"quant: Input should be a valid dictionary or instance of QuantSpec (got 3){VALUE_FIX}"
     ]
 
 
@@ -345,6 +355,14 @@ def test_folder_code_and_pickles_are_refused_unless_trusted(tmp_path: Path) -> N
     index["transformer"] = ["my_lib", "MyTransformer"]
     (folder / "model_index.json").write_text(json.dumps(index))
     model = {"source": str(folder)}
+    # A library that is neither diffusers, transformers nor shipped code: refused at read time.
+    with pytest.raises(ModelSourceError) as unknown:
+        validate({"model": model})
+    assert str(unknown.value) == (
+        f"{folder}/model_index.json (transformer): unknown library 'my_lib' — parts come from "
+        "diffusers or transformers (or a <library>.py shipped in the folder)"
+    )
+    (folder / "transformer" / "my_lib.py").write_text("")  # shipped code: custom, flagged
     assert lines({"model": model}) == [
         "model.source: part 'text_encoder' needs custom code: its config.json has an auto_map "
         "(code shipped with the model) — set model.trust_remote_code=true only if you trust "
@@ -406,13 +424,16 @@ def test_a_pre_quantized_folder_loads_as_saved(tmp_path: Path) -> None:
 def test_a_folder_saved_with_an_unknown_method(tmp_path: Path) -> None:
     unknown = flux_folder(tmp_path / "a", vae={"quantization_config": {"quant_method": "magic"}})
     assert lines({"model": {"source": str(unknown)}}) == [
-        "model.source: part 'vae' was saved with quant_method 'magic', which qconf does not "
-        "model — qconf reads: bitsandbytes, gguf, quanto, torchao"
+        "model.source (vae/config.json): part 'vae' was saved with quant_method 'magic', which "
+        "qconf does not model — qconf reads: bitsandbytes, quanto, torchao"
     ]
     broken = {"quant_method": "quanto", "weights_dtype": "int9"}
     invalid = flux_folder(tmp_path / "b", vae={"quantization_config": broken})
     (line,) = lines({"model": {"source": str(invalid)}})
-    assert line.startswith("model.source (vae/config.json): 'int9' is not allowed — expected")
+    assert line == (
+        "model.source (vae/config.json): quantization_config → kwargs.weights_dtype: 'int9' is "
+        "not allowed — compare it with a config.json quanto writes, or re-save the model"
+    )
     assert saved_entries({}) == {}
 
 
@@ -456,6 +477,7 @@ def test_tagged_union_messages() -> None:
     group_zero = {"name": "Int8WeightOnlyConfig", "group_size": 0}
     assert one({"backend": "torchao", "kwargs": {"quant_type": group_zero}}) == (
         "quant.mapping.vae.kwargs.quant_type.group_size: Input should be greater than 0 (got 0)"
+        + VALUE_FIX
     )
     assert (
         one({"backend": "quanto", "kwargs": {"weights_dtype": "int8", "x": 1}})
@@ -473,7 +495,7 @@ def test_global_backend_messages() -> None:
         f"quant.mapping.<part>=int8wo. available: {BACKENDS}"
     ]
     assert lines({"model": FLUX, "quant": {"mapping": [1]}}) == [
-        "quant.mapping: Input should be a valid dictionary (got [1])"
+        f"quant.mapping: Input should be a valid dictionary (got [1]){VALUE_FIX}"
     ]
 
 
@@ -487,7 +509,7 @@ def test_problems_from_errors_paths() -> None:
     assert [str(p) for p in problems_from_errors(errors, prefix=("p",))] == [
         "p.quant.mapping.vae.kwargs: required key is missing — set it",
         "p.a.0.b: required key is missing — set it",
-        "p: strange (got 5)",
+        f"p: strange (got 5){VALUE_FIX}",
         "p.nowhere.x: unknown key — remove it",
     ]
     extra = [{"type": "extra_forbidden", "loc": ("kwargs", "wieghts_dtype"), "msg": ""}]
@@ -613,31 +635,59 @@ def test_targets_are_checked_everywhere_before_validation() -> None:
     data = {
         "model": FLUX,
         "quant": {"mapping": {"vae": {"_target_": "os.system"}}},
-        "x": [{"_target_": "qconf.errors.Problem"}, {"y": {"_target_": 3}}],
+        "x": [
+            {"_target_": "qconf.errors.Problem"},
+            {"y": {"_target_": 3}},
+            {"_target_": "qconf.load"},
+        ],
         "_target_": "builtins.eval",
     }
     assert lines(data) == [
         f"quant.mapping.vae._target_: 'os.system' is not allowed — {TARGET_FIX}",
-        f"x[1].y._target_: '3' is not allowed — {TARGET_FIX}",
+        f"x[0]._target_: 'qconf.errors.Problem' is not allowed — {TARGET_FIX}",
+        f"x[1].y._target_: 'int' is not allowed — {TARGET_FIX}",
         f"_target_: 'builtins.eval' is not allowed — {TARGET_FIX}",
     ]
-    for allowed in ("qconf.x", "diffusers.x", "transformers.x", "torchao.quantization.x"):
+    for allowed in (
+        "qconf.load",
+        "qconf.load_pipeline",
+        "diffusers.TorchAoConfig",
+        "transformers.BitsAndBytesConfig",
+        "torchao.quantization.Int8WeightOnlyConfig",
+    ):
         assert target_problems({"_target_": allowed}) == []
-    assert target_problems({"_target_": "torchao.utils.x"}) != []
-    assert target_problems({"_target_": "qconfx.x"}) != []
+    for refused in (
+        "qconf.x",
+        "diffusers.x",
+        "transformers.x",
+        "torchao.quantization.x",
+        "torchao.utils.x",
+        "qconfx.load",
+        "qconf.load.x",
+        "qconf.errors.Problem",
+    ):
+        assert target_problems({"_target_": refused}) != []
 
 
 def test_safe_instantiate() -> None:
     from omegaconf import OmegaConf
 
-    made = safe_instantiate({"_target_": "qconf.errors.Problem", "where": "a", "what": "b"})
-    assert made == Problem("a", "b")
-    cfg = OmegaConf.create({"_target_": "qconf.errors.Problem", "where": ["a"], "what": "b"})
-    made = safe_instantiate(cfg, fix="c")
-    assert made == Problem(["a"], "b", "c") and type(made.where) is list  # _convert_=all
+    bnb = "transformers.BitsAndBytesConfig"
+    made = safe_instantiate({"_target_": bnb, "load_in_8bit": True})
+    assert type(made).__name__ == "BitsAndBytesConfig"
+    assert (made.load_in_8bit, made.load_in_4bit) == (True, False)
+    cfg = OmegaConf.create({"_target_": bnb, "llm_int8_skip_modules": ["a"]})
+    made = safe_instantiate(cfg, load_in_4bit=True)
+    assert made.load_in_4bit is True
+    assert made.llm_int8_skip_modules == ["a"] and type(made.llm_int8_skip_modules) is list
     with pytest.raises(PlanError) as caught:
         safe_instantiate({"a": {"_target_": "os.system", "_args_": ["true"]}})
-    assert caught.value.lines == [f"a._target_: 'os.system' is not allowed — {TARGET_FIX}"]
+    assert caught.value.lines == [f"cfg.a._target_: 'os.system' is not allowed — {TARGET_FIX}"]
+    with pytest.raises(PlanError) as caught:
+        safe_instantiate({"_target_": "qconf.errors.Problem", "where": "a", "what": "b"})
+    assert caught.value.lines == [
+        f"cfg._target_: 'qconf.errors.Problem' is not allowed — {TARGET_FIX}"
+    ]
 
 
 # --- resolve -------------------------------------------------------------------------------------
@@ -671,6 +721,7 @@ def test_resolved_parts_and_json() -> None:
             "torch_dtype": "bfloat16",
             "allow_pickle": False,
             "trust_remote_code": False,
+            "device_map": None,
         },
         "components": {
             "text_encoder": {
@@ -788,7 +839,7 @@ def test_save_pipeline_writes_atomically(tmp_path: Path) -> None:
     pipeline = FakePipeline()
     target = tmp_path / "out" / "saved"
     assert save_pipeline(Loaded(pipeline, resolved, 0.0), target) == target.resolve()
-    assert pipeline.calls == [{"safe_serialization": True}]
+    assert pipeline.calls == [{"safe_serialization": True, "max_shard_size": None}]
     assert sorted(p.name for p in target.iterdir()) == ["model_index.json", "qconf.yaml"]
     record = yaml.safe_load((target / "qconf.yaml").read_text())
     assert list(record) == ["versions", "plan"]
@@ -910,12 +961,13 @@ def test_safe_instantiate_checks_dictconfigs_after_resolving_them() -> None:
     with pytest.raises(PlanError, match="'os.system' is not allowed"):
         safe_instantiate(evil)
     hidden = OmegaConf.create({"t": "os.system", "x": {"_target_": "${t}", "_args_": ["true"]}})
-    with pytest.raises(PlanError, match="^_target_: 'os.system' is not allowed"):
+    with pytest.raises(PlanError) as caught:
         safe_instantiate(hidden.x)
+    assert caught.value.lines == [f"cfg._target_: 'os.system' is not allowed — {TARGET_FIX}"]
     allowed = OmegaConf.create(
-        {"t": "qconf.errors.Problem", "x": {"_target_": "${t}", "where": "a", "what": "b"}}
+        {"t": "transformers.BitsAndBytesConfig", "x": {"_target_": "${t}", "load_in_8bit": True}}
     )
-    assert safe_instantiate(allowed.x) == Problem("a", "b")
+    assert safe_instantiate(allowed.x).load_in_8bit is True
 
 
 def test_plan_problems_carry_their_problems() -> None:
@@ -972,10 +1024,10 @@ def test_problems_from_errors_corners() -> None:
         Problem("quant.mapping.vae", "whole", ""),
         Problem("model.source", "m", ""),
         Problem("x", "top", ""),
-        Problem("y", "Value error, boom (got 1)", ""),
+        Problem("y", "boom (got 1)", "fix the value (qconf schema)"),
         Problem("a[0]", "required key is missing", "set it"),
         Problem("backend", "missing", f"set backend: one of {BACKENDS}"),
-        Problem("z", "odd (got None)", ""),
+        Problem("z", "odd (got None)", "fix the value (qconf schema)"),
     ]
 
 
@@ -1039,3 +1091,189 @@ def test_library_versions_skip_what_is_not_installed(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(qconf.saving, "_VERSIONED", ("qconf", "no-such-distribution", "torch"))
     assert list(library_versions())[:2] == ["qconf", "torch"]
+
+
+# --- checks: dtypes, folder code, saved configs ---------------------------------------------------
+
+
+def test_gguf_compute_dtype_must_match_the_model_dtype(tmp_path: Path) -> None:
+    from qconf.checks import dtype_problems
+
+    file = tmp_path / "t.gguf"
+    file.write_bytes(b"")
+    gguf = {"backend": "gguf", "file": str(file), "kwargs": {"compute_dtype": "float16"}}
+    quant = QuantSpec(mapping={"transformer": gguf, "vae": QUANTO8})
+    assert [str(p) for p in dtype_problems(ModelSpec(source="tiny-flux"), quant)] == [
+        "quant.mapping.transformer.kwargs.compute_dtype: float16, but model.torch_dtype is "
+        "bfloat16 — drop compute_dtype (it follows model.torch_dtype) or make them equal"
+    ]
+    assert dtype_problems(ModelSpec(source="x", torch_dtype="float16"), quant) == []
+    assert dtype_problems(ModelSpec(source="x", torch_dtype=None), quant) == []
+    same = QuantSpec(mapping={"transformer": {**gguf, "kwargs": {}}})
+    assert dtype_problems(ModelSpec(source="x"), same) == []
+    assert lines({"model": FLUX, "quant": {"mapping": {"transformer": gguf}}}) == [
+        "quant.mapping.transformer.kwargs.compute_dtype: float16, but model.torch_dtype is "
+        "bfloat16 — drop compute_dtype (it follows model.torch_dtype) or make them equal"
+    ]
+
+
+def test_a_custom_pipeline_class_needs_trust(tmp_path: Path) -> None:
+    folder = flux_folder(tmp_path / "flux")
+    index = {**FLUX_INDEX, "_class_name": ["pipeline.py", "MyPipeline"]}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    model = {"source": str(folder)}
+    assert lines({"model": model}) == [
+        "model.source: the pipeline needs custom code: model_index.json names a pipeline file "
+        "'pipeline.py' (code shipped with the model) — set model.trust_remote_code=true only if "
+        "you trust this model's code"
+    ]
+    validate({"model": {**model, "trust_remote_code": True}})
+
+
+def test_saved_configs_that_cannot_be_read(tmp_path: Path) -> None:
+    from qconf.checks import saved_entries
+
+    gguf = flux_folder(tmp_path / "a", vae={"quantization_config": {"quant_method": "gguf"}})
+    assert lines({"model": {"source": str(gguf)}}) == [
+        "model.source (vae/config.json): part 'vae' says quant_method 'gguf', which cannot be "
+        "reloaded from a saved folder — load the original file with "
+        "quant.mapping.vae={backend: gguf, file: ...}"
+    ]
+    upper = {**SAVED_NF4, "quant_method": "BITSANDBYTES"}
+    shouting = flux_folder(tmp_path / "b", vae={"quantization_config": upper})
+    assert validate({"model": {"source": str(shouting)}}).targets()["vae"].backend == (
+        "bitsandbytes_4bit"
+    )
+    assert saved_entries({}) == {}
+
+
+def test_mapping_keys_of_the_wrong_type_and_shown_values() -> None:
+    from qconf.messages import shown_value
+
+    fix = "name the part (e.g. transformer); quote keys that look like numbers"
+    for value, kind in ((1, "a number"), (1.5, "a number"), (True, "a boolean"), (None, "null"),
+                        (b"x", "not a string")):  # fmt: skip
+        key = {"type": "x", "loc": ("quant", "mapping", "[key]"), "msg": "", "input": value}
+        assert problems_from_errors([key]) == [
+            Problem("quant.mapping", f"key {value!r} is {kind}, not a name", fix)
+        ]
+    top = {"type": "x", "loc": ("[key]",), "msg": "", "input": 1}
+    assert problems_from_errors([top]) == [Problem("", "key 1 is a number, not a name", fix)]
+    assert lines({"model": FLUX, "quant": {"mapping": {1: "int8wo"}}}) == [
+        f"quant.mapping.1: key 1 is a number, not a name — {fix}"
+    ]
+    assert lines({"model": FLUX, "run": {"prompt": {"a": 1}}}) == [
+        f"run.prompt: Input should be a valid string (got a mapping){VALUE_FIX}"
+    ]
+    assert lines({"model": FLUX, "run": {"prompt": {}}}) == [
+        f"run.prompt: Input should be a valid string (got {{}}){VALUE_FIX}"
+    ]
+    assert shown_value("a" * 58) == repr("a" * 58)
+    assert shown_value("a" * 59) == "'" + "a" * 56 + "..."
+    assert shown_value(list(range(30))) == repr(list(range(30)))[:57] + "..."
+    assert shown_value("abcdef", limit=5) == "'a..."
+    assert shown_value("ab", limit=4) == "'ab'"
+
+
+def test_plans_never_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omegaconf import OmegaConf
+
+    from qconf.safety import EnvironmentRead
+    from qconf.schema import _environment_read
+
+    monkeypatch.setenv("QCONF_CORE_SECRET", "abc")
+    cfg = OmegaConf.create({"model": {"source": "${oc.env:QCONF_CORE_SECRET}"}})
+    assert lines(cfg) == [
+        "model.source: reads environment variable 'QCONF_CORE_SECRET' (${oc.env:...}) — plans "
+        "are written into saved and run folders, so qconf never resolves environment variables; "
+        "put the value itself on the command line"
+    ]
+    read = EnvironmentRead("X")
+    outer = ValueError("outer")
+    outer.__context__ = read
+    assert _environment_read(read) is read and _environment_read(outer) is read
+    chained: BaseException = read
+    for _ in range(9):
+        wrapper = ValueError()
+        wrapper.__cause__ = chained
+        chained = wrapper
+    assert _environment_read(chained) is read
+    wrapper = ValueError()
+    wrapper.__cause__ = chained
+    assert _environment_read(wrapper) is None
+    assert _environment_read(ValueError()) is None and _environment_read(None) is None
+    both = ValueError()
+    both.__cause__, both.__context__ = read, ValueError()
+    assert _environment_read(both) is read
+
+
+def test_missing_options_and_yaml_causes() -> None:
+    import yaml
+
+    from qconf.compose import _missing_option_problem, _yaml_cause
+
+    message = "Could not find 'flavour/sweet'\nAvailable options in 'flavour':\n\tsour\n\tsweat\n"
+    assert str(_missing_option_problem(message)) == (
+        "override 'flavour=sweet': unknown flavour 'sweet' — did you mean 'sweat'? available: "
+        "sour, sweat"
+    )
+    assert str(_missing_option_problem("Could not find 'model/zzz'\n")) == (
+        "override 'model=zzz': unknown model 'zzz' — available: none (qconf list models)"
+    )
+    assert str(_missing_option_problem("Cannot find primary config 'x'\nmore")) == (
+        "config: Cannot find primary config 'x' — check --config-name/--config-dir"
+    )
+    error = yaml.YAMLError("bad")
+    chain: BaseException = error
+    for depth in range(5):
+        wrapper = ValueError(depth)
+        wrapper.__cause__ = chain
+        chain = wrapper
+    assert _yaml_cause(chain) is None  # five wrappers: given up
+    assert _yaml_cause(chain.__cause__) is error
+    context = ValueError()
+    context.__context__ = error
+    assert _yaml_cause(context) is error
+    both = ValueError()
+    both.__cause__, both.__context__ = error, ValueError()
+    assert _yaml_cause(both) is error
+    assert _yaml_cause(ValueError()) is None
+
+
+def test_problems_from_errors_without_the_usual_context() -> None:
+    assertion = {"type": "assertion_error", "loc": (), "msg": "Assertion failed, x", "input": 1}
+    assert problems_from_errors([assertion]) == [
+        Problem("plan", "x (got 1)", "fix the value (qconf schema)")
+    ]
+    bare = {"type": "union_tag_not_found", "loc": (), "msg": "", "ctx": {}}
+    assert problems_from_errors([bare]) == [Problem("", "missing", f"set : one of {BACKENDS}")]
+    tags = {"discriminator": "'backend'", "tag": "ab", "expected_tags": "'a', 'b'"}
+    invalid = {"type": "union_tag_invalid", "loc": ("x",), "msg": "", "ctx": tags}
+    assert problems_from_errors([invalid]) == [
+        Problem("x.backend", "unknown backend 'ab'", "did you mean 'b'? available: a, b")
+    ]
+
+
+def test_validate_bounds_and_config_dir() -> None:
+    from omegaconf import OmegaConf
+
+    deep: dict = {"x": 1}
+    for _ in range(29):
+        deep = {"a": deep}
+    assert lines({"model": FLUX, "run": deep})[0].startswith("run.a: unknown key")  # 32 deep
+    assert lines({"model": FLUX, "run": {"a": deep}}) == [
+        "plan: values are nested more than 32 levels deep — a plan is a few levels deep: check "
+        "the nested values you wrote"
+    ]
+    assert lines({"model": FLUX}, config_dir="~nosuchuserqq/x") == [
+        "--config-dir: '~nosuchuserqq/x': no user 'nosuchuserqq' on this machine — write the "
+        "full path, or ~/... for your own home"
+    ]
+    bomb = OmegaConf.create({"model": FLUX, "run": {"prompt": "${model.source}" * 31}})
+    assert lines(bomb) == [
+        "config: 31 interpolations (${...}); at most 30 — write values instead of references"
+    ]
+    loop = OmegaConf.create({"model": {"source": "${model.x}", "x": "${model.source}"}})
+    assert lines(loop) == [
+        "model.source: Recursive interpolation detected — set the value (e.g. model=tiny-flux)"
+    ]
