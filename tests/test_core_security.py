@@ -148,6 +148,10 @@ def test_override_sizes() -> None:
 
 
 def test_config_dir_must_be_a_folder(tmp_path: Path) -> None:
+    assert problems(user_config_dirs, "~nosuchuserqq/x") == [
+        "--config-dir: '~nosuchuserqq/x': no user 'nosuchuserqq' on this machine — write the "
+        "full path, or ~/... for your own home"
+    ]
     assert user_config_dirs(None) == ()
     assert user_config_dirs(tmp_path) == (tmp_path.resolve(),)
     file = write(tmp_path / "f.yaml", "")
@@ -169,6 +173,12 @@ def test_whole_dict_overrides_replace_the_dict() -> None:
     assert rewrite_overrides(["quant.kwargs={int8wo: 1}"]) == [
         "++quant.kwargs=null",
         "++quant.kwargs={int8wo:1}",
+    ]
+    assert rewrite_overrides(["run.seed=1", "quant.kwargs={a: 1}", "run.steps=2"]) == [
+        "run.seed=1",
+        "++quant.kwargs=null",
+        "++quant.kwargs={a:1}",
+        "run.steps=2",
     ]
     assert rewrite_overrides(["quant.mapping=null"]) == ["++quant.mapping=null"]
     assert rewrite_overrides(["quant.kwargs='a=b'"]) == ["++quant.kwargs='a=b'"]
