@@ -127,15 +127,33 @@ class QuantSpec(StrictModel):
         return self
 
 
-class RunSpec(StrictModel):
-    """Settings of `qconf run` (generation); ignored by the other commands."""
+MAX_RUN_IMAGES = 256  # prompts x seeds of one job (bounded work)
 
-    prompt: str = "a photo of a cat wearing a tiny hat"
+
+class RunSpec(StrictModel):
+    """Settings of `qconf run` (generation); ignored by the other commands. A list of prompts
+    and/or seeds makes one image per (prompt, seed): what `qconf compare` puts side by side."""
+
+    prompt: str | Annotated[list[str], Field(min_length=1)] = "a photo of a cat wearing a tiny hat"
     steps: int = Field(2, ge=1)
     height: int = Field(32, ge=8)
     width: int = Field(32, ge=8)
     guidance_scale: float = 3.5
-    seed: int = 0
+    seed: int | Annotated[list[int], Field(min_length=1)] = 0
+
+    @model_validator(mode="after")
+    def _bounded(self) -> RunSpec:
+        if len(self.images()) > MAX_RUN_IMAGES:
+            where = "run.prompt / run.seed"
+            what = f"{len(self.images())} images per job (more than {MAX_RUN_IMAGES})"
+            raise PlanProblems([Problem(where, what, "give fewer prompts or seeds")])
+        return self
+
+    def images(self) -> list[tuple[str, int]]:
+        """(prompt, seed) of each image a job makes, prompts outermost."""
+        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
+        seeds = [self.seed] if isinstance(self.seed, int) else self.seed
+        return [(prompt, seed) for prompt in prompts for seed in seeds]
 
 
 class Plan(StrictModel):

@@ -21,6 +21,8 @@ COMMANDS = {
     "load": "Load the quantized pipeline and print the per-part report.",
     "run": "Load and generate an image; writes image, plan and report to Hydra's run folder.",
     "inspect": "Print the plan of a saved pipeline folder (from each part's config.json).",
+    "compare": "Run plans side by side (a sweep plus the unquantized baseline): images, bytes, "
+    "speed, PSNR/SSIM; or gather DIR.",
 }
 USER_ERROR = 2
 
@@ -75,9 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list = [a for a in args_list if a != "--verbose"]
         os.environ["QCONF_VERBOSE"] = "1"
     command = args_list[0] if args_list else None
-    if command == "run":
-        # `run` is a Hydra app: Hydra parses its own flags (-m, --config-dir, hydra.* keys).
-        return _guard(lambda: _module("run").main(args_list[1:]))
+    if command in ("run", "compare"):
+        # Hydra apps: Hydra parses their flags (-m, --config-dir, hydra.* keys).
+        return _guard(lambda: _module(command).main(args_list[1:]))
     try:
         if command not in COMMANDS:
             build_parser().parse_args(args_list)  # prints help or "invalid choice"

@@ -28,7 +28,7 @@ from qconf.compose import (
     user_config_dirs,
 )
 from qconf.errors import PlanError, Problem, QconfError
-from qconf.hydra_node import is_hydra_override
+from qconf.hydra_node import is_hydra_override as is_hydra_key
 from qconf.planfile import plan_file_overrides
 from qconf.yamlsafe import bounded_omegaconf
 
@@ -51,10 +51,29 @@ class _Sweep:
     plan_file: str | None = None
     plans: dict[tuple[str, ...], Any] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
+    quiet: bool = False  # jobs print no per-part report (`qconf compare` prints one table)
+
+
+@dataclass
+class Launch:
+    """A checked `qconf run` command line, ready for Hydra."""
+
+    hydra_argv: list[str]
+    config_path: Path
+    sweep: _Sweep
+    jobs: list[list[str]]  # each job's typed overrides (one job without -m)
 
 
 def main(argv: list[str]) -> int:
-    flags, overrides = _split(argv)
+    return launch(prepare(argv))
+
+
+def prepare(argv: list[str], *, extra_overrides: tuple[str, ...] = (), quiet: bool = False
+            ) -> Launch:  # fmt: skip
+    """Parse a `qconf run` command line and check every job's plan (PlanError if any fails).
+    `extra_overrides` come after the typed ones (qconf compare's baseline, its sweep dir)."""
+    flags, overrides = split_argv(argv)
+    overrides = [*overrides, *extra_overrides]
     config_dir = _take(flags, "--config-dir", "-cd")
     config_name = _take(flags, "--config-name", "-cn") or CONFIG_NAME
     plan_file = _take(flags, "--plan")
@@ -65,19 +84,24 @@ def main(argv: list[str]) -> int:
     # checks keep them apart (a file may not turn on what only typing may).
     from_file = plan_file_overrides(plan_file) if plan_file is not None else []
     rewritten = rewrite_overrides([*from_file, *overrides], user_dirs)
-    sweep = _Sweep(config_dir, config_name, plan_file)
+    sweep = _Sweep(config_dir, config_name, plan_file, quiet=quiet)
+    jobs: list[list[str]] = []
     if not _HELP_FLAGS & set(flags):
         # Every job's plan is checked before Hydra starts: a user error exits 2 with no run
         # folder, and a sweep never dies halfway on a plan it could have refused up front.
-        _preflight(overrides, rewritten, multirun=bool({"-m", "--multirun"} & set(flags)),
-                   sweep=sweep)  # fmt: skip
+        jobs = _preflight(overrides, rewritten, multirun=bool({"-m", "--multirun"} & set(flags)),
+                          sweep=sweep)  # fmt: skip
     search = [item for d in secondary_dirs(user_dirs) for item in ("--config-dir", str(d))]
     hydra_argv = [*flags, *search, *rewritten, *SEARCH_OVERRIDES]
-    code = _hydra_run(hydra_argv, primary_dir(user_dirs), sweep)
-    return USER_ERROR if sweep.failed else code
+    return Launch(hydra_argv, primary_dir(user_dirs), sweep, jobs)
 
 
-def _split(argv: list[str]) -> tuple[list[str], list[str]]:
+def launch(checked: Launch) -> int:
+    code = _hydra_run(checked.hydra_argv, checked.config_path, checked.sweep)
+    return USER_ERROR if checked.sweep.failed else code
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     flags: list[str] = []
     overrides: list[str] = []
     items = iter(argv)
@@ -122,7 +146,7 @@ def _refuse_unsupported(flags: list[str]) -> None:
 
 
 def _preflight(overrides: list[str], rewritten: list[str], *, multirun: bool,
-               sweep: _Sweep) -> None:  # fmt: skip
+               sweep: _Sweep) -> list[list[str]]:  # fmt: skip
     from qconf.environment import check_environment
     from qconf.schema import validate
 
@@ -130,7 +154,7 @@ def _preflight(overrides: list[str], rewritten: list[str], *, multirun: bool,
     hydra_jobs = _jobs(rewritten, multirun)
     if len(jobs) != len(hydra_jobs):  # a plan file cannot sweep; this is a bug if reached
         raise RuntimeError("sweep split differs between typed and rewritten overrides")
-    hydra_overrides = [o for o in overrides if _is_hydra(o)]
+    hydra_overrides = [o for o in overrides if is_hydra_override(o)]
     problems: list[Problem] = []
     for number, (job, hydra_job) in enumerate(zip(jobs, hydra_jobs, strict=True)):
         try:
@@ -149,6 +173,7 @@ def _preflight(overrides: list[str], rewritten: list[str], *, multirun: bool,
         sweep.plans[_task_key(hydra_job)] = plan
     if problems:
         raise PlanError(problems)
+    return jobs
 
 
 def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -157,7 +182,7 @@ def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    task = [o for o in overrides if not _is_hydra(o)]
+    task = [o for o in overrides if not is_hydra_override(o)]
     if not multirun:
         return [task]
     try:
@@ -191,12 +216,13 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _is_hydra(override: str) -> bool:
-    return is_hydra_override(override.lstrip("+~").split("=", 1)[0])
+def is_hydra_override(override: str) -> bool:
+    """An override of Hydra's own node (hydra.*, hydra/launcher=...), not of the plan."""
+    return is_hydra_key(override.lstrip("+~").split("=", 1)[0])
 
 
 def _task_key(overrides: list[str]) -> tuple[str, ...]:
-    return tuple(o for o in overrides if not _is_hydra(o))
+    return tuple(o for o in overrides if not is_hydra_override(o))
 
 
 def _hydra_run(argv: list[str], config_path: Path, sweep: _Sweep) -> int:
@@ -237,7 +263,7 @@ def generate(cfg: Any, sweep: _Sweep) -> None:
             unchecked = Problem("hydra.overrides.task", "this job was not checked before launch",
                                 "run it without sweeper plugins that add jobs")  # fmt: skip
             raise PlanError(unchecked)
-        _generate(plan, out)
+        _generate(plan, out, quiet=sweep.quiet)
     except QconfError as exc:
         for line in exc.lines:
             print(f"error: {safe(line)}", file=sys.stderr)
@@ -245,30 +271,54 @@ def generate(cfg: Any, sweep: _Sweep) -> None:
         _remove_job_folder(out)
 
 
-def _generate(plan: Any, out: Path) -> None:
-    import torch
+def _generate(plan: Any, out: Path, *, quiet: bool = False) -> None:
     import yaml
 
     from qconf.cli.load_cmd import print_report
+    from qconf.generate import generate, measure_peak
     from qconf.loader import load
 
-    loaded = load(plan)
-    settings = plan.run
-    image = loaded.pipeline(
-        prompt=settings.prompt,
-        num_inference_steps=settings.steps,
-        height=settings.height,
-        width=settings.width,
-        guidance_scale=settings.guidance_scale,
-        generator=torch.Generator().manual_seed(settings.seed),
-    ).images[0]
-    _write_atomic(out / "image.png", lambda f: image.save(f, format="PNG"))
+    if quiet:  # qconf compare shows one progress bar over the sweep instead
+        _hide_library_progress_bars()
+    with measure_peak() as peak:
+        loaded = load(plan)
+        if quiet:
+            loaded.pipeline.set_progress_bar_config(disable=True)
+        images = generate(loaded.pipeline, plan.run)
+    names = image_names(len(images))
+    for name, generated in zip(names, images, strict=True):
+        _write_atomic(out / name, lambda f, g=generated: g.image.save(f, format="PNG"))
     plan_text = yaml.safe_dump(loaded.resolved.to_json(), sort_keys=False)
     _write_atomic(out / "plan.yaml", lambda f: f.write(plan_text.encode()))
-    report_text = json.dumps(loaded.report.to_json(), indent=2)
+    run = {
+        "images": [
+            {"file": name, "prompt": g.prompt, "seed": g.seed, "seconds": round(g.seconds, 4)}
+            for name, g in zip(names, images, strict=True)
+        ],
+        "seconds_per_image": round(sum(g.seconds for g in images) / len(images), 4),
+        "peak_memory_bytes": peak.bytes,
+        "peak_memory_kind": peak.kind,
+    }
+    report_text = json.dumps({**loaded.report.to_json(), "run": run}, indent=2)
+    # report.json last: its presence marks a finished job (compare's progress counts it).
     _write_atomic(out / "report.json", lambda f: f.write(report_text.encode()))
-    print_report(loaded.report)
-    print(f"wrote {safe(str(out / 'image.png'))}, plan.yaml, report.json")
+    if not quiet:
+        print_report(loaded.report)
+        print(f"wrote {safe(str(out / names[0]))}{' ...' if len(names) > 1 else ''}, "
+              "plan.yaml, report.json")  # fmt: skip
+
+
+def _hide_library_progress_bars() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def image_names(count: int) -> list[str]:
+    """image.png for one image; image-000.png, image-001.png ... for several."""
+    return ["image.png"] if count == 1 else [f"image-{i:03d}.png" for i in range(count)]
 
 
 def _remove_job_folder(out: Path) -> None:

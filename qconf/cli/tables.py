@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from qconf.cli.main import console
 from qconf.cli.text import markup
+from qconf.units import human_bytes
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,3 @@ def print_bytes_table(title: str, rows: Iterable[BytesRow], bytes_column: str) -
 
 def _ratio(after: int, before: int) -> str:
     return f"{after / before:.2f}" if before else "—"
-
-
-def human_bytes(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size:.1f} GiB"

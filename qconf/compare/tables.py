@@ -1,0 +1,130 @@
+"""The comparison as JSON (the machine contract: exact numbers, as in each run's report.json)
+and as Markdown (for people: sizes in binary units, rounded metrics)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qconf.units import human_bytes
+from qconf.userpath import write_text
+
+if TYPE_CHECKING:
+    from qconf.compare import Comparison, Row
+
+
+def comparison_json(comparison: Comparison) -> dict[str, Any]:
+    """PSNR of identical images is Infinity (Python's json reads it back as inf)."""
+    return {
+        "reference": comparison.reference,
+        "columns": [{"prompt": prompt, "seed": seed} for prompt, seed in comparison.columns],
+        "runs": [_row_json(row) for row in comparison.rows],
+        "unfinished": comparison.unfinished,
+    }
+
+
+def _row_json(row: Row) -> dict[str, Any]:
+    run = row.run
+    return {
+        "folder": run.name,
+        "label": row.label,
+        "overrides": list(run.overrides),
+        "backends": run.backends,
+        "bytes": run.part_bytes,
+        "total_bytes": run.total_bytes,
+        "total_bytes_unquantized": run.total_bytes_unquantized,
+        "peak_memory_bytes": run.peak_memory_bytes,
+        "peak_memory_kind": run.peak_memory_kind,
+        "load_seconds": run.load_seconds,
+        "seconds_per_image": run.seconds_per_image,
+        "psnr": row.psnr,
+        "ssim": row.ssim,
+        "pareto": row.pareto,
+        "images": [vars(image) for image in row.images],
+    }
+
+
+def write_json(comparison: Comparison, target: Path) -> Path:
+    text = json.dumps(comparison_json(comparison), indent=2) + "\n"
+    return write_text(target, text, "compare.json")
+
+
+def write_markdown(comparison: Comparison, target: Path) -> Path:
+    return write_text(target, markdown(comparison), "compare.md")
+
+
+def markdown(comparison: Comparison) -> str:
+    reference = next(r for r in comparison.rows if r.run.name == comparison.reference)
+    kinds = sorted({row.run.peak_memory_kind for row in comparison.rows})
+    lines = [
+        "# qconf compare",
+        "",
+        f"Reference: {_cell(reference.label)} (folder `{_cell(reference.run.name)}`). PSNR "
+        "(dB) and SSIM against it on the same prompts and seeds, mean over images; ∞ = "
+        f"identical. Peak memory: {', '.join(_PEAK_KINDS.get(k, k) for k in kinds)}.",
+        "",
+        "| plan | folder | weights | peak memory | load s | s / image | PSNR | SSIM | Pareto |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for row in comparison.rows:
+        run = row.run
+        lines.append(
+            f"| {_cell(row.label)} | {_cell(run.name)} | {human_bytes(run.total_bytes)} "
+            f"| {human_bytes(run.peak_memory_bytes)} | {run.load_seconds:.2f} "
+            f"| {run.seconds_per_image:.3f} | {psnr_text(row.psnr)} | {ssim_text(row.ssim)} "
+            f"| {'✓' if row.pareto else ''} |"
+        )
+    parts = list(dict.fromkeys(p for row in comparison.rows for p in row.run.part_bytes))
+    lines += ["", "## Weights per part", "",
+              "| plan | " + " | ".join(_cell(p) for p in parts) + " | total |",
+              "| --- |" + " ---: |" * (len(parts) + 1)]  # fmt: skip
+    for row in comparison.rows:
+        sizes = [_part(row.run, part) for part in parts]
+        lines.append(f"| {_cell(row.label)} | {' | '.join(sizes)} | "
+                     f"{human_bytes(row.run.total_bytes)} |")  # fmt: skip
+    lines += ["", "## Per image", "", "| plan | prompt | seed | s | PSNR | SSIM |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for row in comparison.rows:
+        for image in row.images:
+            lines.append(
+                f"| {_cell(row.label)} | {_cell(image.prompt)} | {image.seed} "
+                f"| {image.seconds:.3f} | {psnr_text(image.psnr)} | {ssim_text(image.ssim)} |"
+            )
+    if comparison.unfinished:
+        lines += ["", f"Unfinished job folders (no report.json): "
+                  f"{', '.join(_cell(n) for n in comparison.unfinished)}."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+_PEAK_KINDS = {
+    "cuda": "CUDA allocator peak",
+    "rss": "peak resident memory of the job's process",
+    "rss-process": "peak resident memory of the whole process (not reset per job)",
+}
+
+
+def _part(run: Any, part: str) -> str:
+    if part not in run.part_bytes:
+        return "—"
+    backend = run.backends.get(part)
+    size = human_bytes(run.part_bytes[part])
+    return f"{size} ({_cell(backend)})" if backend else size
+
+
+def psnr_text(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return "∞" if math.isinf(value) else f"{value:.2f}"
+
+
+def ssim_text(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _cell(text: Any) -> str:
+    """Text for a Markdown table cell: one line, pipes and backticks escaped."""
+    from qconf.cli.text import safe
+
+    return safe(text).replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")

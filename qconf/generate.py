@@ -1,0 +1,118 @@
+"""One job's generation (what `qconf run` does after the load): one image per (prompt, seed) of
+`run:`, each timed, and the job's peak memory — CUDA's allocator peak on a GPU, the process's
+resident-set peak on CPU. Sits above the load façade: it gets a loaded pipeline."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
+
+
+@dataclass
+class Generated:
+    image: Any  # PIL.Image
+    prompt: str
+    seed: int
+    seconds: float
+
+
+@dataclass
+class Peak:
+    """Peak memory over a `with measure_peak() as peak:` block."""
+
+    bytes: int = 0
+    kind: str = "rss"  # "cuda": torch.cuda.max_memory_allocated; "rss": VmHWM; "rss-process"
+
+
+@contextmanager
+def measure_peak() -> Iterator[Peak]:
+    """On CUDA the allocator's peak (reset first). On CPU the resident-set high-water mark,
+    reset through /proc/self/clear_refs (Linux); where that cannot be reset, the process's
+    lifetime maximum (ru_maxrss), labelled `rss-process` so nobody reads it as per job."""
+    import torch
+
+    peak = Peak()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        peak.kind = "cuda"
+    else:
+        peak.kind = "rss" if _reset_rss_peak() else "rss-process"
+    try:
+        yield peak
+    finally:
+        if cuda:
+            peak.bytes = int(torch.cuda.max_memory_allocated())
+        elif peak.kind == "rss":
+            peak.bytes = _rss_peak()
+        else:
+            scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+            peak.bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        _CLEAR_REFS.write_text("5")  # "5": reset the peak RSS (Linux >= 4.0)
+        return _rss_peak() > 0
+    except OSError:
+        return False
+
+
+def _rss_peak() -> int:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def generate(pipeline: Any, run: Any) -> list[Generated]:
+    """One image per (prompt, seed) of `run` (a RunSpec), in that order. Video pipelines give
+    their first frame, so a comparison still has one picture per prompt and seed."""
+    import torch
+
+    device = getattr(pipeline, "device", torch.device("cpu"))
+    results = []
+    for prompt, seed in run.images():
+        # A CPU generator on every device: the same seed gives the same starting noise on CPU
+        # and GPU, so runs on different machines stay comparable.
+        generator = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        output = pipeline(
+            prompt=prompt,
+            num_inference_steps=run.steps,
+            height=run.height,
+            width=run.width,
+            guidance_scale=run.guidance_scale,
+            generator=generator,
+        )
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        results.append(Generated(_first_picture(output), prompt, seed, seconds))
+    return results
+
+
+def _first_picture(output: Any) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    images = getattr(output, "images", None)
+    picture = images[0] if images is not None else output.frames[0][0]
+    if isinstance(picture, Image.Image):
+        return picture
+    array = np.asarray(picture)
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
