@@ -252,6 +252,9 @@ def generate(cfg: Any, sweep: _Sweep) -> None:
     folder left behind."""
     from hydra.core.hydra_config import HydraConfig
 
+    from qconf.cli.quiet import quiet_library_noise
+
+    quiet_library_noise()  # again: launchers run jobs in fresh processes (joblib, submitit)
     hydra_cfg = HydraConfig.get()
     out = Path(hydra_cfg.runtime.output_dir)
     task = list(hydra_cfg.overrides.task)
