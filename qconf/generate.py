@@ -27,36 +27,41 @@ class Generated:
 
 @dataclass
 class Peak:
-    """Peak memory over a `with measure_peak() as peak:` block."""
+    """Peak memory over a `with measure_peak() as peak:` block, both kinds where there are."""
 
-    bytes: int = 0
-    kind: str = "rss"  # "cuda": torch.cuda.max_memory_allocated; "rss": VmHWM; "rss-process"
+    cuda_bytes: int | None = None  # torch.cuda.max_memory_allocated (None: no CUDA)
+    rss_bytes: int = 0
+    rss_kind: str = "rss"  # "rss": VmHWM reset at the start; "rss-process": lifetime maximum
+
+    def on(self, device: Any) -> tuple[int, str]:
+        """(bytes, kind) for a pipeline on `device`: CUDA's peak when it ran on a GPU."""
+        if getattr(device, "type", None) == "cuda" and self.cuda_bytes is not None:
+            return self.cuda_bytes, "cuda"
+        return self.rss_bytes, self.rss_kind
 
 
 @contextmanager
 def measure_peak() -> Iterator[Peak]:
-    """On CUDA the allocator's peak (reset first). On CPU the resident-set high-water mark,
-    reset through /proc/self/clear_refs (Linux); where that cannot be reset, the process's
-    lifetime maximum (ru_maxrss), labelled `rss-process` so nobody reads it as per job."""
+    """CUDA's allocator peak (reset first), and the resident-set high-water mark, reset through
+    /proc/self/clear_refs (Linux); where that cannot be reset, the process's lifetime maximum
+    (ru_maxrss), labelled `rss-process` so nobody reads it as the job's own."""
     import torch
 
     peak = Peak()
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-        peak.kind = "cuda"
-    else:
-        peak.kind = "rss" if _reset_rss_peak() else "rss-process"
+    peak.rss_kind = "rss" if _reset_rss_peak() else "rss-process"
     try:
         yield peak
     finally:
         if cuda:
-            peak.bytes = int(torch.cuda.max_memory_allocated())
-        elif peak.kind == "rss":
-            peak.bytes = _rss_peak()
+            peak.cuda_bytes = int(torch.cuda.max_memory_allocated())
+        if peak.rss_kind == "rss":
+            peak.rss_bytes = _rss_peak()
         else:
             scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-            peak.bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+            peak.rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def _reset_rss_peak() -> bool:

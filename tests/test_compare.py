@@ -201,3 +201,18 @@ def test_a_folder_that_already_holds_runs_is_not_reused(compared: Path) -> None:
     result = cli("compare", "quant.mapping.transformer=int8wo", f"hydra.sweep.dir={compared}",
                  cwd=compared.parent)  # fmt: skip
     assert result.returncode == 2 and "already exists and is not empty" in result.stderr
+
+
+@pytest.mark.gpu
+def test_compare_on_a_gpu_reports_cuda_peaks_and_4bit_deviates_more(tmp_path: Path) -> None:
+    result = cli("compare", "model=tiny-flux", "model.device_map=cuda",
+                 "quant.mapping.transformer=nf4,int8wo", "run.steps=2", "hydra.sweep.dir=sweep",
+                 cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    runs = runs_by_label(tmp_path / "sweep")
+    assert {run["peak_memory_kind"] for run in runs.values()} == {"cuda"}
+    assert all(run["peak_memory_bytes"] > 0 for run in runs.values())
+    nf4, int8 = (runs[f"quant.mapping.transformer={o}"] for o in ("nf4", "int8wo"))
+    assert nf4["backends"]["transformer"] == "bitsandbytes_4bit"
+    assert nf4["psnr"] < int8["psnr"]
+    assert nf4["bytes"]["transformer"] < int8["bytes"]["transformer"]

@@ -50,6 +50,7 @@ class _Sweep:
     config_name: str
     plan_file: str | None = None
     plans: dict[tuple[str, ...], Any] = field(default_factory=dict)
+    typed: dict[tuple[str, ...], list[str]] = field(default_factory=dict)  # as the user typed
     failed: list[str] = field(default_factory=list)
     quiet: bool = False  # jobs print no per-part report (`qconf compare` prints one table)
 
@@ -171,6 +172,7 @@ def _preflight(overrides: list[str], rewritten: list[str], *, multirun: bool,
             problems += [Problem(prefix + p.where, p.what, p.fix) for p in exc.problems]
             continue
         sweep.plans[_task_key(hydra_job)] = plan
+        sweep.typed[_task_key(hydra_job)] = job
     if problems:
         raise PlanError(problems)
     return jobs
@@ -266,7 +268,7 @@ def generate(cfg: Any, sweep: _Sweep) -> None:
             unchecked = Problem("hydra.overrides.task", "this job was not checked before launch",
                                 "run it without sweeper plugins that add jobs")  # fmt: skip
             raise PlanError(unchecked)
-        _generate(plan, out, quiet=sweep.quiet)
+        _generate(plan, out, sweep.typed.get(_task_key(task), []), quiet=sweep.quiet)
     except QconfError as exc:
         for line in exc.lines:
             print(f"error: {safe(line)}", file=sys.stderr)
@@ -274,7 +276,7 @@ def generate(cfg: Any, sweep: _Sweep) -> None:
         _remove_job_folder(out)
 
 
-def _generate(plan: Any, out: Path, *, quiet: bool = False) -> None:
+def _generate(plan: Any, out: Path, overrides: list[str], *, quiet: bool = False) -> None:
     import yaml
 
     from qconf.cli.load_cmd import print_report
@@ -288,19 +290,21 @@ def _generate(plan: Any, out: Path, *, quiet: bool = False) -> None:
         if quiet:
             loaded.pipeline.set_progress_bar_config(disable=True)
         images = generate(loaded.pipeline, plan.run)
+    peak_bytes, peak_kind = peak.on(loaded.pipeline.device)
     names = image_names(len(images))
     for name, generated in zip(names, images, strict=True):
         _write_atomic(out / name, lambda f, g=generated: g.image.save(f, format="PNG"))
     plan_text = yaml.safe_dump(loaded.resolved.to_json(), sort_keys=False)
     _write_atomic(out / "plan.yaml", lambda f: f.write(plan_text.encode()))
     run = {
+        "overrides": overrides,  # the job's, as typed (Hydra records qconf's rewritten form)
         "images": [
             {"file": name, "prompt": g.prompt, "seed": g.seed, "seconds": round(g.seconds, 4)}
             for name, g in zip(names, images, strict=True)
         ],
         "seconds_per_image": round(sum(g.seconds for g in images) / len(images), 4),
-        "peak_memory_bytes": peak.bytes,
-        "peak_memory_kind": peak.kind,
+        "peak_memory_bytes": peak_bytes,
+        "peak_memory_kind": peak_kind,
     }
     report_text = json.dumps({**loaded.report.to_json(), "run": run}, indent=2)
     # report.json last: its presence marks a finished job (compare's progress counts it).

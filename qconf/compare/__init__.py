@@ -124,7 +124,8 @@ def _means(scores: list[ImageScore]) -> tuple[float | None, float | None]:
 
 
 def _labels(runs: list[RunFolder]) -> dict[str, str]:
-    """What tells the jobs apart: the overrides not shared by every job (the swept ones)."""
+    """What tells the jobs apart: the overrides not shared by every job (the swept ones); for a
+    single job, those that make its plan (preset, quant)."""
     jobs = [run for run in runs if run.name != BASELINE]
     shared = set.intersection(*(set(run.overrides) for run in jobs)) if len(jobs) > 1 else set()
     labels = {}
@@ -132,10 +133,16 @@ def _labels(runs: list[RunFolder]) -> dict[str, str]:
         if run.name == BASELINE:
             labels[run.name] = "baseline (unquantized)"
             continue
-        varying = [o for o in run.overrides if o not in shared] or list(run.overrides)
-        # Hydra records the overrides qconf rewrote (++key=...); show them as typed.
+        varying = [o for o in run.overrides if o not in shared]
+        if len(jobs) == 1:
+            varying = [o for o in varying if _plan_key(o)] or varying
+        # Hydra's own record holds the overrides as qconf rewrote them (++key=...).
         labels[run.name] = " ".join(o.lstrip("+") for o in varying) or f"job {run.name}"
     return labels
+
+
+def _plan_key(override: str) -> bool:
+    return override.lstrip("+~").startswith(("preset", "quant"))
 
 
 def _mark_pareto(rows: list[Row]) -> None:

@@ -32,6 +32,7 @@ class _Image(_Lenient):
 
 
 class _RunSection(_Lenient):
+    overrides: Annotated[list[str], Field(max_length=1000)] | None = None
     images: Annotated[list[_Image], Field(min_length=1, max_length=256)]
     seconds_per_image: Annotated[float, Field(ge=0)]
     peak_memory_bytes: Annotated[int, Field(ge=0)]
@@ -134,7 +135,9 @@ def read_run(folder: Path) -> RunFolder:
         images.append(ImageRecord(path, image.prompt, image.seed, image.seconds))
     return RunFolder(
         name=folder.name,
-        overrides=_overrides(folder),
+        overrides=tuple(report.run.overrides)
+        if report.run.overrides is not None
+        else _overrides(folder),
         backends={name: part.backend for name, part in report.components.items()},
         part_bytes={name: part.bytes for name, part in report.components.items()},
         total_bytes=report.total_bytes,
