@@ -71,6 +71,18 @@ def environment_problems(resolved: ResolvedPlan) -> list[Problem]:
             continue
         if has_cuda is None:
             has_cuda = cuda_available()
+        on_gpu = resolved.plan.model.device_map in ("balanced", "cuda")
+        if has_cuda and spec.key == "torchao" and not on_gpu:
+            # torchao quantizes where the weights are loaded; without a device map that is the
+            # CPU, where CUDA-only kernels fail deep inside the load.
+            problems.append(
+                Problem(
+                    where,
+                    f"{spec.key} on '{name}' quantizes where the weights load, and without a "
+                    f"device map they load on the CPU: {reason}",
+                    "add model.device_map=cuda",
+                )
+            )
         if not has_cuda:
             problems.append(
                 Problem(

@@ -241,11 +241,11 @@ def test_packed_int4_needs_a_gpu_and_says_so() -> None:
 
 @pytest.mark.gpu
 def test_packed_int4_loads_on_gpu() -> None:
-    """tinygemm packs k in tiles of 128: tiny-sd3's T5 (d_model 128) has layers that fit."""
-    loaded = qconf.load(
-        qconf.compose(["model=tiny-sd3", "quant.mapping.text_encoder_3=int4wo-gpu"])
-    )
+    """torchao 0.18 pads packed int4 inputs to a multiple of 1024 (int4_tile_packed_to_4d_tensor),
+    so the tiny T5's 128-wide layers take more bytes than bf16: only the types are checked."""
+    overrides = ["model=tiny-sd3", "quant.mapping.text_encoder_3=int4wo-gpu"]
+    with pytest.raises(qconf.BackendUnavailableError, match="add model.device_map=cuda"):
+        qconf.load(qconf.compose(overrides))  # it would quantize on the CPU and fail there
+    loaded = qconf.load(qconf.compose([*overrides, "model.device_map=cuda"]))
     weights = linear_weights(loaded.pipeline.text_encoder_3)
-    assert any(is_torchao(w) for w in weights)
-    report = loaded.report.parts["text_encoder_3"]
-    assert report.bytes < report.bytes_unquantized
+    assert weights and all(is_torchao(w) and w.device.type == "cuda" for w in weights)

@@ -98,8 +98,10 @@ def test_preset_file_is_deltas_only(name: str) -> None:
     lines = text.splitlines()
     assert lines[0] == "# @package _global_"
     assert lines[1].startswith("# ") and len(lines[1]) > 20, "a comment saying why, with a source"
-    assert set(data) <= {"defaults", "quant"}, "presets carry only the mapping delta and the model"
+    assert set(data) <= {"defaults", "quant", "model"}, "only the mapping delta and the model"
     assert set(data.get("quant", {})) <= {"mapping"}
+    # GPU-only torchao presets place the pipeline on the GPU (torchao quantizes where it loads).
+    assert set(data.get("model", {})) <= {"device_map"}
     defaults = data["defaults"]
     # Backend options first, `override /model` last: Hydra wants overrides at the end.
     *backends, last = defaults

@@ -33,7 +33,9 @@ def _entry(option: str) -> EntryBase:
 
 
 def _runnable(library: str) -> list[str]:
-    return sorted(o for o in backend_options() if _entry(o).cuda_reason(library) is None
+    # With a GPU visible, the CUDA-only options (bitsandbytes on diffusers parts) are measured too.
+    gpu = torch.cuda.is_available()
+    return sorted(o for o in backend_options() if (gpu or _entry(o).cuda_reason(library) is None)
                   and library in _entry(o).spec.params)  # fmt: skip
 
 
@@ -51,7 +53,17 @@ def _inner(tensor: Any) -> list[torch.Tensor]:
 
 def _inputs(module: Any, library: str) -> tuple[dict[str, Any], torch.Tensor]:
     """A fixed batch; returns the model kwargs and the tensor whose gradient shows that the
-    gradient flows back through the whole part."""
+    gradient flows back through the whole part. On the part's device: bitsandbytes places a
+    part on the GPU when one is visible."""
+    kwargs, first = _cpu_inputs(module, library)
+    device = next(module.parameters()).device
+    first_on_device = first.detach().to(device).requires_grad_(True)
+    moved = {k: first_on_device if v is first else v.to(device) if torch.is_tensor(v) else v
+             for k, v in kwargs.items()}  # fmt: skip
+    return moved, first_on_device
+
+
+def _cpu_inputs(module: Any, library: str) -> tuple[dict[str, Any], torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     dtype = torch.bfloat16
     if library == "diffusers":
@@ -135,6 +147,12 @@ def test_trainable_claim_matches_real_training(
             qconf.load_part(cfg, part, train=True)
 
 
+def _on_gpu(pipeline: Any) -> Any:
+    """One device for the whole pipeline: bitsandbytes puts its parts on the GPU when one is
+    visible, the other parts stay on the CPU."""
+    return pipeline.to("cuda") if torch.cuda.is_available() else pipeline
+
+
 TRAINABLE_ON_TRANSFORMER = [o for lib, o in CASES if lib == "diffusers"
                             and _entry(o).train_reason("diffusers") is None]  # fmt: skip
 
@@ -149,17 +167,17 @@ def test_adapter_reloads_onto_a_fresh_pipeline_of_the_same_plan(
         return pipeline("a cat", num_inference_steps=1, height=32, width=32, output_type="pt",
                         generator=torch.Generator().manual_seed(0)).images  # fmt: skip
 
-    pipeline = qconf.load_pipeline(cfg)
+    pipeline = _on_gpu(qconf.load_pipeline(cfg))
     before_lora = image(pipeline)
     qconf.train.add_lora(pipeline.transformer, rank=4)
     with torch.no_grad():
         for p in qconf.train.lora_parameters(pipeline.transformer):
-            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+            p.normal_(0, 0.3, generator=torch.Generator(p.device).manual_seed(1))
     adapted = image(pipeline)
     assert not torch.equal(adapted, before_lora)  # the adapter does something
     qconf.train.save_adapter(pipeline, tmp_path / "lora", {"transformer": pipeline.transformer})
     assert [p.name for p in (tmp_path / "lora").iterdir()] == [qconf.train.ADAPTER_FILE]
-    fresh = qconf.load_pipeline(cfg)
+    fresh = _on_gpu(qconf.load_pipeline(cfg))
     assert qconf.train.load_adapter(fresh, tmp_path / "lora") == ["transformer"]
     assert torch.equal(image(fresh), adapted)
 
