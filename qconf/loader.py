@@ -134,6 +134,12 @@ def _source_path(source: str) -> str:
     return source
 
 
+def model_folder(source: str) -> Path | None:
+    """The folder `model.source` loads from on this machine (None: a hub id not in the cache).
+    Builds a tiny pipeline on first use."""
+    return _local_folder(source, _source_path(source))
+
+
 def _local_folder(source: str, path: str) -> Path | None:
     """The folder the pipeline loads from, when it is on this machine."""
     if source_kind(source) != "hub":

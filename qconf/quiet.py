@@ -62,3 +62,13 @@ def quiet() -> Iterator[None]:
         finally:
             for name, logger in loggers.items():
                 logger.setLevel(levels[name])
+
+
+def no_progress_bars() -> None:
+    """diffusers' and transformers' progress bars off, for commands that show one bar of their
+    own over many loads (compare, sensitivity, tune)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()

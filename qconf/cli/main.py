@@ -21,6 +21,10 @@ COMMANDS = {
     "load": "Load the quantized pipeline and print the per-part report.",
     "run": "Load and generate an image; writes image, plan and report to Hydra's run folder.",
     "inspect": "Print the plan of a saved pipeline folder (from each part's config.json).",
+    "sensitivity": "Quantize each part alone under each option that runs here and measure how far "
+    "the part's output and the image move (cached).",
+    "tune": "Choose per-part options for a memory budget (budget=12GiB) from measured "
+    "sensitivity, measure the best, write the winner as a preset.",
     "compare": "Run plans side by side (a sweep plus the unquantized baseline): images, bytes, "
     "speed, PSNR/SSIM; or gather DIR.",
 }

@@ -30,6 +30,7 @@ from qconf.compose import (
 from qconf.errors import PlanError, Problem, QconfError
 from qconf.hydra_node import is_hydra_override as is_hydra_key
 from qconf.planfile import plan_file_overrides
+from qconf.quiet import no_progress_bars
 from qconf.yamlsafe import bounded_omegaconf
 
 # Hydra flags that take a value (everything else starting with '-' is a switch).
@@ -284,7 +285,7 @@ def _generate(plan: Any, out: Path, overrides: list[str], *, quiet: bool = False
     from qconf.loader import load
 
     if quiet:  # qconf compare shows one progress bar over the sweep instead
-        _hide_library_progress_bars()
+        no_progress_bars()
     with measure_peak() as peak:
         loaded = load(plan)
         if quiet:
@@ -313,14 +314,6 @@ def _generate(plan: Any, out: Path, overrides: list[str], *, quiet: bool = False
         print_report(loaded.report)
         print(f"wrote {safe(str(out / names[0]))}{' ...' if len(names) > 1 else ''}, "
               "plan.yaml, report.json")  # fmt: skip
-
-
-def _hide_library_progress_bars() -> None:
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def image_names(count: int) -> list[str]:

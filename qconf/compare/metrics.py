@@ -29,15 +29,21 @@ def require_libraries() -> None:
 
 def load_image(path: Path) -> Any:
     """A PNG as a float tensor [1, 3, H, W] in 0..1."""
-    import numpy as np
-    import torch
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            return image_tensor(image)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ModelSourceError(Problem(str(path), f"not a readable image ({exc})")) from None
+
+
+def image_tensor(image: Any) -> Any:
+    """A PIL image as a float tensor [1, 3, H, W] in 0..1."""
+    import numpy as np
+    import torch
+
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
 
 

@@ -1,0 +1,241 @@
+"""`tune`: choose per-part options for a memory budget from measured sensitivity, then measure.
+
+1. Sensitivity per (part, option) from qconf.sensitivity (cached).
+2. Exact search over the part-level choices (each part: unquantized or one option that ran):
+   estimated bytes must fit the budget; predicted image error is the sum of the parts' measured
+   errors (MSE of the end image, each part quantized alone: errors of different parts add up
+   to first order).
+3. The best few predictions, and every built-in preset of the model's family that fits, are
+   loaded and run for real; the candidate with the highest measured PSNR against the
+   unquantized pipeline wins (fewer bytes break ties), so the result is never worse than a
+   preset that fits. Measurements are cached like the sensitivity cells.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qconf.errors import PlanError, Problem, QconfError
+from qconf.sensitivity import cache
+from qconf.sensitivity.parts import Cell, Setting, measure_parts, psnr_of
+
+KIND = "tune-v1"
+MAX_COMBINATIONS = 2_000_000
+
+
+@dataclass
+class Candidate:
+    label: str  # "tuned #1" or "preset flux-int8wo"
+    mapping: dict[str, str]  # part -> option name (unquantized parts left out)
+    overrides: list[str]  # the whole plan: the user's overrides and what selects it
+    bytes: int  # estimated weights of the whole pipeline
+    predicted_psnr: float | None = None
+    psnr: float | None = None  # measured: mean over images, against the unquantized pipeline
+    ssim: float | None = None
+    cached: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Tuned:
+    budget: int
+    cells: list[Cell]
+    candidates: list[Candidate]  # measured, best first
+
+    @property
+    def winner(self) -> Candidate:
+        return self.candidates[0]
+
+
+Choice = tuple[float, int, dict[str, str]]  # predicted mse, estimated bytes, part -> option
+
+
+def search(cells: list[Cell], parts: list[str], unquantized: dict[str, int], budget: int,
+           allowed: Callable[[Cell], bool] = lambda cell: True) -> list[Choice]:  # fmt: skip
+    """Every part-level choice that fits, as (predicted mse, bytes, mapping), best first."""
+    choices = []
+    for part in parts:
+        options = [(0.0, unquantized[part], None)]
+        options += [(c.image_mse or 0.0, c.bytes, c.option) for c in cells
+                    if c.part == part and c.ok and allowed(c)]  # fmt: skip
+        choices.append(options)
+    if math.prod(len(o) for o in choices) > MAX_COMBINATIONS:
+        raise PlanError(Problem("tune", "too many combinations to search exactly",
+                                "limit --options or --parts"))  # fmt: skip
+    fitting = []
+    for combo in itertools.product(*choices):
+        size = sum(c[1] for c in combo)
+        if size <= budget:
+            mapping = {p: c[2] for p, c in zip(parts, combo, strict=True) if c[2] is not None}
+            fitting.append((sum(c[0] for c in combo), size, mapping))
+    fitting.sort(key=lambda item: (item[0], item[1], sorted(item[2].items())))
+    return fitting
+
+
+def smallest(cells: list[Cell], parts: list[str], unquantized: dict[str, int],
+             allowed: Callable[[Cell], bool]) -> tuple[int, dict[str, str]]:  # fmt: skip
+    """The smallest plan the options can make: each part at its smallest."""
+    size, mapping = 0, {}
+    for part in parts:
+        best = min((c for c in cells if c.part == part and c.ok and allowed(c)),
+                   key=lambda c: c.bytes, default=None)  # fmt: skip
+        if best is not None and best.bytes < unquantized[part]:
+            size += best.bytes
+            mapping[part] = best.option
+        else:
+            size += unquantized[part]
+    return size, mapping
+
+
+def mapping_overrides(mapping: dict[str, str]) -> list[str]:
+    return [f"quant.mapping.{part}={option}" for part, option in sorted(mapping.items())]
+
+
+def tuned_overrides(where: Setting, mapping: dict[str, str]) -> list[str]:
+    """The user's overrides, quantization cleared, then the chosen options."""
+    from qconf.sensitivity.parts import CLEAR_QUANT
+
+    return [*where.overrides, *CLEAR_QUANT, *mapping_overrides(mapping)]
+
+
+def measure(where: Setting, candidates: list[Candidate],
+            progress: Callable[[int, int, str], None] | None = None) -> None:  # fmt: skip
+    """Load and run each candidate; PSNR/SSIM of its images against the unquantized ones."""
+    import qconf
+
+    todo = []
+    for candidate in candidates:
+        cfg = qconf.compose(candidate.overrides, config_dir=where.config_dir)
+        plan = qconf.validate(cfg, config_dir=where.config_dir)
+        resolved = plan.resolve()
+        entries = {p: (e.entry.model_dump(mode="json") if e else None)
+                   for p, e in resolved.components.items()}  # fmt: skip
+        name = cache.key(kind=KIND, model=where.fingerprint, entries=entries,
+                         run=where.plan.run.model_dump(mode="json"),
+                         dtype=where.plan.model.torch_dtype, versions=where.versions)  # fmt: skip
+        hit = cache.read(KIND, name)
+        if hit is not None:
+            candidate.psnr, candidate.ssim, candidate.cached = hit["psnr"], hit["ssim"], True
+        else:
+            todo.append((candidate, plan, name))
+    if not todo:
+        return
+    reference = _images(where, where.plan)
+    for done, (candidate, plan, name) in enumerate(todo):
+        if progress is not None:
+            progress(done, len(todo), candidate.label)
+        candidate.psnr, candidate.ssim = _scores(_images(where, plan), reference)
+        cache.write(KIND, name, {"psnr": candidate.psnr, "ssim": candidate.ssim})
+    if progress is not None:
+        progress(len(todo), len(todo), "")
+
+
+def _images(where: Setting, cfg: Any) -> list[Any]:
+    import gc
+
+    import qconf
+    from qconf.compare.metrics import image_tensor
+    from qconf.generate import generate
+    from qconf.quiet import no_progress_bars
+
+    no_progress_bars()
+    with qconf.quiet():
+        loaded = qconf.load(cfg)
+    loaded.pipeline.set_progress_bar_config(disable=True)
+    images = [image_tensor(g.image) for g in generate(loaded.pipeline, where.plan.run)]
+    del loaded
+    gc.collect()
+    return images
+
+
+def _scores(images: list[Any], reference: list[Any]) -> tuple[float, float]:
+    """Mean PSNR and SSIM over images, as `qconf compare` reports them."""
+    from qconf.compare.metrics import deviation
+
+    scores = [deviation(a, b) for a, b in zip(images, reference, strict=True)]
+    psnrs = [p for p, _ in scores]
+    psnr = math.inf if any(math.isinf(p) for p in psnrs) else sum(psnrs) / len(psnrs)
+    return psnr, sum(s for _, s in scores) / len(scores)
+
+
+def tune(where: Setting, budget: int, options: list[str], *, train: bool = False,
+         measured: int = 3, presets: list[str] | None = None,
+         progress: Callable[[int, int, str], None] | None = None) -> Tuned:  # fmt: skip
+    """The plan with the best measured image for `budget` bytes of weights (see the module)."""
+    from qconf.estimate import estimate
+    from qconf.sensitivity.parts import weight_bearing_parts
+
+    parts = weight_bearing_parts(where.plan)
+    cells = measure_parts(where, options, parts, progress=progress)
+    unquantized = {p: e.bytes for p, e in estimate(where.plan).parts.items()}
+    allowed = _trainable_filter(where) if train else (lambda cell: True)
+    ranked = search(cells, parts, unquantized, budget, allowed)
+    if not ranked:
+        size, mapping = smallest(cells, parts, unquantized, allowed)
+        from qconf.units import human_bytes
+
+        plan_text = " ".join(mapping_overrides(mapping)) or "unquantized"
+        raise PlanError(Problem(f"budget={human_bytes(budget)}",
+                                f"no plan fits; the smallest is {human_bytes(size)} "
+                                f"({plan_text})", "raise the budget"))  # fmt: skip
+    candidates = [
+        Candidate(
+            f"tuned #{i + 1}",
+            mapping,
+            tuned_overrides(where, mapping),
+            size,
+            predicted_psnr=psnr_of(mse),
+        )  # fmt: skip
+        for i, (mse, size, mapping) in enumerate(ranked[:measured])
+    ]
+    candidates += _fitting_presets(where, budget, presets or [], train)
+    measure(where, candidates, progress)
+    candidates.sort(key=lambda c: (-(c.psnr if c.psnr is not None else -math.inf), c.bytes,
+                                   c.label))  # fmt: skip
+    return Tuned(budget, cells, candidates)
+
+
+def _trainable_filter(where: Setting) -> Callable[[Cell], bool]:
+    import qconf
+    from qconf.trainable import train_problems
+
+    def allowed(cell: Cell) -> bool:
+        plan = qconf.validate(where.cfg(f"quant.mapping.{cell.part}={cell.option}"),
+                              config_dir=where.config_dir)  # fmt: skip
+        return not train_problems(plan.resolve(), [cell.part])
+
+    return allowed
+
+
+def _fitting_presets(where: Setting, budget: int, presets: list[str], train: bool
+                     ) -> list[Candidate]:  # fmt: skip
+    """Built-in presets that apply to this model (their parts exist), run here and fit."""
+    import qconf
+    from qconf.estimate import estimate
+
+    found = []
+    for name in presets:
+        try:
+            # The user's overrides after the preset: their model wins over the preset's.
+            cfg = qconf.compose([f"preset={name}", *where.overrides], config_dir=where.config_dir)
+            plan = qconf.validate(cfg, config_dir=where.config_dir)
+            if plan.model != where.plan.model:
+                continue
+            qconf.check_environment(plan)
+            if train:
+                from qconf.trainable import check_trainable
+
+                check_trainable(plan.resolve(), None)
+            size = estimate(plan).total_bytes
+        except QconfError:
+            continue
+        mapping = {p: name for p, e in plan.resolve().components.items() if e is not None}
+        if size <= budget:
+            overrides = [f"preset={name}", *where.overrides]
+            found.append(Candidate(f"preset {name}", mapping, overrides, size,
+                                   extra={"preset": name}))  # fmt: skip
+    return found
