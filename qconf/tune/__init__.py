@@ -162,16 +162,17 @@ def _scores(images: list[Any], reference: list[Any]) -> tuple[float, float]:
     return psnr, sum(s for _, s in scores) / len(scores)
 
 
-def tune(where: Setting, budget: int, options: list[str], *, train: bool = False,
-         measured: int = 3, presets: list[str] | None = None,
+def tune(where: Setting, budget: int, options: list[str], *, parts: list[str] | None = None,
+         train: bool = False, measured: int = 3, presets: list[str] | None = None,
          progress: Callable[[int, int, str], None] | None = None) -> Tuned:  # fmt: skip
     """The plan with the best measured image for `budget` bytes of weights (see the module)."""
     from qconf.estimate import estimate
     from qconf.sensitivity.parts import weight_bearing_parts
 
-    parts = weight_bearing_parts(where.plan)
-    cells = measure_parts(where, options, parts, progress=progress)
+    all_parts = weight_bearing_parts(where.plan)
+    cells = measure_parts(where, options, parts or all_parts, progress=progress)
     unquantized = {p: e.bytes for p, e in estimate(where.plan).parts.items()}
+    parts = all_parts  # parts not tried stay unquantized (they still count against the budget)
     allowed = _trainable_filter(where) if train else (lambda cell: True)
     ranked = search(cells, parts, unquantized, budget, allowed)
     if not ranked:
@@ -233,9 +234,27 @@ def _fitting_presets(where: Setting, budget: int, presets: list[str], train: boo
             size = estimate(plan).total_bytes
         except QconfError:
             continue
-        mapping = {p: name for p, e in plan.resolve().components.items() if e is not None}
+        mapping = _option_names(cfg, where)
         if size <= budget:
             overrides = [f"preset={name}", *where.overrides]
             found.append(Candidate(f"preset {name}", mapping, overrides, size,
-                                   extra={"preset": name}))  # fmt: skip
+                                   extra={"preset": name, "entries": _entries(cfg)}))  # fmt: skip
     return found
+
+
+def _entries(cfg: Any) -> dict[str, Any]:
+    """The plan's mapping as its files wrote it: part -> {backend, kwargs[, skip]}."""
+    from omegaconf import OmegaConf
+
+    mapping = OmegaConf.to_container(cfg.quant.mapping, resolve=True)
+    return {p: e for p, e in mapping.items() if e is not None}  # type: ignore[union-attr]
+
+
+def _option_names(cfg: Any, where: Setting) -> dict[str, str]:
+    """part -> the backend option its entry is (`custom` for an entry no option file has)."""
+    from qconf.compose import user_config_dirs
+    from qconf.paths import backend_options
+
+    options = backend_options(user_config_dirs(where.config_dir))
+    return {part: next((n for n, o in options.items() if o == entry), "custom")
+            for part, entry in _entries(cfg).items()}  # fmt: skip
