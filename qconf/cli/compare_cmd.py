@@ -174,9 +174,15 @@ class _Progress:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-        self.progress = Progress("comparing", BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=Console(stderr=True),
-                                 redirect_stdout=False, redirect_stderr=False)  # fmt: skip
+        console = Console(stderr=True)  # a bar only on a terminal: logs stay clean
+        columns = ("comparing", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        self.progress = Progress(
+            *columns,
+            console=console,
+            redirect_stdout=False,
+            redirect_stderr=False,
+            disable=not console.is_terminal,
+        )
         self.task = self.progress.add_task("jobs", total=self.total)
         self.progress.start()
         self.thread = threading.Thread(target=self._poll, daemon=True)

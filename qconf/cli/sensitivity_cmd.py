@@ -69,9 +69,10 @@ def progress_bar(title: str) -> Iterator[Callable[[int, int, str], None]]:
 
     from qconf.cli.text import markup
 
+    console = Console(stderr=True)
     with Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=Console(stderr=True),
-                  transient=True) as bar:  # fmt: skip
+                  TextColumn("{task.description}"), console=console, transient=True,
+                  disable=not console.is_terminal) as bar:  # fmt: skip
         task = bar.add_task("", total=None)
 
         def update(done: int, total: int, label: str) -> None:
