@@ -97,7 +97,16 @@ def tiny_pipeline_path(name: str) -> Path:
         tmp.chmod(0o755)  # mkdtemp makes it owner-only; the cache may be shared
         pipe = build_tiny_pipeline(name)
         try:
-            pipe.save_pretrained(tmp, safe_serialization=True)
+            from transformers.utils import logging as transformers_logging
+
+            # A tiny folder is written in a blink: no "Writing model shards" bar for it.
+            bars = transformers_logging.is_progress_bar_enabled()
+            transformers_logging.disable_progress_bar()
+            try:
+                pipe.save_pretrained(tmp, safe_serialization=True)
+            finally:
+                if bars:
+                    transformers_logging.enable_progress_bar()
             os.replace(tmp, target)
         except OSError as exc:
             # Another process renamed its copy in first (a non-empty target cannot be replaced).
