@@ -17,7 +17,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qconf.sensitivity.capture import FirstCall, entry_point, first_call, output_deviation
+from qconf.sensitivity.capture import (
+    FirstCall,
+    entry_point,
+    first_call,
+    first_tensor,
+    output_deviation,
+)
 
 Option = str | Mapping[str, Any]  # a conf/backend option name, or {backend, kwargs[, skip]}
 
@@ -50,8 +56,9 @@ def part_cfg(base: Sequence[str] | Any, part: str, option: Option | None = None)
     """The composed plan of `base` (overrides, or an already composed cfg) with `part` alone
     quantized under `option` (None: nothing quantized). The base's own quant section is dropped:
     sensitivity measures one part at a time against the unquantized pipeline."""
-    import qconf
     from omegaconf import DictConfig, OmegaConf, open_dict
+
+    import qconf
 
     if isinstance(base, (list, tuple)):
         cfg = qconf.compose(list(base))
@@ -186,10 +193,14 @@ def _covered(library: str, backend: str, key: str, names: Sequence[str]) -> list
     return [name for name in names if hit(name)]
 
 
-def propose_skip(errors: Mapping[str, LayerError], k: int) -> list[str]:
-    """Skip entries for the k layers with the largest proxy error (ties by name). A layer that
-    an earlier entry already covers (a shared leaf name) adds no entry of its own."""
-    order = sorted(errors, key=lambda name: (-errors[name].rel_error, name))
+def propose_skip(
+    errors: Mapping[str, LayerError], k: int, scores: Mapping[str, float] | None = None
+) -> list[str]:
+    """Skip entries for the k layers that matter most: by `scores` when given (a measured or
+    linearized deviation), else by the weight proxy; ties by name. A layer that an earlier
+    entry already covers (a shared leaf name) adds no entry of its own."""
+    rank = scores if scores is not None else {n: e.rel_error for n, e in errors.items()}
+    order = sorted((n for n in errors if n in rank), key=lambda n: (-rank[n], n))
     chosen: list[str] = []
     covered: set[str] = set()
     for name in order:
@@ -203,43 +214,47 @@ def propose_skip(errors: Mapping[str, LayerError], k: int) -> list[str]:
     return chosen
 
 
-def skipped_layers(errors: Mapping[str, LayerError], names: Iterable[str]) -> set[str]:
-    """The layers of `errors` that skip entries `names` leave unquantized (to price a list)."""
-    wanted = set(names)
-    return {
-        layer
-        for name, error in errors.items()
-        if error.skip_name in wanted
-        for layer in (name, *error.also_skips)
-    }
-
-
-def unquantized_linears(module: Any) -> set[str]:
-    """Names of the Linear layers of a loaded part whose weight is not quantized."""
+def quantized_linears(module: Any) -> list[str]:
+    """Names of the Linear layers of a loaded part whose weight is quantized."""
     import torch
 
-    return {
-        name
-        for name, child in module.named_modules()
-        if isinstance(child, torch.nn.Linear) and dequantized(child.weight) is None
-    }
+    linears = (n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear))
+    return [n for n in linears if dequantized(module.get_submodule(n).weight) is not None]
 
 
 # --- the check --------------------------------------------------------------------------------
 
 
+class _Seen(Exception):
+    """Raised right after the part's first call: nothing later in the generation is needed."""
+
+
 def capture_part(base: Sequence[str] | Any, part: str) -> Captured:
-    """Run the unquantized pipeline on the plan's prompts and seeds and record `part`'s first
-    call (inputs and output): the inputs every one-layer variant is then re-run on."""
-    import qconf
+    """Run the unquantized pipeline on the plan's first prompt and seed up to `part`'s first
+    call and record it (inputs and output): what every one-layer variant is re-run on."""
     import torch
+
+    import qconf
     from qconf.generate import generate
 
     cfg = part_cfg(base, part)
     pipeline = qconf.load(cfg).pipeline
+    pipeline.set_progress_bar_config(disable=True)  # the stop below would leave it half drawn
     module = getattr(pipeline, part)
-    with torch.no_grad(), first_call(module, keep_inputs=True) as call:
-        generate(pipeline, qconf.validate(cfg).run)
+
+    def stop(*_: Any) -> None:
+        raise _Seen  # forward hooks run after first_call's wrapper has recorded the call
+
+    # Parts called through `decode` (VAEs) come last anyway and fire no forward hooks.
+    handle = module.register_forward_hook(stop) if entry_point(module) == "forward" else None
+    try:
+        with torch.no_grad(), first_call(module, keep_inputs=True) as call:
+            generate(pipeline, qconf.validate(cfg).run)
+    except _Seen:
+        pass
+    finally:
+        if handle is not None:
+            handle.remove()
     if not call.seen:
         raise ValueError(f"the pipeline never called '{part}'")
     return Captured(module, call)
@@ -249,20 +264,21 @@ def measured_layer_deviation(
     base: Sequence[str] | Any,
     part: str,
     option: Option,
-    layers: Iterable[str],
+    layers: Iterable[str] | None = None,
     *,
     captured: Captured | None = None,
 ) -> dict[str, float]:
     """Relative L2 error of `part`'s first-call output when only that layer is quantized under
-    `option`, for each of `layers`. `captured` (from capture_part) saves the generation when the
-    same base is checked under several options."""
+    `option`, for each of `layers` (None: every layer the option quantizes). One forward pass
+    per layer; `captured` (from capture_part) saves the generation across options."""
     import qconf
 
     captured = captured or capture_part(base, part)
     quantized = qconf.load_part(part_cfg(base, part, option), part)
+    names = quantized_linears(quantized) if layers is None else list(layers)
     reference = _rerun(captured)  # the re-run, not the recorded output: same code path
     result = {}
-    for name in layers:
+    for name in names:
         parent_name, _, leaf = name.rpartition(".")
         parent = captured.module.get_submodule(parent_name)
         original = getattr(parent, leaf)
@@ -274,10 +290,86 @@ def measured_layer_deviation(
     return result
 
 
-def _rerun(captured: Captured) -> Any:
+def linearized_deviation(
+    base: Sequence[str] | Any,
+    part: str,
+    option: Option,
+    layers: Iterable[str] | None = None,
+    *,
+    captured: Captured | None = None,
+    probes: int = 16,
+    seed: int = 0,
+) -> dict[str, float]:
+    """First-order estimate of measured_layer_deviation for every layer at once, at the cost
+    of one forward and `probes` backward passes (not one pass per layer). For a random probe r,
+    r·(J dW x) is the gradient at the layer's output dotted with its change dW x, and its mean
+    square is |J dW x|^2. Weights only: int8dq's activation rounding is not seen."""
+    import math
+
     import torch
 
-    from qconf.sensitivity.capture import first_tensor
+    import qconf
+
+    captured = captured or capture_part(base, part)
+    quantized = qconf.load_part(part_cfg(base, part, option), part)
+    names = quantized_linears(quantized) if layers is None else list(layers)
+    module = captured.module
+    deltas = {}
+    for name in names:
+        weight = module.get_submodule(name).weight
+        deltas[name] = dequantized(quantized.get_submodule(name).weight).float() - weight.float()
+    dots: dict[str, float] = dict.fromkeys(names, 0.0)  # r·(J dW x) of the current probe
+    anchor = torch.zeros((), requires_grad=True)  # puts every layer output on the graph
+
+    def tap(name: str) -> Any:
+        def hook(_: Any, inputs: tuple[Any, ...], output: Any) -> Any:
+            x, out = inputs[0].detach(), output + anchor.to(output.dtype)
+
+            def on_grad(grad: Any) -> None:
+                change = torch.nn.functional.linear(x.float(), deltas[name])
+                dots[name] += float(torch.sum(grad.float() * change, dtype=torch.float64))
+
+            out.register_hook(on_grad)
+            return out
+
+        return hook
+
+    handles = [module.get_submodule(n).register_forward_hook(tap(n)) for n in names]
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)  # no weight gradients: only the activations' are used
+        with torch.enable_grad():
+            output = _main_output(
+                getattr(module, entry_point(module))(*captured.call.args, **captured.call.kwargs)
+            )
+        generator = torch.Generator().manual_seed(seed)
+        squares = dict.fromkeys(names, 0.0)
+        for i in range(probes):
+            probe = torch.randn(output.shape, generator=generator).to(output.dtype)
+            dots.update(dict.fromkeys(names, 0.0))
+            torch.autograd.grad(output, anchor, probe, retain_graph=i < probes - 1)
+            for name in names:
+                squares[name] += dots[name] ** 2 / probes
+    finally:
+        for handle in handles:
+            handle.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    norm = float(torch.linalg.vector_norm(output.detach().double()))
+    return {name: math.sqrt(squares[name]) / norm for name in names}
+
+
+def _main_output(value: Any) -> Any:
+    # first_tensor's choice (`.sample`, first element), kept on the autograd graph
+    for key in ("sample", "last_hidden_state"):
+        if getattr(value, key, None) is not None:
+            return getattr(value, key)
+    return value if hasattr(value, "dim") else _main_output(value[0])
+
+
+def _rerun(captured: Captured) -> Any:
+    import torch
 
     call = getattr(captured.module, entry_point(captured.module))
     with torch.no_grad():
