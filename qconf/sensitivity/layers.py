@@ -1,11 +1,22 @@
 """Layer-level sensitivity of one part: which Linear layers an option hurts most.
 
-The proxy (`weight_errors`) needs no forward pass: it loads the part unquantized and under the
-option, exactly as the library quantizes it, and compares each quantized Linear's dequantized
-weight with the original. The check (`measured_layer_deviation`) quantizes one layer at a time
-inside the unquantized part and measures the part's output on its first call of a real
-generation. `spearman` says how well the first ranks the second; `propose_skip` turns the top
-of the ranking into `quant.mapping.<part>.skip` entries that leave exactly those layers alone.
+* `weight_errors`: the weight proxy, no forward pass. Loads the part unquantized and under the
+  option exactly as the library quantizes it, and gives each quantized Linear's relative weight
+  error, its bytes either way and the skip entry that keeps it unquantized.
+* `measured_layer_deviation`: the check. Quantizes one layer at a time inside the unquantized
+  part and measures the part's output on its first call of a real generation (one forward pass
+  per layer).
+* `linearized_deviation`: a first-order estimate of that measurement for every layer at once
+  (one forward and a few backward passes).
+* `spearman` compares rankings; `propose_skip` turns the top of one into
+  `quant.mapping.<part>.skip` entries that leave exactly those layers alone.
+
+On the tiny pipelines (random weights, every layer drawn alike) the weight proxy is nearly the
+same for every layer and does not rank them (Spearman -0.37..+0.36); where a layer sits decides
+its effect, which the linearized estimate sees (0.88..0.99; bench/bench_layer_proxy.py). In
+bfloat16 any one-layer change moves the output by ~0.2-0.4 % through rounding alone, so int8
+measurements below that are noise (tiny-wan int8: Spearman 0.23..0.47 in bfloat16, 0.94..0.99
+in float32); float32 has no such floor.
 
 Sits above the load façade (DESIGN.md): it calls compose/validate/load/load_part/estimate and
 never reaches into resolve or the backends."""
@@ -401,11 +412,11 @@ def largest_part(plan: Any, option: str = "int8wo") -> str:
     from qconf.estimate import estimate
 
     plan = plan if isinstance(plan, qconf.Plan) else qconf.validate(plan)
-    parts = sorted(estimate(plan).parts)
+    parts = sorted(plan.resolve().components)  # every weight-bearing part
     model = plan.model.model_dump(exclude_none=True)
     every = qconf.validate({"model": model, "quant": {"mapping": dict.fromkeys(parts, option)}})
     shares = estimate(every).parts
+    # the first in name order on a tie (Wan 2.2's two equal experts: `transformer`)
     return max(
-        parts,
-        key=lambda p: (shares[p].bytes_unquantized - shares[p].bytes, shares[p].params, p),
+        parts, key=lambda p: (shares[p].bytes_unquantized - shares[p].bytes, shares[p].params)
     )
