@@ -155,7 +155,8 @@ def _relative_error(approx: Any, weight: Any) -> float:
     import torch
 
     exact = weight.detach().double()
-    delta = approx.detach().double().reshape(exact.shape) - exact
+    # bitsandbytes puts a diffusers part on the GPU while the unquantized one stays on the CPU
+    delta = approx.detach().to(exact.device).double().reshape(exact.shape) - exact
     norm = float(torch.linalg.matrix_norm(exact))
     return float(torch.linalg.matrix_norm(delta)) / norm if norm else 0.0
 
@@ -293,7 +294,8 @@ def measured_layer_deviation(
         parent_name, _, leaf = name.rpartition(".")
         parent = captured.module.get_submodule(parent_name)
         original = getattr(parent, leaf)
-        setattr(parent, leaf, quantized.get_submodule(name))
+        # load_part places the part itself: the pipeline may sit elsewhere (model.device_map)
+        setattr(parent, leaf, quantized.get_submodule(name).to(original.weight.device))
         try:
             result[name] = output_deviation(_rerun(captured), reference)["rel_error"]
         finally:
@@ -328,7 +330,8 @@ def linearized_deviation(
     deltas = {}
     for name in names:
         weight = module.get_submodule(name).weight
-        deltas[name] = dequantized(quantized.get_submodule(name).weight).float() - weight.float()
+        approx = dequantized(quantized.get_submodule(name).weight).to(weight.device)
+        deltas[name] = approx.float() - weight.float()
     dots: dict[str, float] = dict.fromkeys(names, 0.0)  # r·(J dW x) of the current probe
     anchor = torch.zeros((), requires_grad=True)  # puts every layer output on the graph
 
