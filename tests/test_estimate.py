@@ -151,3 +151,17 @@ def test_every_quantizing_backend_has_a_byte_model() -> None:
     from qconf.estimate import BYTE_MODELS
 
     assert set(REGISTRY) - {"gguf"} == set(BYTE_MODELS)
+
+
+def test_an_exact_parameter_name_on_the_skip_list_is_priced_as_diffusers_loads_it() -> None:
+    """diffusers' torchao quantizer skips `key` when `key.` is in the parameter name *or* key is
+    the parameter name: `proj_out.weight` keeps proj_out alone, `proj_out` also the blocks'."""
+    from qconf.estimate import estimate
+
+    for skip, kept in (("[proj_out.weight]", 1), ("[proj_out]", 2)):
+        cfg = qconf.compose(["quant.mapping.transformer=int8wo",
+                             f"quant.mapping.transformer.skip={skip}"])  # fmt: skip
+        estimated = estimate(qconf.validate(cfg)).parts["transformer"]
+        loaded = qconf.load(cfg).report.parts["transformer"]
+        assert estimated.quantized_layers == sum(loaded.quantized_layers.values()) == 30 - kept
+        assert estimated.bytes == loaded.bytes

@@ -160,8 +160,9 @@ def skipped(library: str, backend: str, name: str, patterns: list[str]) -> bool:
         return not should_convert_module(full, patterns)
     if backend == "quanto":  # diffusers replaces children by their own (leaf) name only
         return leaf in patterns
-    if backend == "torchao":  # substring test on the parameter name
-        return any(f"{key}." in f"{name}.weight" for key in patterns)
+    if backend == "torchao":  # substring test on the parameter name, or the exact name
+        param = f"{name}.weight"
+        return any(f"{key}." in param or key == param for key in patterns)
     return leaf in patterns or any(f"{key}." in name or key == name for key in patterns)
 
 
