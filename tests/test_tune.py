@@ -45,6 +45,13 @@ def test_sensitivity_measures_each_part_alone_and_caches(tmp_path: Path) -> None
     transformer = by[("transformer", "int4wo")]
     assert transformer["image_psnr"] < by[("transformer", "int8wo")]["image_psnr"]
     assert (tmp_path / "out" / "sensitivity.png").stat().st_size > 5000
+    # Layer level, for the largest part: the linearized proxy ranks the measured deviation.
+    layers = json.loads((tmp_path / "out" / "sensitivity.json").read_text())["layers"]
+    assert [r["option"] for r in layers] == ["int8wo", "int4wo"]
+    for ranking in layers:
+        assert ranking["part"] == "transformer" and len(ranking["layers"]) == 30
+        assert ranking["spearman_linearized"] > 0.8  # measured 0.98 on 8 layers (bench: 0.9+)
+        assert len(ranking["proposed_skip"]) == 5
     again = cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("cached") == 5  # every cell that ran, none measured again

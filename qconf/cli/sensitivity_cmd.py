@@ -12,10 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from qconf.cli.main import add_plan_arguments
+from qconf.errors import PlanError, Problem
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_measure_arguments(parser)
+    parser.add_argument("--layers", type=int, default=5, metavar="K",
+                        help="rank the largest part's layers and propose skipping the top K "
+                        "(0: parts only)")  # fmt: skip
     parser.add_argument("--out", default="sensitivity", metavar="DIR",
                         help="folder for sensitivity.json and sensitivity.png")  # fmt: skip
     add_plan_arguments(parser)
@@ -89,15 +93,57 @@ def run(args: argparse.Namespace) -> int:
     where = setting_from_args(args)
     options = chosen(args.options, option_names(where.config_dir), "--options")
     parts = chosen(args.parts, weight_bearing_parts(where.plan), "--parts")
+    if args.layers < 0:
+        raise PlanError(Problem("--layers", f"{args.layers}", "give 0 (off) or more"))
     with progress_bar("measuring") as progress:
         cells = measure_parts(where, options, parts, progress=progress)
+        rankings = layer_rankings(where, cells, progress) if args.layers else []
     print_cells(cells)
+    print_rankings(rankings, args.layers)
     out = Path(args.out)
-    written = write_outputs(cells, out)
+    written = write_outputs(cells, rankings, args.layers, out)
     from qconf.cli.text import safe
 
     print("wrote " + ", ".join(safe(str(p)) for p in written))
     return 0
+
+
+def layer_rankings(where: Any, cells: list[Any], progress: Any) -> list[Any]:
+    """The largest part's layers under every option that ran on it."""
+    from qconf.sensitivity.layers import largest_part
+    from qconf.sensitivity.ranking import rank_layers
+
+    part = largest_part(where.plan)
+    options = [c.option for c in cells if c.part == part and c.ok]
+    rankings = []
+    for done, option in enumerate(options):
+        progress(done, len(options), f"layers of {part}: {option}")
+        rankings.append(rank_layers(where, part, option))
+    return rankings
+
+
+def print_rankings(rankings: list[Any], k: int) -> None:
+    from rich.table import Table
+
+    from qconf.cli.main import console
+    from qconf.cli.text import markup
+    from qconf.sensitivity.ranking import proposed_skip
+
+    if not rankings:
+        return
+    table = Table(title=f"layers of {markup(rankings[0].part)}: most sensitive first "
+                  "(Spearman of each proxy against the measured deviation)")  # fmt: skip
+    for column in ("option", "ρ weight", "ρ linearized", f"top {k}", "proposed skip"):
+        table.add_column(column)
+    for r in rankings:
+        top, skip = ", ".join(r.order()[:k]), ", ".join(proposed_skip(r, k))
+        table.add_row(markup(r.option), _rho(r.spearman_weight), _rho(r.spearman_linearized),
+                      markup(top), markup(skip))  # fmt: skip
+    console().print(table)
+
+
+def _rho(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.2f}"
 
 
 def print_cells(cells: list[Any]) -> None:
@@ -123,14 +169,18 @@ def print_cells(cells: list[Any]) -> None:
     console().print(table)
 
 
-def write_outputs(cells: list[Any], out: Path) -> list[Path]:
+def write_outputs(cells: list[Any], rankings: list[Any], k: int, out: Path) -> list[Path]:
     from dataclasses import asdict
 
     from qconf.sensitivity.heatmap import write_heatmap
+    from qconf.sensitivity.ranking import proposed_skip
     from qconf.userpath import user_path, write_text
 
     out = user_path(str(out), "--out")
     out.mkdir(parents=True, exist_ok=True)
-    data = {"cells": [{k: v for k, v in asdict(c).items() if k != "cached"} for c in cells]}
+    data = {
+        "cells": [{k: v for k, v in asdict(c).items() if k != "cached"} for c in cells],
+        "layers": [{**r.to_json(), "proposed_skip": proposed_skip(r, k)} for r in rankings],
+    }
     json_path = write_text(out / "sensitivity.json", json.dumps(data, indent=2) + "\n", "--out")
     return [json_path, write_heatmap(cells, out / "sensitivity.png")]

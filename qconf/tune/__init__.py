@@ -193,11 +193,53 @@ def tune(where: Setting, budget: int, options: list[str], *, parts: list[str] | 
         )  # fmt: skip
         for i, (mse, size, mapping) in enumerate(ranked[:measured])
     ]
+    candidates += _with_skips(where, candidates[0], budget)
     candidates += _fitting_presets(where, budget, presets or [], train)
     measure(where, candidates, progress)
     candidates.sort(key=lambda c: (-(c.psnr if c.psnr is not None else -math.inf), c.bytes,
                                    c.label))  # fmt: skip
     return Tuned(budget, cells, candidates)
+
+
+def _with_skips(where: Setting, best: Candidate, budget: int) -> list[Candidate]:
+    """The best prediction, with the largest part's most sensitive layers kept unquantized for
+    the bytes the budget has left (layers ranked by qconf.sensitivity.ranking)."""
+    import qconf
+    from qconf.estimate import estimate
+    from qconf.sensitivity.layers import largest_part
+    from qconf.sensitivity.ranking import rank_layers
+
+    part = largest_part(where.plan)
+    option = best.mapping.get(part)
+    if option is None or best.bytes >= budget:
+        return []
+    ranking = rank_layers(where, part, option)
+    left, names, covered = budget - best.bytes, [], set()
+    for layer in ranking.order():
+        info = ranking.layers[layer]
+        if layer in covered or info["skip_name"] in names:
+            continue
+        cost = sum(ranking.layers[n]["bytes_saved"] for n in [layer, *info["also_skips"]]
+                   if n not in covered and n in ranking.layers)  # fmt: skip
+        if cost > left:
+            break
+        left -= cost
+        names.append(info["skip_name"])
+        covered.update([layer, *info["also_skips"]])
+    while names:  # the estimator has the last word on bytes
+        overrides = [*best.overrides, f"quant.mapping.{part}.skip={_hydra_list(names)}"]
+        plan = qconf.validate(qconf.compose(overrides, config_dir=where.config_dir),
+                              config_dir=where.config_dir)  # fmt: skip
+        size = estimate(plan).total_bytes
+        if size <= budget:
+            label = f"{best.label} + {len(names)} layers of {part} kept"
+            return [Candidate(label, best.mapping, overrides, size, extra={"skip": {part: names}})]
+        names.pop()
+    return []
+
+
+def _hydra_list(names: list[str]) -> str:
+    return "[" + ",".join(f"'{name}'" for name in names) + "]"
 
 
 def _trainable_filter(where: Setting) -> Callable[[Cell], bool]:
@@ -214,13 +256,18 @@ def _trainable_filter(where: Setting) -> Callable[[Cell], bool]:
 
 def _fitting_presets(where: Setting, budget: int, presets: list[str], train: bool
                      ) -> list[Candidate]:  # fmt: skip
-    """Built-in presets that apply to this model (their parts exist), run here and fit."""
+    """Built-in presets of this model's family (same pipeline class) that run here and fit."""
     import qconf
     from qconf.estimate import estimate
 
     found = []
+    family = where.plan.resolve().parts.pipeline
     for name in presets:
         try:
+            # The preset's family: the pipeline class of the model it was written for.
+            own = qconf.validate(qconf.compose([f"preset={name}"], config_dir=where.config_dir))
+            if own.resolve().parts.pipeline != family:
+                continue
             # The user's overrides after the preset: their model wins over the preset's.
             cfg = qconf.compose([f"preset={name}", *where.overrides], config_dir=where.config_dir)
             plan = qconf.validate(cfg, config_dir=where.config_dir)

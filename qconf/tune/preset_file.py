@@ -65,7 +65,16 @@ def _model_delta(where: Any) -> tuple[list[Any], dict[str, Any]]:
 
 
 def _mapping(winner: Any) -> dict[str, Any]:
-    """Option names; a built-in preset's own entries where no option file has them."""
+    """Option names; a built-in preset's own entries where no option file has them; the option
+    with its skip list where tune kept layers unquantized."""
+    from qconf.sensitivity.layers import with_skip
+
     entries = winner.extra.get("entries", {})
-    return {part: entries[part] if option == "custom" else option
-            for part, option in sorted(winner.mapping.items())}  # fmt: skip
+    skips = winner.extra.get("skip", {})
+    mapping: dict[str, Any] = {}
+    for part, option in sorted(winner.mapping.items()):
+        if part in skips:
+            mapping[part] = with_skip(option, skips[part])
+        else:
+            mapping[part] = entries[part] if option == "custom" else option
+    return mapping
