@@ -16,7 +16,7 @@ CELL_INCHES = 1.9
 LABEL_WIDTH = 28  # characters per line of a row label
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed; also on machines with one
@@ -25,7 +25,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def _text(text: str, width: int = LABEL_WIDTH) -> str:
+def label_text(text: str, width: int = LABEL_WIDTH) -> str:
     """User text as a plain label: control characters escaped, wrapped."""
     from qconf.cli.text import safe
 
@@ -35,7 +35,7 @@ def _text(text: str, width: int = LABEL_WIDTH) -> str:
 def write_grid(comparison: Comparison, target: Path) -> Path:
     from qconf.compare.metrics import load_image
 
-    plt = _pyplot()
+    plt = pyplot()
     columns = comparison.columns
     rows = comparison.rows
     figure, axes = plt.subplots(
@@ -50,10 +50,10 @@ def write_grid(comparison: Comparison, target: Path) -> Path:
             axis.set_xticks([])
             axis.set_yticks([])
             if r == 0:
-                title = f"{_text(column[0], 24)}\nseed {column[1]}"
+                title = f"{label_text(column[0], 24)}\nseed {column[1]}"
                 axis.set_title(title, fontsize=7, parse_math=False)
             if c == 0:
-                axis.set_ylabel(_text(row.label), fontsize=7, rotation=0, ha="right",
+                axis.set_ylabel(label_text(row.label), fontsize=7, rotation=0, ha="right",
                                 va="center", parse_math=False)  # fmt: skip
             score = by_column.get(column)
             if score is None:
@@ -65,11 +65,11 @@ def write_grid(comparison: Comparison, target: Path) -> Path:
                 axis.set_xlabel(f"PSNR {score.psnr:.1f}  SSIM {score.ssim:.3f}", fontsize=6,
                                 parse_math=False)  # fmt: skip
     figure.tight_layout()
-    return _save(figure, target, "compare.png")
+    return save_figure(figure, target, "compare.png")
 
 
 def write_pareto(comparison: Comparison, target: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     scored = [row for row in comparison.rows if row.deviation is not None]
     key_inches = 0.12 * (len(scored) + 1)  # the key under the plot: folder -> plan
     figure, axis = plt.subplots(figsize=(7, 4.5 + key_inches))
@@ -79,9 +79,9 @@ def write_pareto(comparison: Comparison, target: Path) -> Path:
     for row in scored:
         x, y = row.run.total_bytes / scale, row.deviation
         axis.scatter([x], [y], color="tab:red" if row.pareto else "tab:gray", zorder=3)
-        axis.annotate(_text(row.run.name, 12), (x, y), fontsize=7, xytext=(4, 4),
+        axis.annotate(label_text(row.run.name, 12), (x, y), fontsize=7, xytext=(4, 4),
                       textcoords="offset points", parse_math=False)  # fmt: skip
-    key = "\n".join(_text(f"{row.run.name}: {row.label}", 90) for row in scored)
+    key = "\n".join(label_text(f"{row.run.name}: {row.label}", 90) for row in scored)
     figure.text(0.01, 0.01, key, fontsize=6, va="bottom", family="monospace", parse_math=False)
     front = sorted((row for row in scored if row.pareto), key=lambda row: row.run.total_bytes)
     if front:
@@ -93,7 +93,7 @@ def write_pareto(comparison: Comparison, target: Path) -> Path:
     axis.set_ylabel("deviation from the reference (1 - SSIM)")
     axis.set_title("memory vs deviation", fontsize=9)
     axis.grid(alpha=0.3)
-    return _save(figure, target, "pareto.png")
+    return save_figure(figure, target, "pareto.png")
 
 
 def _byte_unit(largest: int) -> tuple[int, str]:
@@ -103,7 +103,7 @@ def _byte_unit(largest: int) -> tuple[int, str]:
     return 1, "B"
 
 
-def _save(figure: Any, target: Path, where: str) -> Path:
+def save_figure(figure: Any, target: Path, where: str) -> Path:
     import matplotlib.pyplot as plt
 
     try:
