@@ -46,6 +46,8 @@ def parse_json(text: str | bytes, where: Path | str, what: str) -> Any:
         raise bad_file(
             where, f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} col {exc.colno})"
         ) from None
+    except ValueError:  # an integer longer than Python converts (sys.int_info digits limit)
+        raise bad_file(where, f"{what} holds a number too long to read") from None
     if depth(data) > MAX_JSON_DEPTH:
         raise bad_file(where, f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
     return data

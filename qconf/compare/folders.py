@@ -17,6 +17,9 @@ from qconf.yamlsafe import load_yaml_file
 
 BASELINE = "baseline"  # the folder qconf compare runs the unquantized plan into
 MAX_RUNS = 1000
+MAX_TEXT = 10_000  # characters of a prompt, an override, a name: labels, not documents
+Count = Annotated[int, Field(ge=0, le=2**63)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
 IMAGE_FILE = r"^image(-\d{3})?\.png$"  # what `qconf run` names its images
 
 
@@ -26,30 +29,31 @@ class _Lenient(BaseModel):
 
 class _Image(_Lenient):
     file: Annotated[str, Field(pattern=IMAGE_FILE)]
-    prompt: str
-    seed: int
-    seconds: Annotated[float, Field(ge=0)]
+    prompt: Text
+    seed: Annotated[int, Field(ge=-(2**63), le=2**64)]
+    seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class _RunSection(_Lenient):
-    overrides: Annotated[list[str], Field(max_length=1000)] | None = None
+    overrides: Annotated[list[Text], Field(max_length=1000)] | None = None
     images: Annotated[list[_Image], Field(min_length=1, max_length=256)]
-    seconds_per_image: Annotated[float, Field(ge=0)]
-    peak_memory_bytes: Annotated[int, Field(ge=0)]
-    peak_memory_kind: str
+    seconds_per_image: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    peak_memory_bytes: Count
+    peak_memory_kind: Annotated[str, Field(max_length=20)]
 
 
 class _Component(_Lenient):
-    backend: str | None
-    bytes: Annotated[int, Field(ge=0)]
-    bytes_unquantized: Annotated[int, Field(ge=0)]
+    backend: Annotated[str, Field(max_length=100)] | None
+    bytes: Count
+    bytes_unquantized: Count
 
 
 class _Report(_Lenient):
-    load_seconds: Annotated[float, Field(ge=0)]
-    components: dict[str, _Component]
-    total_bytes: Annotated[int, Field(ge=0)]
-    total_bytes_unquantized: Annotated[int, Field(ge=0)]
+    load_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    components: Annotated[dict[Annotated[str, Field(max_length=100)], _Component],
+                          Field(max_length=100)]  # fmt: skip
+    total_bytes: Count
+    total_bytes_unquantized: Count
     run: _RunSection
 
 
@@ -100,7 +104,10 @@ def run_folders(sweep: Path) -> tuple[list[RunFolder], list[str]]:
 
 
 def _is_job(folder: Path) -> bool:
-    """A folder Hydra made for a job (its .hydra record) or one holding a run report."""
+    """A folder Hydra made for a job (its .hydra record) or one holding a run report, named as
+    qconf compare names them (baseline, or the job number)."""
+    if not (folder.name == BASELINE or folder.name.isascii() and folder.name.isdigit()):
+        return False
     return not folder.is_symlink() and (
         (folder / ".hydra").is_dir() or (folder / "report.json").is_file()
     )
@@ -160,6 +167,7 @@ def _overrides(folder: Path) -> tuple[str, ...]:
         data: Any = load_yaml_file(record)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):  # the label falls back to the name
         return ()
-    if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
+    if not isinstance(data, list) or not all(isinstance(i, str) and len(i) <= MAX_TEXT
+                                             for i in data[:1000]) or len(data) > 1000:  # fmt: skip
         return ()
     return tuple(data)

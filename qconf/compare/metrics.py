@@ -9,6 +9,8 @@ from typing import Any
 from qconf.errors import BackendUnavailableError, ModelSourceError, Problem
 
 SSIM_KERNEL = 11  # torchmetrics' default Gaussian window; smaller images use an odd size that fits
+MAX_PIXELS = 4096 * 4096  # per image: qconf's runs are far smaller; decoding is width x height x 12
+MIN_SIDE = 8  # the smallest run.height / run.width
 
 
 def require_libraries() -> None:
@@ -32,10 +34,15 @@ def load_image(path: Path) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=["PNG"]) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS or min(width, height) < MIN_SIDE:
+                raise ModelSourceError(Problem(str(path), f"is {width}x{height} pixels",
+                                               f"qconf compares images of {MIN_SIDE} to "
+                                               f"{MAX_PIXELS} pixels"))  # fmt: skip
             return image_tensor(image)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise ModelSourceError(Problem(str(path), f"not a readable image ({exc})")) from None
+        raise ModelSourceError(Problem(str(path), f"not a readable PNG ({exc})")) from None
 
 
 def image_tensor(image: Any) -> Any:

@@ -124,7 +124,10 @@ def ssim_text(value: float | None) -> str:
 
 
 def _cell(text: Any) -> str:
-    """Text for a Markdown table cell: one line, pipes and backticks escaped."""
+    """Text for a Markdown table cell: one line; pipes, code, HTML, links, emphasis escaped."""
     from qconf.cli.text import safe
 
-    return safe(text).replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
+    text = safe(text).replace("\\", "\\\\")
+    for char in "|`<>[]!*":  # nothing a shared folder writes renders as links, HTML or markup
+        text = text.replace(char, "\\" + char)
+    return text

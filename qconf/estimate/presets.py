@@ -43,9 +43,12 @@ def parse_size(text: str) -> int:
     if match is None or (unit.rstrip("ib") not in _UNITS and unit not in _DECIMAL):
         raise ValueError(f"'{text}' is not a size: write e.g. 16GiB, 24G, 12000MiB or 16GB")
     value = float(match.group(1))
-    if unit in _DECIMAL:
-        return int(value * _DECIMAL[unit])
-    return int(value * _UNITS[unit.removesuffix("ib").removesuffix("b")])
+    scale = (
+        _DECIMAL[unit] if unit in _DECIMAL else _UNITS[unit.removesuffix("ib").removesuffix("b")]
+    )
+    if not value * scale < 2**63:  # also inf: a digit string too long for a float
+        raise ValueError(f"'{text}' is larger than any machine's memory")
+    return int(value * scale)
 
 
 def estimate_preset(name: str, config_dir: str | Path | None = None) -> PresetEstimate:
