@@ -47,6 +47,31 @@ def _writable_target(path: Path, where: str) -> None:
         )
 
 
+def output_folder(folder: str | os.PathLike[str], where: str) -> Path:
+    """A folder qconf will create (if needed) and write into, checked before any work: it is a
+    folder or can become one (its nearest existing ancestor is a writable folder)."""
+    path = user_path(folder, where)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_symlink() or not existing.is_dir():
+        raise PlanError(Problem(where, f"'{existing}' is not a folder", "pick another folder"))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PlanError(Problem(where, f"cannot write in '{existing}' (permission denied)",
+                                "pick another folder"))  # fmt: skip
+    return path
+
+
+def make_folder(folder: Path, where: str) -> Path:
+    """mkdir -p, any failure as one line at `where`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PlanError(Problem(where, f"cannot create '{folder}' ({exc.strerror or exc})",
+                                "pick another folder")) from None  # fmt: skip
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_output(target: str | os.PathLike[str], where: str) -> Iterator[Path]:
     """Yield a temporary file beside `target`; on success it replaces `target` atomically, on any

@@ -68,6 +68,9 @@ def _run_and_gather(argv: list[str]) -> int:
         )
     launches.append(sweep)
     total = sum(len(item.jobs) for item in launches)
+    from qconf.userpath import make_folder
+
+    make_folder(sweep_dir, _SWEEP_DIR)  # every job checked: now the folder may exist
     with _Progress(sweep_dir, total):
         for item in launches:
             launch(item)
@@ -118,25 +121,34 @@ def _print_table(comparison: Any) -> None:
 
 def _sweep_dir(argv: list[str]) -> tuple[Path, tuple[str, ...]]:
     """The sweep folder (typed hydra.sweep.dir, or Hydra's default pattern made literal so both
-    launches share it) and the override that sets it. It must be new or empty: a folder that
-    already holds runs would mix two comparisons."""
+    launches share it) and the override that gives it to Hydra: always the absolute, expanded
+    path, so Hydra writes where qconf gathers. It must be new or empty: a folder that already
+    holds runs would mix two comparisons."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from qconf.userpath import output_folder
 
     typed = [a for a in argv if a.split("=", 1)[0].lstrip("+") == _SWEEP_DIR]
+    plain = Problem(_SWEEP_DIR, "qconf compare needs a plain folder name",
+                    "e.g. hydra.sweep.dir=compare/flux")  # fmt: skip
     if typed:
-        value = OverridesParser.create().parse_override(typed[-1]).value()
-        if not isinstance(value, str) or "${" in typed[-1]:
-            raise PlanError(Problem(_SWEEP_DIR, "qconf compare needs a plain folder name",
-                                    "e.g. hydra.sweep.dir=compare/flux"))  # fmt: skip
-        folder = Path(value).expanduser()
-        extra: tuple[str, ...] = ()
+        text = typed[-1].split("=", 1)[1]
+        try:
+            value = OverridesParser.create().parse_override(f"{_SWEEP_DIR}={text}").value()
+        except HydraException:
+            value = text if text.startswith("~") else None  # Hydra's grammar has no `~`
+        if not isinstance(value, str) or not value or "${" in value:
+            raise PlanError(plain)
     else:
-        folder = Path("multirun") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
-        extra = (f"{_SWEEP_DIR}={folder}",)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        value = str(Path("multirun") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S"))
+    folder = output_folder(value, _SWEEP_DIR).absolute()
+    if "'" in str(folder) or "\\" in str(folder):
+        raise PlanError(plain)
+    if folder.exists() and any(folder.iterdir()):
         fix = f"pick a new folder, or gather it: qconf compare {folder}"
         raise PlanError(Problem(_SWEEP_DIR, f"'{folder}' already exists and is not empty", fix))
-    return folder, extra
+    return folder, (f"{_SWEEP_DIR}='{folder}'",)
 
 
 def _check_one_model_and_run(sweep: Any) -> None:

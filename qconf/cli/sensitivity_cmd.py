@@ -51,7 +51,9 @@ def chosen(text: str | None, known: list[str], flag: str) -> list[str]:
 
     if not text:
         return known
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise PlanError(Problem(flag, f"'{text}' names nothing", f"e.g. {flag} {known[0]}"))
     unknown = [n for n in names if n not in known]
     if unknown:
         raise PlanError([Problem(flag, f"unknown '{n}'", did_you_mean(n, known) +
@@ -88,19 +90,20 @@ def progress_bar(title: str) -> Iterator[Callable[[int, int, str], None]]:
 def run(args: argparse.Namespace) -> int:
     from qconf.compare.metrics import require_libraries
     from qconf.sensitivity.parts import measure_parts, weight_bearing_parts
+    from qconf.userpath import output_folder
 
     require_libraries()
+    out = output_folder(args.out, "--out")  # before any work
+    if args.layers < 0:
+        raise PlanError(Problem("--layers", f"{args.layers}", "give 0 (off) or more"))
     where = setting_from_args(args)
     options = chosen(args.options, option_names(where.config_dir), "--options")
     parts = chosen(args.parts, weight_bearing_parts(where.plan), "--parts")
-    if args.layers < 0:
-        raise PlanError(Problem("--layers", f"{args.layers}", "give 0 (off) or more"))
     with progress_bar("measuring") as progress:
         cells = measure_parts(where, options, parts, progress=progress)
         rankings = layer_rankings(where, cells, progress) if args.layers else []
     print_cells(cells)
     print_rankings(rankings, args.layers)
-    out = Path(args.out)
     written = write_outputs(cells, rankings, args.layers, out)
     from qconf.cli.text import safe
 
@@ -174,10 +177,9 @@ def write_outputs(cells: list[Any], rankings: list[Any], k: int, out: Path) -> l
 
     from qconf.sensitivity.heatmap import write_heatmap
     from qconf.sensitivity.ranking import proposed_skip
-    from qconf.userpath import user_path, write_text
+    from qconf.userpath import make_folder, write_text
 
-    out = user_path(str(out), "--out")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, "--out")
     data = {
         "cells": [{k: v for k, v in asdict(c).items() if k != "cached"} for c in cells],
         "layers": [{**r.to_json(), "proposed_skip": proposed_skip(r, k)} for r in rankings],

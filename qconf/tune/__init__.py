@@ -28,6 +28,12 @@ MAX_COMBINATIONS = 2_000_000
 
 
 @dataclass
+class Scores:
+    psnr: float  # inf: identical images
+    ssim: float
+
+
+@dataclass
 class Candidate:
     label: str  # "tuned #1" or "preset flux-int8wo"
     mapping: dict[str, str]  # part -> option name (unquantized parts left out)
@@ -117,9 +123,9 @@ def measure(where: Setting, candidates: list[Candidate],
         name = cache.key(kind=KIND, model=where.fingerprint, entries=entries,
                          run=where.plan.run.model_dump(mode="json"),
                          dtype=where.plan.model.torch_dtype, versions=where.versions)  # fmt: skip
-        hit = cache.read(KIND, name)
+        hit = cache.read(KIND, name, Scores)
         if hit is not None:
-            candidate.psnr, candidate.ssim, candidate.cached = hit["psnr"], hit["ssim"], True
+            candidate.psnr, candidate.ssim, candidate.cached = hit.psnr, hit.ssim, True
         else:
             todo.append((candidate, plan, name))
     if not todo:
@@ -175,14 +181,6 @@ def tune(where: Setting, budget: int, options: list[str], *, parts: list[str] | 
     parts = all_parts  # parts not tried stay unquantized (they still count against the budget)
     allowed = _trainable_filter(where) if train else (lambda cell: True)
     ranked = search(cells, parts, unquantized, budget, allowed)
-    if not ranked:
-        size, mapping = smallest(cells, parts, unquantized, allowed)
-        from qconf.units import human_bytes
-
-        plan_text = " ".join(mapping_overrides(mapping)) or "unquantized"
-        raise PlanError(Problem(f"budget={human_bytes(budget)}",
-                                f"no plan fits; the smallest is {human_bytes(size)} "
-                                f"({plan_text})", "raise the budget"))  # fmt: skip
     candidates = [
         Candidate(
             f"tuned #{i + 1}",
@@ -193,8 +191,17 @@ def tune(where: Setting, budget: int, options: list[str], *, parts: list[str] | 
         )  # fmt: skip
         for i, (mse, size, mapping) in enumerate(ranked[:measured])
     ]
-    candidates += _with_skips(where, candidates[0], budget)
+    if candidates:
+        candidates += _with_skips(where, candidates[0], budget)
     candidates += _fitting_presets(where, budget, presets or [], train)
+    if not candidates:
+        size, mapping = smallest(cells, parts, unquantized, allowed)
+        from qconf.units import human_bytes
+
+        plan_text = " ".join(mapping_overrides(mapping)) or "unquantized"
+        raise PlanError(Problem(f"budget={human_bytes(budget)}",
+                                f"no plan fits; the smallest is {human_bytes(size)} "
+                                f"({plan_text})", "raise the budget"))  # fmt: skip
     measure(where, candidates, progress)
     candidates.sort(key=lambda c: (-(c.psnr if c.psnr is not None else -math.inf), c.bytes,
                                    c.label))  # fmt: skip
