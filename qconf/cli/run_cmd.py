@@ -6,10 +6,8 @@ image.png, plan.yaml (the resolved plan) and report.json into Hydra's output fol
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from qconf.errors import PlanError, Problem, QconfError
 from qconf.hydra_node import is_hydra_override as is_hydra_key
 from qconf.planfile import plan_file_overrides
 from qconf.quiet import no_progress_bars
+from qconf.userpath import atomic_output
 from qconf.yamlsafe import bounded_omegaconf
 
 # Hydra flags that take a value (everything else starting with '-' is a switch).
@@ -332,11 +331,6 @@ def _remove_job_folder(out: Path) -> None:
 
 
 def _write_atomic(target: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write through a temporary file that replaces `target` (permissions from the umask)."""
+    with atomic_output(target, "qconf run") as temp, open(temp, "wb") as handle:
+        write(handle)
