@@ -140,3 +140,15 @@ def _bytes(text: str) -> int:
 def _fits(preset: str, model: str, budget: str, cwd: Path) -> bool:
     result = cli("estimate", "--json", f"preset={preset}", f"model={model}", cwd=cwd)
     return result.returncode == 0 and json.loads(result.stdout)["total_bytes"] <= _bytes(budget)
+
+
+@pytest.mark.gpu
+def test_sensitivity_on_a_gpu_measures_bitsandbytes_on_the_transformer(tmp_path: Path) -> None:
+    result = cli("sensitivity", "model=tiny-flux", "model.device_map=cuda", *FAST, "--options",
+                 "nf4,int8wo", "--parts", "transformer", "--out", "out", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "out" / "sensitivity.json").read_text())
+    cells = {c["option"]: c for c in data["cells"]}
+    assert cells["nf4"]["status"] == "ok" and cells["int8wo"]["status"] == "ok"
+    assert cells["nf4"]["part_rel_error"] > cells["int8wo"]["part_rel_error"] > 0
+    assert {r["option"] for r in data["layers"]} == {"nf4", "int8wo"}
