@@ -1,0 +1,209 @@
+"""Part-level sensitivity: each weight-bearing part quantized alone under each option that can
+run here, against the unquantized pipeline on the plan's prompts and seeds. Two measures per
+cell: the part's own output on its first call (same inputs as unquantized, see capture.py) and
+the end image (PSNR/SSIM, the compare metrics). Cached per cell (cache.py)."""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from qconf.errors import QconfError
+from qconf.quiet import no_progress_bars
+from qconf.sensitivity import cache
+
+CLEAR_QUANT = ["quant.backend=null", "quant.kwargs={}", "quant.components=null",
+               "quant.mapping={}"]  # fmt: skip
+KIND = "parts-v1"  # cache folder; bump when the measurement changes
+
+
+@dataclass
+class Cell:
+    """One part under one option, every other part unquantized."""
+
+    part: str
+    option: str
+    status: str  # "ok" | "not here" (cannot run on this machine) | "failed" (ran, broke)
+    reason: str = ""
+    bytes: int = 0  # estimated weights of the part under the option
+    bytes_unquantized: int = 0
+    part_rel_error: float | None = None  # the part's first-call output vs unquantized
+    part_cosine: float | None = None
+    image_mse: float | None = None  # mean over images, pixels in 0..1
+    image_psnr: float | None = None
+    image_ssim: float | None = None
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class Setting:
+    """What every measurement of one sensitivity run shares."""
+
+    overrides: list[str]  # the user's, quantization cleared after them
+    config_dir: str | None
+    plan: Any  # the unquantized Plan
+    fingerprint: dict[str, Any]
+    versions: dict[str, str | None]
+
+    def cfg(self, *extra: str) -> Any:
+        import qconf
+
+        return qconf.compose([*self.overrides, *CLEAR_QUANT, *extra], config_dir=self.config_dir)
+
+    def cell_key(self, part: str, entry: Any) -> str:
+        return cache.key(kind=KIND, model=self.fingerprint, part=part, entry=entry,
+                         run=self.plan.run.model_dump(mode="json"),
+                         dtype=self.plan.model.torch_dtype, versions=self.versions)  # fmt: skip
+
+
+def setting(overrides: list[str], config_dir: str | None = None) -> Setting:
+    import qconf
+    from qconf.loader import model_folder
+
+    cfg = qconf.compose([*overrides, *CLEAR_QUANT], config_dir=config_dir)
+    plan = qconf.validate(cfg, config_dir=config_dir)
+    folder = model_folder(plan.model.source)
+    fingerprint = cache.model_fingerprint(plan.model.source, folder)
+    return Setting(list(overrides), config_dir, plan, fingerprint, cache.library_versions())
+
+
+def weight_bearing_parts(plan: Any) -> list[str]:
+    return list(plan.resolve().components)
+
+
+def measure_parts(
+    where: Setting,
+    options: list[str],
+    parts: list[str] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[Cell]:
+    """Every (part, option) cell: from the cache, else measured (one reference load)."""
+    parts = parts or weight_bearing_parts(where.plan)
+    cells: list[Cell] = []
+    todo: list[tuple[Cell, Any, str]] = []
+    for part in parts:
+        for option in options:
+            cell, plan = _runnable(where, part, option)
+            if plan is None:
+                cells.append(cell)
+                continue
+            entry = plan.resolve().components[part].entry.model_dump(mode="json")
+            name = where.cell_key(part, entry)
+            hit = cache.read(KIND, name, Cell)
+            if hit is not None and (hit.part, hit.option) == (part, option):
+                hit.cached = True
+                cells.append(hit)
+                continue
+            cells.append(cell)
+            todo.append((cell, plan, name))
+    if not todo:
+        return cells
+    with _reference(where) as reference:
+        for done, (cell, plan, name) in enumerate(todo):
+            if progress is not None:
+                progress(done, len(todo), f"{cell.part} {cell.option}")
+            _measure(where, reference, cell, plan)
+            cache.write(KIND, name, {k: v for k, v in asdict(cell).items() if k != "cached"})
+        if progress is not None:
+            progress(len(todo), len(todo), "")
+    return cells
+
+
+def _runnable(where: Setting, part: str, option: str) -> tuple[Cell, Any]:
+    """The cell and its plan, or a `not here` cell (with why) and None."""
+    import qconf
+    from qconf.estimate import estimate
+
+    cell = Cell(part, option, "ok")
+    try:
+        cfg = where.cfg(f"quant.mapping.{part}={option}")
+        plan = qconf.validate(cfg, config_dir=where.config_dir)
+        qconf.check_environment(plan)
+        estimated = estimate(plan).parts[part]
+    except QconfError as exc:
+        cell.status, cell.reason = "not here", exc.problems[0].what
+        return cell, None
+    cell.bytes, cell.bytes_unquantized = estimated.bytes, estimated.bytes_unquantized
+    return cell, plan
+
+
+@dataclass
+class _Reference:
+    pipeline: Any
+    outputs: dict[str, Any]  # part -> first-call output
+    images: list[Any]  # tensors [1, 3, H, W] in 0..1
+
+
+@contextmanager
+def _reference(where: Setting) -> Iterator[_Reference]:
+    import qconf
+    from qconf.compare.metrics import image_tensor
+    from qconf.generate import generate
+    from qconf.sensitivity.capture import first_call
+
+    no_progress_bars()
+    with qconf.quiet():
+        loaded = qconf.load(where.cfg())
+    pipeline = loaded.pipeline
+    pipeline.set_progress_bar_config(disable=True)
+    with ExitStack() as stack:
+        records = {p: stack.enter_context(first_call(getattr(pipeline, p)))
+                   for p in weight_bearing_parts(where.plan)}  # fmt: skip
+        images = [image_tensor(g.image) for g in generate(pipeline, where.plan.run)]
+    try:
+        yield _Reference(pipeline, {p: r.output for p, r in records.items()}, images)
+    finally:
+        del pipeline, loaded
+        gc.collect()
+
+
+def _measure(where: Setting, reference: _Reference, cell: Cell, plan: Any) -> None:
+    import qconf
+    from qconf.compare.metrics import deviation, image_tensor
+    from qconf.generate import generate
+    from qconf.sensitivity.capture import first_call, output_deviation
+
+    pipeline = reference.pipeline
+    original = getattr(pipeline, cell.part)
+    try:
+        with qconf.quiet():
+            module = qconf.load_part(plan, cell.part)
+        _to_device(module, original)
+        setattr(pipeline, cell.part, module)
+        with first_call(module) as record:
+            images = [image_tensor(g.image) for g in generate(pipeline, where.plan.run)]
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
+        cell.status = "failed"
+        cell.reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+        return
+    finally:
+        setattr(pipeline, cell.part, original)
+        gc.collect()
+    part = output_deviation(record.output, reference.outputs[cell.part])
+    cell.part_rel_error, cell.part_cosine = part["rel_error"], part["cosine"]
+    scores = [deviation(image, ref) for image, ref in zip(images, reference.images, strict=True)]
+    mses = [0.0 if math.isinf(psnr) else 10 ** (-psnr / 10) for psnr, _ in scores]
+    cell.image_mse = sum(mses) / len(mses)
+    cell.image_psnr = psnr_of(cell.image_mse)
+    cell.image_ssim = sum(ssim for _, ssim in scores) / len(scores)
+
+
+def psnr_of(mse: float) -> float:
+    """PSNR in dB of a mean squared error on pixels in 0..1 (inf for 0)."""
+    return math.inf if mse <= 0 else -10 * math.log10(mse)
+
+
+def _to_device(module: Any, like: Any) -> None:
+    """Put the quantized part where the part it replaces lives (a GPU pipeline)."""
+    target = next((p.device for p in like.parameters()), None)
+    current = next((p.device for p in module.parameters()), None)
+    if target is not None and current is not None and target != current:
+        module.to(target)
