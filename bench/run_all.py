@@ -26,7 +26,11 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "load": ("bench_load.py", [], ["--runs", "5"]),
     "bytes": ("bench_bytes.py", [], []),
     "estimate": ("bench_estimate_full_width.py", [], []),
-    "layer-proxy": ("bench_layer_proxy.py", [], ["--families", "tiny-flux", "--dtypes", "bfloat16"]),
+    "layer-proxy": (
+        "bench_layer_proxy.py",
+        [],
+        ["--families", "tiny-flux", "--dtypes", "bfloat16"],
+    ),
 }
 
 

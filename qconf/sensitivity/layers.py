@@ -333,7 +333,8 @@ def linearized_deviation(
         approx = dequantized(quantized.get_submodule(name).weight).to(weight.device)
         deltas[name] = approx.float() - weight.float()
     dots: dict[str, float] = dict.fromkeys(names, 0.0)  # r·(J dW x) of the current probe
-    anchor = torch.zeros((), requires_grad=True)  # puts every layer output on the graph
+    device = next(module.parameters()).device
+    anchor = torch.zeros((), device=device, requires_grad=True)  # every layer output on the graph
 
     def tap(name: str) -> Any:
         def hook(_: Any, inputs: tuple[Any, ...], output: Any) -> Any:
@@ -360,7 +361,7 @@ def linearized_deviation(
         generator = torch.Generator().manual_seed(seed)
         squares = dict.fromkeys(names, 0.0)
         for i in range(probes):
-            probe = torch.randn(output.shape, generator=generator).to(output.dtype)
+            probe = torch.randn(output.shape, generator=generator).to(output.device, output.dtype)
             dots.update(dict.fromkeys(names, 0.0))
             torch.autograd.grad(output, anchor, probe, retain_graph=i < probes - 1)
             for name in names:

@@ -43,9 +43,8 @@ class LayerRanking:
 def rank_layers(where: Any, part: str, option: str, check: int = 8) -> LayerRanking:
     """The ranking (from the cache when there); `check` layers, spread over the ranking, are
     also measured one at a time to report how well each proxy ranks them."""
-    from qconf.sensitivity import layers as lx
-
     import qconf
+    from qconf.sensitivity import layers as lx
 
     plan = qconf.validate(where.cfg(f"quant.mapping.{part}={option}"), config_dir=where.config_dir)
     entry = plan.resolve().components[part].entry.model_dump(mode="json")
