@@ -6,7 +6,9 @@ backward passes), checked against the measured one-layer deviation on a spread o
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypedDict
+from typing import Any
+
+from typing_extensions import TypedDict  # pydantic validates it on Python < 3.12 too
 
 from qconf.sensitivity import cache
 
