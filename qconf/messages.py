@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,6 +60,33 @@ def _model_at(
     return cls
 
 
+_UNION_MEMBER = re.compile(r"(str|int|float|bool|list\[\w+\])")
+
+
+def _one_per_union(errors: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """A value that fits no member of a union (`run.seed: int | list[int]`) gets one error per
+    member from pydantic; keep the member that got furthest (the longest location), without the
+    member's name in the location."""
+    chosen: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+    order: list[tuple[Any, ...]] = []
+    for error in errors:
+        loc = tuple(error["loc"])
+        cut = next((i for i, e in enumerate(loc) if i and isinstance(e, str)
+                    and _UNION_MEMBER.fullmatch(e)), None)  # fmt: skip
+        if cut is None:
+            key: tuple[Any, ...] = ("#", len(order))
+            error_here = error
+        else:
+            key = loc[:cut]
+            error_here = {**error, "loc": loc[:cut] + loc[cut + 1 :]}
+            if key in chosen and len(chosen[key]["loc"]) >= len(error_here["loc"]):
+                continue
+        if key not in chosen:
+            order.append(key)
+        chosen[key] = error_here
+    return [chosen[key] for key in order]
+
+
 def problems_from_errors(
     errors: list[Mapping[str, Any]],
     prefix: tuple[Any, ...] = (),
@@ -67,7 +95,7 @@ def problems_from_errors(
 ) -> list[Problem]:
     """One Problem per pydantic error; `root` is the validated model (for valid-key lists)."""
     problems: list[Problem] = []
-    for error in errors:
+    for error in _one_per_union(errors):
         loc = tuple(error["loc"])
         path = ".".join(str(e) for e in prefix + loc if not (isinstance(e, str) and e in _TAGGED))
         path = path.replace(".[", "[")
