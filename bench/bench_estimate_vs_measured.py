@@ -16,8 +16,8 @@ EMULATED; `--no-emulate-bnb` keeps bitsandbytes to the text encoders). Per part:
 While each subprocess loads, this process samples its anonymous RSS (RssAnon, every few ms).
 Weights loaded unquantized stay in the mmapped safetensors files (file pages, not anonymous
 memory), so the memory in use at the peak is the anonymous peak plus those file-backed weights;
-over the weights after load, that is the load-peak ratio behind
-qconf.estimate.core.LOAD_PEAK_RATIO. The first family is also loaded at `--peak-depths`, and the
+over the weights after load, that is the load-peak ratio behind each backend's
+`load_peak_ratio` in qconf/backends/. The first family is also loaded at `--peak-depths`, and the
 extra memory is fitted as fixed + proportional to the weights to read the ratio at full size.
 
     nice -n 10 python bench/bench_estimate_vs_measured.py [--families flux sd3 wan]

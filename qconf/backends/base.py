@@ -159,3 +159,7 @@ class Backend:
     quant_method: str = ""  # `quant_method` in a saved config.json
     # library -> its deprecation notice for this backend (shown once, by `qconf list backends`)
     deprecated: Mapping[Library, str] = field(default_factory=dict)
+    # Peak memory while a part is quantized on load, as a multiple of that part's weights after
+    # load (the estimate's load-peak rule). Each backend states where its figure comes from;
+    # The default is for a backend nobody measured yet.
+    load_peak_ratio: float = 1.3

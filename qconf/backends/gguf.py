@@ -65,4 +65,6 @@ GGUF = GGUFEntry.spec = Backend(
     params={"diffusers": {"compute_dtype": "compute_dtype"}},
     can_save={"diffusers": False},
     quant_method="gguf",
+    # The file is already quantized: a part is read as stored, not quantized on load. Not
+    # measured; the default rule is kept as an upper bound.
 )

@@ -85,13 +85,11 @@ def print_estimate(result: Any) -> None:
 
 def print_peak(result: Any) -> None:
     from qconf.cli.tables import human_bytes
-    from qconf.estimate.core import LOAD_PEAK_RATIO
 
-    quantized = any(p.backend for p in result.parts.values())
-    rule = f"{LOAD_PEAK_RATIO} x the weights while quantizing on load" if quantized else "weights"
     print(
         f"weights after load {human_bytes(result.total_bytes)}; peak while loading about "
-        f"{human_bytes(result.load_peak_bytes)} ({rule}); inference needs activations on top "
+        f"{human_bytes(result.load_peak_bytes)} ({result.peak_rule}); inference needs "
+        "activations on top "
         "(not estimated: they grow with resolution, frames and batch)"
     )
 

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qconf.cli.tables import human_bytes
-    from qconf.estimate.core import LOAD_PEAK_RATIO
+    from qconf.estimate.core import load_peak_ratio
     from qconf.estimate.presets import estimate_presets, fitting, parse_size
 
     if args.what not in (None, "presets"):
@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
+    from qconf.backends import REGISTRY
     from qconf.cli.main import console
 
     table = Table(title=f"presets whose weights fit in {human_bytes(budget)} (estimate)")
@@ -51,11 +52,12 @@ def run(args: argparse.Namespace) -> int:
     for e in fits:
         table.add_row(e.preset, e.source, human_bytes(e.bytes_unquantized),
                       human_bytes(e.bytes), human_bytes(e.load_peak_bytes))  # fmt: skip
+    ratios = ", ".join(f"{load_peak_ratio(key)} for {key}" for key in REGISTRY)
     out = console()
     out.print(table)
     out.print(
-        f"Weights only; loading peaks at about {LOAD_PEAK_RATIO}x when quantizing on load and "
-        "inference needs activations on top (see `qconf estimate preset=<name>`)."
+        "Weights only. Loading peaks higher while a part is quantized on load (its weights x "
+        f"{ratios}); inference needs activations on top (see `qconf estimate preset=<name>`)."
     )
     if unknown:
         names = ", ".join(e.preset for e in unknown)

@@ -41,6 +41,10 @@ class PartEstimate:
     from_weights: bool = False  # shapes from *.safetensors headers (else config.json only)
     notes: tuple[str, ...] = ()
 
+    @property
+    def load_peak_bytes(self) -> int:
+        return math.ceil(self.bytes * load_peak_ratio(self.backend))
+
     def to_json(self) -> dict[str, int]:
         return {
             "params": self.params,
@@ -49,11 +53,13 @@ class PartEstimate:
         }
 
 
-# Peak memory while quantizing on load, as a multiple of the weights after load: measured on a
-# full-width, reduced-depth Flux.1-dev on CPU (torchao int8wo on transformer + T5: anonymous
-# memory peaked at 1.26x the final bytes, reclaimable safetensors page cache aside; see
-# bench/bench_estimate_full_width.py), rounded up. Unquantized loads peak at about the weights.
-LOAD_PEAK_RATIO = 1.3
+def load_peak_ratio(backend: str | None) -> float:
+    """Peak memory while a part loads, as a multiple of its weights after load: the backend's
+    measured figure when the part is quantized on load (see `Backend.load_peak_ratio`), 1.0 for
+    an unquantized part (it is read in its load dtype and kept as read)."""
+    from qconf.backends import REGISTRY
+
+    return REGISTRY[backend].load_peak_ratio if backend else 1.0
 
 
 @dataclass(frozen=True)
@@ -69,11 +75,20 @@ class Estimate(PartTotals):
 
     @property
     def load_peak_bytes(self) -> int:
-        """Upper estimate of the memory needed while loading: `LOAD_PEAK_RATIO` x the weights
-        when a part is quantized on load, the weights alone otherwise. Activations at inference
-        come on top and are not estimated (they depend on resolution, frames and batch)."""
-        quantized = any(p.backend for p in self.parts.values())
-        return math.ceil(self.total_bytes * (LOAD_PEAK_RATIO if quantized else 1.0))
+        """Upper estimate of the memory needed while loading: each part's weights times its
+        backend's load-peak ratio, summed (as if every part peaked at once, which bounds parts
+        loaded one after another). Activations at inference come on top and are not estimated
+        (they depend on resolution, frames and batch)."""
+        return sum(part.load_peak_bytes for part in self.parts.values())
+
+    @property
+    def peak_rule(self) -> str:
+        """The load-peak rule applied, in words (e.g. "1.35 x torchao parts' weights")."""
+        backends = sorted({p.backend for p in self.parts.values() if p.backend})
+        if not backends:
+            return "the weights: nothing is quantized on load"
+        ratios = ", ".join(f"{load_peak_ratio(b)} x {b}" for b in backends)
+        return f"{ratios} parts' weights while quantizing on load, 1 x the rest"
 
     def to_json(self) -> dict[str, Any]:
         """The `qconf estimate --json` contract."""
