@@ -8,7 +8,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from qconf.compose import compose
-from qconf.errors import BackendUnavailableError, ModelSourceError, PlanError, Problem, QconfError
+from qconf.errors import (
+    BackendUnavailableError,
+    ModelSourceError,
+    OutOfMemory,
+    PlanError,
+    Problem,
+    QconfError,
+)
 from qconf.quiet import quiet
 from qconf.safety import safe_instantiate
 from qconf.schema import Plan, validate
@@ -20,6 +27,7 @@ __all__ = [
     "BackendUnavailableError",
     "Loaded",
     "ModelSourceError",
+    "OutOfMemory",
     "Plan",
     "PlanError",
     "Problem",

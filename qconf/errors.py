@@ -44,3 +44,8 @@ class BackendUnavailableError(QconfError, ImportError):
 
 class ModelSourceError(QconfError, FileNotFoundError):
     """The model source cannot be read (missing folder, not in the local cache, offline)."""
+
+
+class OutOfMemory(QconfError, RuntimeError):
+    """The plan did not fit this machine's memory while loading or generating (a RuntimeError,
+    as torch's own out-of-memory error is; see qconf.out_of_memory)."""

@@ -64,17 +64,19 @@ def load(
     from diffusers import DiffusionPipeline
 
     from qconf.load_checks import check_folder, missing_key_problems, missing_keys
+    from qconf.out_of_memory import out_of_memory_as_error
 
     check_folder(resolved, _local_folder(plan.model.source, source))
     dtype = getattr(torch, resolved.torch_dtype) if resolved.torch_dtype else None
     started = time.perf_counter()
-    ready_parts = _load_gguf_parts(resolved, source, dtype)
+    with out_of_memory_as_error("loading"):
+        ready_parts = _load_gguf_parts(resolved, source, dtype)
     config = resolved.to_diffusers(_transformers_default_skips(resolved, source))
     safety = load_safety(plan)
     if plan.model.device_map is not None:
         safety["device_map"] = plan.model.device_map
     try:
-        with missing_keys() as missing:
+        with missing_keys() as missing, out_of_memory_as_error("loading"):
             pipeline = DiffusionPipeline.from_pretrained(
                 source, quantization_config=config, dtype=dtype, **safety, **ready_parts
             )

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -548,3 +549,34 @@ def test_list_backends_notes_the_quanto_deprecation_once(capsys) -> None:
     assert main(["list", "backends"]) == 0
     out = capsys.readouterr().out
     assert out.count("deprecates QuantoConfig") == 1
+
+
+def test_running_out_of_memory_is_one_line(tmp_path: Path) -> None:
+    """A real allocation failure (a 1e6 x 1e6 image on tiny-flux asks torch for terabytes):
+    one line naming the stage and what to change, exit 2, no job folder left behind."""
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "qconf.cli.main", "run", "model=tiny-flux",
+         "run.height=1000000", "run.width=1000000", f"hydra.run.dir={out}"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, result.stderr
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert errors[0].startswith("error: generating: ran out of CPU memory"), errors
+    assert "run.height" in errors[0]
+    assert not out.exists()
+
+
+def test_out_of_memory_while_loading_names_the_estimate() -> None:
+    import torch
+
+    from qconf import OutOfMemory
+    from qconf.out_of_memory import out_of_memory_as_error
+
+    with pytest.raises(OutOfMemory) as caught, out_of_memory_as_error("loading"):
+        torch.empty(2**60, dtype=torch.uint8)  # a real failed allocation, not a stand-in
+    (line,) = caught.value.lines
+    assert line.startswith("loading: ran out of CPU memory") and "qconf estimate" in line
+    with pytest.raises(ValueError), out_of_memory_as_error("loading"):
+        raise ValueError("not about memory: passes through unchanged")
