@@ -24,6 +24,7 @@ from qconf.estimate.sources import (
     model_folder,
     safetensors_header,
 )
+from qconf.model_files import read_part_config
 from qconf.report import PartTotals
 from qconf.userpath import user_path
 
@@ -144,6 +145,9 @@ def _estimate_part(
     keep_fp32 = fp32_matcher(model, library, load_dtype)
     header = safetensors_header(folder / name)
     notes: list[str] = []
+    stand_in = read_part_config(folder / name).get("_qconf_stand_in")
+    if isinstance(stand_in, str):  # a shipped snapshot part whose exact config is not public
+        notes.append(f"approximate: {stand_in}")
     if isinstance(config, dict) and config.get("quantization_config"):
         notes.append(
             "config.json holds a quantization_config: the library loads that, not the plan"

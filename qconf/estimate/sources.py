@@ -14,6 +14,7 @@ from typing import Any
 from qconf.errors import ModelSourceError, Problem
 from qconf.model_files import part_header, read_gguf, read_part_config
 from qconf.parts import source_kind
+from qconf.quiet import config_notices_off
 from qconf.userpath import user_path
 
 
@@ -66,7 +67,7 @@ def _meta_model(
                 "estimate parts of diffusers and transformers classes only",
             )
         )
-    with _config_values(folder / name / "config.json", class_name):
+    with _config_values(folder / name / "config.json", class_name), config_notices_off():
         if library == "diffusers":
             config = cls.load_config(folder, subfolder=name)
             return config, _on_meta(lambda: cls.from_config(config))
