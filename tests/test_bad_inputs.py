@@ -344,7 +344,7 @@ def test_list_shows_extras_in_brackets(capsys) -> None:
 
 
 def test_user_strings_are_printed_with_controls_escaped(capsys, tmp_path: Path) -> None:
-    from qconf.cli.text import markup, safe
+    from qconf.text import markup, safe
 
     assert safe("a\x1b[31mb\nc\x9b") == "a\\x1b[31mb\\nc\\x9b"
     assert markup("qconf[torchao]\x07") == "qconf\\[torchao]\\x07"

@@ -84,8 +84,8 @@ def _run_and_gather(argv: list[str]) -> int:
 
 
 def _gather_and_print(sweep_dir: Path, *, code_only: bool = False) -> int:
-    from qconf.cli.text import safe
     from qconf.compare import gather, write_outputs
+    from qconf.text import safe
 
     comparison = gather(sweep_dir)
     written = write_outputs(comparison)
@@ -101,8 +101,8 @@ def _print_table(comparison: Any) -> None:
     from rich.table import Table
 
     from qconf.cli.main import console
-    from qconf.cli.text import markup
     from qconf.compare.tables import psnr_text, ssim_text
+    from qconf.text import markup
     from qconf.units import human_bytes
 
     table = Table(title=f"reference: {markup(comparison.reference)}")

@@ -10,7 +10,7 @@ from typing import Any
 
 from qconf.cli.main import add_plan_arguments
 from qconf.cli.plan_args import plan_from_args
-from qconf.cli.text import safe
+from qconf.text import safe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from qconf.cli import fits
 from qconf.cli.main import console
-from qconf.cli.text import markup
+from qconf.text import markup
 from qconf.userpath import user_path
 from qconf.yamlsafe import load_yaml_file
 

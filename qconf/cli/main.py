@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _guard(action) -> int:  # noqa: ANN001
     from qconf.cli.quiet import quiet_library_noise
-    from qconf.cli.text import safe
+    from qconf.text import safe
 
     quiet_library_noise()
     try:

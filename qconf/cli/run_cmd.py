@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from qconf.cli.main import USER_ERROR
-from qconf.cli.text import safe
 from qconf.compose import (
     CONFIG_NAME,
     SEARCH_OVERRIDES,
@@ -29,6 +28,7 @@ from qconf.errors import PlanError, Problem, QconfError
 from qconf.hydra_node import is_hydra_override as is_hydra_key
 from qconf.planfile import plan_file_overrides
 from qconf.quiet import no_progress_bars
+from qconf.text import safe
 from qconf.userpath import atomic_output
 from qconf.yamlsafe import bounded_omegaconf
 

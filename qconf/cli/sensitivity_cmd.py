@@ -73,7 +73,7 @@ def progress_bar(title: str) -> Iterator[Callable[[int, int, str], None]]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from qconf.cli.text import markup
+    from qconf.text import markup
 
     console = Console(stderr=True)
     with Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     print_cells(cells)
     print_rankings(rankings, args.layers)
     written = write_outputs(cells, rankings, args.layers, out)
-    from qconf.cli.text import safe
+    from qconf.text import safe
 
     print("wrote " + ", ".join(safe(str(p)) for p in written))
     return 0
@@ -129,8 +129,8 @@ def print_rankings(rankings: list[Any], k: int) -> None:
     from rich.table import Table
 
     from qconf.cli.main import console
-    from qconf.cli.text import markup
     from qconf.sensitivity.ranking import proposed_skip
+    from qconf.text import markup
 
     if not rankings:
         return
@@ -153,8 +153,8 @@ def print_cells(cells: list[Any]) -> None:
     from rich.table import Table
 
     from qconf.cli.main import console
-    from qconf.cli.text import markup
     from qconf.compare.tables import psnr_text, ssim_text
+    from qconf.text import markup
     from qconf.units import human_bytes
 
     table = Table(title="each part quantized alone, against the unquantized pipeline")

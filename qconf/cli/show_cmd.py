@@ -7,7 +7,7 @@ import json
 
 from qconf.cli.main import add_plan_arguments, console
 from qconf.cli.plan_args import plan_from_args
-from qconf.cli.text import markup
+from qconf.text import markup
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

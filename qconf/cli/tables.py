@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from qconf.cli.main import console
-from qconf.cli.text import markup
+from qconf.text import markup
 from qconf.units import human_bytes
 
 

@@ -34,9 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qconf.cli.text import safe
     from qconf.compare.metrics import require_libraries
     from qconf.sensitivity.parts import weight_bearing_parts
+    from qconf.text import safe
     from qconf.tune import tune
     from qconf.tune.preset_file import preset_path, write_preset
 
@@ -102,8 +102,8 @@ def _print(tuned: Any) -> None:
     from rich.table import Table
 
     from qconf.cli.main import console
-    from qconf.cli.text import markup
     from qconf.compare.tables import psnr_text, ssim_text
+    from qconf.text import markup
     from qconf.units import human_bytes
 
     table = Table(title=f"candidates for {human_bytes(tuned.budget)} of weights, best first")

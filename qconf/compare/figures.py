@@ -27,7 +27,7 @@ def pyplot() -> Any:
 
 def label_text(text: str, width: int = LABEL_WIDTH) -> str:
     """User text as a plain label: control characters escaped, wrapped."""
-    from qconf.cli.text import safe
+    from qconf.text import safe
 
     return textwrap.fill(safe(text), width) or " "
 

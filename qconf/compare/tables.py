@@ -125,7 +125,7 @@ def ssim_text(value: float | None) -> str:
 
 def _cell(text: Any) -> str:
     """Text for a Markdown table cell: one line; pipes, code, HTML, links, emphasis escaped."""
-    from qconf.cli.text import safe
+    from qconf.text import safe
 
     text = safe(text).replace("\\", "\\\\")
     for char in "|`<>[]!*":  # nothing a shared folder writes renders as links, HTML or markup
