@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qconf.backends import REGISTRY, EntryBase
 from qconf.parts import PipelineParts
-from qconf.schema import Plan
+
+if TYPE_CHECKING:  # schema calls resolve (Plan.resolve); resolve only names the Plan type
+    from qconf.schema import Plan
 
 
 @dataclass(frozen=True)
