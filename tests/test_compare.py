@@ -216,3 +216,12 @@ def test_compare_on_a_gpu_reports_cuda_peaks_and_4bit_deviates_more(tmp_path: Pa
     assert nf4["backends"]["transformer"] == "bitsandbytes_4bit"
     assert nf4["psnr"] < int8["psnr"]
     assert nf4["bytes"]["transformer"] < int8["bytes"]["transformer"]
+
+
+def test_picture_labels_are_escaped_and_bounded() -> None:
+    from qconf.compare.figures import LABEL_CHARS, label_text
+
+    long = label_text("quant.mapping.transformer=int8wo " * 1000)
+    assert len(long.replace("\n", "")) <= LABEL_CHARS and long.endswith("…")
+    assert "\\x1b" in label_text("\x1b[31mred") and "\x1b" not in label_text("\x1b[31mred")
+    assert label_text("") == " "

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 CELL_INCHES = 1.9
 LABEL_WIDTH = 28  # characters per line of a row label
+LABEL_CHARS = 300  # a label is a few lines under its picture; the tables keep the full text
 
 
 def pyplot() -> Any:
@@ -26,10 +27,14 @@ def pyplot() -> Any:
 
 
 def label_text(text: str, width: int = LABEL_WIDTH) -> str:
-    """User text as a plain label: control characters escaped, wrapped."""
+    """User text as a plain label: control characters escaped, cut to `LABEL_CHARS` (wrapping
+    thousands of characters takes matplotlib seconds), wrapped."""
     from qconf.text import safe
 
-    return textwrap.fill(safe(text), width) or " "
+    text = safe(text)
+    if len(text) > LABEL_CHARS:
+        text = text[: LABEL_CHARS - 1] + "…"
+    return textwrap.fill(text, width) or " "
 
 
 def write_grid(comparison: Comparison, target: Path) -> Path:
