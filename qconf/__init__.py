@@ -11,7 +11,6 @@ from qconf.compose import compose
 from qconf.errors import (
     BackendUnavailableError,
     ModelSourceError,
-    OutOfMemory,
     PlanError,
     Problem,
     QconfError,
@@ -27,7 +26,6 @@ __all__ = [
     "BackendUnavailableError",
     "Loaded",
     "ModelSourceError",
-    "OutOfMemory",
     "Plan",
     "PlanError",
     "Problem",

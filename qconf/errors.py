@@ -47,5 +47,5 @@ class ModelSourceError(QconfError, FileNotFoundError):
 
 
 class OutOfMemory(QconfError, RuntimeError):
-    """The plan did not fit this machine's memory while loading or generating (a RuntimeError,
-    as torch's own out-of-memory error is; see qconf.out_of_memory)."""
+    """On the command line: the plan did not fit this machine's memory while loading or
+    generating (see qconf.out_of_memory; the Python API raises torch's own error)."""

@@ -64,23 +64,24 @@ def load(
     from diffusers import DiffusionPipeline
 
     from qconf.load_checks import check_folder, missing_key_problems, missing_keys
-    from qconf.out_of_memory import out_of_memory_as_error
+    from qconf.out_of_memory import out_of_memory_cause
 
     check_folder(resolved, _local_folder(plan.model.source, source))
     dtype = getattr(torch, resolved.torch_dtype) if resolved.torch_dtype else None
     started = time.perf_counter()
-    with out_of_memory_as_error("loading"):
-        ready_parts = _load_gguf_parts(resolved, source, dtype)
+    ready_parts = _load_gguf_parts(resolved, source, dtype)
     config = resolved.to_diffusers(_transformers_default_skips(resolved, source))
     safety = load_safety(plan)
     if plan.model.device_map is not None:
         safety["device_map"] = plan.model.device_map
     try:
-        with missing_keys() as missing, out_of_memory_as_error("loading"):
+        with missing_keys() as missing:
             pipeline = DiffusionPipeline.from_pretrained(
                 source, quantization_config=config, dtype=dtype, **safety, **ready_parts
             )
     except OSError as exc:  # missing files, hub unreachable (offline), not in the cache
+        if out_of_memory_cause(exc) is not None:  # diffusers wraps a failed read in OSError
+            raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(
             Problem(

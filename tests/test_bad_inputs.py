@@ -571,7 +571,7 @@ def test_running_out_of_memory_is_one_line(tmp_path: Path) -> None:
 def test_out_of_memory_while_loading_names_the_estimate() -> None:
     import torch
 
-    from qconf import OutOfMemory
+    from qconf.errors import OutOfMemory
     from qconf.out_of_memory import out_of_memory_as_error
 
     with pytest.raises(OutOfMemory) as caught, out_of_memory_as_error("loading"):
@@ -580,3 +580,41 @@ def test_out_of_memory_while_loading_names_the_estimate() -> None:
     assert line.startswith("loading: ran out of CPU memory") and "qconf estimate" in line
     with pytest.raises(ValueError), out_of_memory_as_error("loading"):
         raise ValueError("not about memory: passes through unchanged")
+
+
+def test_out_of_memory_is_found_through_wrapping_errors() -> None:
+    """diffusers wraps a MemoryError raised while reading a checkpoint in an OSError; MPS and
+    kernel CUDA errors are plain RuntimeErrors. All are out of memory; an illegal access is not."""
+    from qconf.out_of_memory import out_of_memory_problem
+
+    try:
+        try:
+            raise MemoryError()
+        except MemoryError as inner:
+            raise OSError("Unable to load weights from checkpoint file") from inner
+    except OSError as wrapped:
+        problem = out_of_memory_problem(wrapped, "loading")
+    assert problem is not None and problem.what == "ran out of CPU memory (MemoryError)"
+    mps = out_of_memory_problem(RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)"))
+    assert mps is not None and "GPU" in mps.what
+    assert out_of_memory_problem(RuntimeError("CUDA error: an illegal memory access")) is None
+
+
+def test_the_python_api_raises_torchs_own_out_of_memory_error(tmp_path: Path) -> None:
+    """A caller can catch torch's error to fall back (offloading, a smaller plan): qconf.load
+    does not replace it. Here the 'model folder' is a real tiny pipeline whose VAE config asks
+    for a layer too large to allocate."""
+    import torch
+
+    import qconf
+
+    folder = tmp_path / "huge-vae"
+    shutil.copytree(tiny_pipeline_path("tiny-flux"), folder)
+    config_file = folder / "vae" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["block_out_channels"] = [2**21] * len(config["block_out_channels"])
+    config_file.write_text(json.dumps(config))
+    with pytest.raises((MemoryError, RuntimeError)) as caught:
+        qconf.load({"model": {"source": str(folder)}})
+    assert not isinstance(caught.value, qconf.QconfError), caught.value
+    assert "can't allocate memory" in str(caught.value) or isinstance(caught.value, MemoryError)

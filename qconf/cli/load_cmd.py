@@ -23,11 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qconf.loader import load
+    from qconf.out_of_memory import out_of_memory_as_error
     from qconf.userpath import user_path
 
     plan = plan_from_args(args)
     save = user_path(args.save, "--save") if args.save is not None else None
-    loaded = load(plan, save=save, force=args.force, max_shard_size=args.max_shard_size)
+    with out_of_memory_as_error("loading"):
+        loaded = load(plan, save=save, force=args.force, max_shard_size=args.max_shard_size)
     if args.json:
         print(json.dumps(loaded.report.to_json(), indent=2))
     else:

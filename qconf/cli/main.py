@@ -113,6 +113,14 @@ def _guard(action) -> int:  # noqa: ANN001
     except BrokenPipeError:  # `qconf show --json | head`: the reader left, nothing to report
         sys.stderr.close()
         return 0
+    except Exception as exc:  # running out of memory is the user's plan meeting the machine
+        from qconf.out_of_memory import out_of_memory_problem
+
+        problem = out_of_memory_problem(exc)
+        if problem is None:
+            raise
+        print(f"error: {safe(str(problem))}", file=sys.stderr)
+        return USER_ERROR
 
 
 def entry() -> None:

@@ -282,14 +282,17 @@ def _generate(plan: Any, out: Path, overrides: list[str], *, quiet: bool = False
     from qconf.cli.load_cmd import print_report
     from qconf.generate import generate, measure_peak
     from qconf.loader import load
+    from qconf.out_of_memory import out_of_memory_as_error
 
     if quiet:  # qconf compare shows one progress bar over the sweep instead
         no_progress_bars()
     with measure_peak() as peak:
-        loaded = load(plan)
+        with out_of_memory_as_error("loading"):
+            loaded = load(plan)
         if quiet:
             loaded.pipeline.set_progress_bar_config(disable=True)
-        images = generate(loaded.pipeline, plan.run)
+        with out_of_memory_as_error("generating"):
+            images = generate(loaded.pipeline, plan.run)
     peak_bytes, peak_kind = peak.on(loaded.pipeline.device)
     names = image_names(len(images))
     for name, generated in zip(names, images, strict=True):
