@@ -604,8 +604,6 @@ def test_the_python_api_raises_torchs_own_out_of_memory_error(tmp_path: Path) ->
     """A caller can catch torch's error to fall back (offloading, a smaller plan): qconf.load
     does not replace it. Here the 'model folder' is a real tiny pipeline whose VAE config asks
     for a layer too large to allocate."""
-    import torch
-
     import qconf
 
     folder = tmp_path / "huge-vae"
