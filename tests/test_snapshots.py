@@ -174,12 +174,38 @@ def test_estimate_preset_works_offline(offline: None, capsys: pytest.CaptureFixt
     assert out["load_peak_bytes"] == sum(peaks.values())
 
 
-def test_readme_states_the_registry_load_peak_ratios() -> None:
+def test_readme_states_the_load_peak_ratios_the_estimate_uses() -> None:
+    from qconf.backends.quanto import QuantoEntry
+    from qconf.backends.torchao import (
+        Float8WeightOnly,
+        Int4WeightOnly,
+        Int8DynamicActivationInt8Weight,
+        Int8WeightOnly,
+        IntxWeightOnly,
+    )
+
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    for name, key in (("torchao", "torchao"), ("bitsandbytes", "bitsandbytes_4bit"),
-                      ("bitsandbytes", "bitsandbytes_8bit"), ("quanto", "quanto"),
-                      ("gguf", "gguf")):  # fmt: skip
-        assert f"{name} {REGISTRY[key].load_peak_ratio}×" in readme, name
+    rows = {line.split("|")[1].strip(): line for line in readme.splitlines()
+            if line.startswith("| ") and "×" in line}  # fmt: skip
+    assert f"int8wo, int8dq {Int8WeightOnly.load_peak_ratio}×" in rows["torchao"]
+    assert Int8DynamicActivationInt8Weight.load_peak_ratio == Int8WeightOnly.load_peak_ratio
+    assert f"float8wo {Float8WeightOnly.load_peak_ratio}×" in rows["torchao"]
+    assert IntxWeightOnly.load_peak_ratio == Int4WeightOnly.load_peak_ratio
+    assert f"int4 (intx, and CUDA-only types) {IntxWeightOnly.load_peak_ratio}×" in rows["torchao"]
+    for key in ("bitsandbytes_4bit", "bitsandbytes_8bit"):
+        assert f"| {REGISTRY[key].load_peak_ratio}× |" in rows["bitsandbytes"]
+    assert f"| {REGISTRY['gguf'].load_peak_ratio}× (" in rows["gguf"]
+    ratio = {w: QuantoEntry(backend="quanto", kwargs={"weights_dtype": w}).load_peak_ratio()
+             for w in ("int8", "float8", "int4", "int2")}  # fmt: skip
+    assert ratio["int4"] == ratio["int2"]
+    assert (f"int8 {ratio['int8']}×; float8 {ratio['float8']}×; int4, int2 {ratio['int4']}×"
+            in rows["quanto"])  # fmt: skip
+
+
+def test_a_quanto_int8_plan_never_peaks_above_its_unquantized_load(estimates: list) -> None:
+    for e in estimates:
+        if e.bytes is not None and "quanto-int8" in e.preset:
+            assert e.load_peak_bytes < e.bytes_unquantized, e
 
 
 def test_estimate_without_snapshot_says_what_is_missing(
@@ -248,3 +274,31 @@ def test_stand_in_parts_are_said_in_the_estimate(
     assert cli_main(["estimate", "preset=hidream-nf4"]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "approximate" in line]
     assert [line.split(":")[1].strip() for line in notes] == ["text_encoder", "text_encoder_2"]
+
+
+def test_a_broken_user_preset_is_listed_as_not_estimated_with_its_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    preset = tmp_path / "preset"
+    preset.mkdir()
+    (preset / "my-bad.yaml").write_text(
+        "# @package _global_\nquant:\n  mapping:\n    unet:\n      backend: hqq\n"
+    )
+    args = ["list", "presets", "--fits", "16GiB", "--json", "--config-dir", str(tmp_path)]
+    assert cli_main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    (bad,) = [row for row in out["not_estimated"] if row["preset"] == "my-bad"]
+    assert "unknown backend 'hqq'" in bad["missing"]
+    assert "flux-nf4" in {row["preset"] for row in out["fits"]}
+
+
+def test_stand_in_notes_come_only_from_shipped_snapshots(
+    tmp_path: Path, offline: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's folder cannot make the estimate print qconf's 'approximate:' notes."""
+    import shutil
+
+    copy = tmp_path / "hidream"
+    shutil.copytree(shipped()["HiDream-ai/HiDream-I1-Full"], copy)
+    assert cli_main(["estimate", "--folder", str(copy), "preset=hidream-nf4"]) == 0
+    assert "approximate" not in capsys.readouterr().err

@@ -114,6 +114,11 @@ class EntryBase(StrictModel):
         """The real library config object. Imports torch and the library."""
         raise NotImplementedError
 
+    def load_peak_ratio(self) -> float:
+        """Peak memory while a part is quantized on load under this entry, as a multiple of
+        the part's weights after load (the estimate's load-peak rule)."""
+        return self.spec.load_peak_ratio
+
     # Library defaults, as a saved config.json spells them: dropped by `canonical` so that a
     # plan and a saved checkpoint compare equal when they mean the same thing.
     defaults: ClassVar[Mapping[str, Any]] = {}
@@ -160,6 +165,6 @@ class Backend:
     # library -> its deprecation notice for this backend (shown once, by `qconf list backends`)
     deprecated: Mapping[Library, str] = field(default_factory=dict)
     # Peak memory while a part is quantized on load, as a multiple of that part's weights after
-    # load (the estimate's load-peak rule). Each backend states where its figure comes from;
-    # The default is for a backend nobody measured yet.
+    # load (the estimate's load-peak rule; entries may refine it per quant type). Each backend
+    # states where its figure comes from; the default is for what nobody measured yet.
     load_peak_ratio: float = 1.3

@@ -20,6 +20,12 @@ class QuantoKwargs(KwargsBase):
     )
 
 
+# bench/estimate-vs-measured.md, fitted to full-size Flux.1-dev: int8 1.25, float8 1.88, int4
+# 2.34, rounded up (glibc keeps quanto's freed small allocations; readings move run to run);
+# int2 goes through int4's path and was not measured.
+_LOAD_PEAK_RATIOS = {"int8": 1.3, "float8": 1.9, "int4": 2.4, "int2": 2.4}
+
+
 class QuantoEntry(EntryBase):
     backend: Literal["quanto"]
     kwargs: QuantoKwargs = Field(default_factory=QuantoKwargs)
@@ -32,6 +38,9 @@ class QuantoEntry(EntryBase):
         if saved.get("modules_to_not_convert"):
             data["skip"] = saved_names(saved["modules_to_not_convert"])
         return data
+
+    def load_peak_ratio(self) -> float:
+        return _LOAD_PEAK_RATIOS[self.kwargs.weights_dtype]
 
     def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
         if library == "diffusers":
@@ -65,9 +74,7 @@ QUANTO = QuantoEntry.spec = Backend(
     can_save={"diffusers": True, "transformers": False},
     trainable={"diffusers": True, "transformers": True},
     quant_method="quanto",
-    # bench/estimate-vs-measured.md, fitted to full-size Flux.1-dev: int8 1.25, float8 1.88,
-    # int4 2.34 (glibc keeps quanto's freed small allocations; readings move run to run).
-    load_peak_ratio=2.4,
+    load_peak_ratio=max(_LOAD_PEAK_RATIOS.values()),  # per weights_dtype: QuantoEntry
     deprecated={
         "diffusers": "diffusers deprecates QuantoConfig (removal planned for diffusers 1.0); "
         "torchao offers the same int8/int4/float8 weights"

@@ -19,7 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qconf.cli.tables import human_bytes
-    from qconf.estimate.core import load_peak_ratio
     from qconf.estimate.presets import estimate_presets, fitting, parse_size
 
     if args.what not in (None, "presets"):
@@ -43,23 +42,22 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    from qconf.backends import REGISTRY
     from qconf.cli.main import console
+    from qconf.text import markup
 
     table = Table(title=f"presets whose weights fit in {human_bytes(budget)} (estimate)")
     for column in ("preset", "model", "unquantized", "plan", "peak while loading"):
         table.add_column(column, justify="left" if column in ("preset", "model") else "right")
     for e in fits:
-        table.add_row(e.preset, e.source, human_bytes(e.bytes_unquantized),
+        table.add_row(markup(e.preset), markup(e.source), human_bytes(e.bytes_unquantized),
                       human_bytes(e.bytes), human_bytes(e.load_peak_bytes))  # fmt: skip
-    ratios = ", ".join(f"{load_peak_ratio(key)} for {key}" for key in REGISTRY)
     out = console()
     out.print(table)
     out.print(
-        "Weights only. Loading peaks higher while a part is quantized on load (its weights x "
-        f"{ratios}); inference needs activations on top (see `qconf estimate preset=<name>`)."
+        "The peak while loading counts each part quantized on load at its weights times its "
+        "backend's measured load-peak ratio (README: Weights, peak, headroom); inference needs "
+        "activations on top (see `qconf estimate preset=<name>`)."
     )
-    if unknown:
-        names = ", ".join(e.preset for e in unknown)
-        out.print(f"not estimated (no config snapshot shipped): {names}")
+    for e in unknown:
+        out.print(f"not estimated: {markup(e.preset)}: {markup(e.missing)}")
     return 0

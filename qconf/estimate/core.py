@@ -17,6 +17,7 @@ from qconf.estimate.byte_models import (
     skip_patterns,
     skipped,
 )
+from qconf.estimate.snapshots import is_shipped
 from qconf.estimate.sources import (
     fp32_matcher,
     gguf_bytes,
@@ -41,10 +42,12 @@ class PartEstimate:
     quantized_layers: int = 0
     from_weights: bool = False  # shapes from *.safetensors headers (else config.json only)
     notes: tuple[str, ...] = ()
+    # peak while loading / bytes: the entry's load-peak ratio when quantized on load, else 1
+    load_peak_ratio: float = 1.0
 
     @property
     def load_peak_bytes(self) -> int:
-        return math.ceil(self.bytes * load_peak_ratio(self.backend))
+        return math.ceil(self.bytes * self.load_peak_ratio)
 
     def to_json(self) -> dict[str, int]:
         return {
@@ -52,15 +55,6 @@ class PartEstimate:
             "bytes_unquantized": self.bytes_unquantized,
             "bytes": self.bytes,
         }
-
-
-def load_peak_ratio(backend: str | None) -> float:
-    """Peak memory while a part loads, as a multiple of its weights after load: the backend's
-    measured figure when the part is quantized on load (see `Backend.load_peak_ratio`), 1.0 for
-    an unquantized part (it is read in its load dtype and kept as read)."""
-    from qconf.backends import REGISTRY
-
-    return REGISTRY[backend].load_peak_ratio if backend else 1.0
 
 
 @dataclass(frozen=True)
@@ -84,12 +78,12 @@ class Estimate(PartTotals):
 
     @property
     def peak_rule(self) -> str:
-        """The load-peak rule applied, in words (e.g. "1.35 x torchao parts' weights")."""
-        backends = sorted({p.backend for p in self.parts.values() if p.backend})
-        if not backends:
+        """The load-peak rule applied, in words (e.g. "1.1 x transformer, 1 x the rest")."""
+        quantized = [p for p in self.parts.values() if p.backend]
+        if not quantized:
             return "the weights: nothing is quantized on load"
-        ratios = ", ".join(f"{load_peak_ratio(b)} x {b}" for b in backends)
-        return f"{ratios} parts' weights while quantizing on load, 1 x the rest"
+        ratios = ", ".join(f"{p.load_peak_ratio} x {p.part}" for p in quantized)
+        return f"{ratios} while quantizing on load, 1 x the rest"
 
     def to_json(self) -> dict[str, Any]:
         """The `qconf estimate --json` contract."""
@@ -145,9 +139,10 @@ def _estimate_part(
     keep_fp32 = fp32_matcher(model, library, load_dtype)
     header = safetensors_header(folder / name)
     notes: list[str] = []
-    stand_in = read_part_config(folder / name).get("_qconf_stand_in")
-    if isinstance(stand_in, str):  # a shipped snapshot part whose exact config is not public
-        notes.append(f"approximate: {stand_in}")
+    if is_shipped(folder):  # a shipped part whose exact config is not public says so
+        stand_in = read_part_config(folder / name).get("_qconf_stand_in")
+        if isinstance(stand_in, str):
+            notes.append(f"approximate: {stand_in}")
     if isinstance(config, dict) and config.get("quantization_config"):
         notes.append(
             "config.json holds a quantization_config: the library loads that, not the plan"
@@ -204,4 +199,5 @@ def _estimate_part(
     return PartEstimate(
         name, library, class_name, entry.backend if entry else None, params, unquantized,
         planned, quantized, bool(header), tuple(notes),
+        entry.load_peak_ratio() if entry is not None else 1.0,
     )  # fmt: skip

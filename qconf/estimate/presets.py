@@ -54,18 +54,25 @@ def parse_size(text: str) -> int:
 def estimate_preset(name: str, config_dir: str | Path | None = None) -> PresetEstimate:
     """Compose `preset=<name>` and estimate it against its model's shipped snapshot."""
     from qconf.compose import compose
+    from qconf.errors import QconfError
     from qconf.estimate.core import estimate
     from qconf.estimate.snapshots import slug, snapshot_folder
     from qconf.parts import source_kind
     from qconf.schema import validate
 
-    plan = validate(compose([f"preset={name}"], config_dir=config_dir), config_dir=config_dir)
+    try:  # one broken preset of a user's --config-dir must not hide the others
+        plan = validate(compose([f"preset={name}"], config_dir=config_dir), config_dir=config_dir)
+    except QconfError as exc:
+        return PresetEstimate(name, "?", None, None, None, exc.lines[0])
     source = plan.model.source
     folder = snapshot_folder(source) if source_kind(source) == "hub" else None
     if folder is None:
         why = f"no config snapshot of {source} in qconf/data/snapshots/{slug(source)}"
         return PresetEstimate(name, source, None, None, None, why)
-    result = estimate(plan, folder)
+    try:
+        result = estimate(plan, folder)
+    except QconfError as exc:
+        return PresetEstimate(name, source, None, None, None, exc.lines[0])
     return PresetEstimate(
         name, source, result.total_bytes_unquantized, result.total_bytes, result.load_peak_bytes
     )

@@ -33,6 +33,11 @@ def snapshot_folder(repo_id: str) -> Path | None:
     return folder if (folder / "model_index.json").is_file() else None
 
 
+def is_shipped(folder: Path) -> bool:
+    """Whether `folder` is (inside) a snapshot shipped with qconf."""
+    return folder.resolve().is_relative_to(snapshots_root().resolve())
+
+
 def shipped() -> dict[str, Path]:
     """{hub id: snapshot folder} for every shipped snapshot."""
     root = snapshots_root()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from qconf.errors import ModelSourceError, Problem
+from qconf.estimate.snapshots import is_shipped
 from qconf.model_files import part_header, read_gguf, read_part_config
 from qconf.parts import source_kind
 from qconf.quiet import config_notices_off
@@ -67,7 +68,10 @@ def _meta_model(
                 "estimate parts of diffusers and transformers classes only",
             )
         )
-    with _config_values(folder / name / "config.json", class_name), config_notices_off():
+    # Notices about config keys (a key the class no longer takes) are about the user's file,
+    # except in qconf's own snapshots, which keep the hub's keys verbatim.
+    quiet = config_notices_off() if is_shipped(folder) else contextlib.nullcontext()
+    with _config_values(folder / name / "config.json", class_name), quiet:
         if library == "diffusers":
             config = cls.load_config(folder, subfolder=name)
             return config, _on_meta(lambda: cls.from_config(config))
