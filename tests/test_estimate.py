@@ -165,3 +165,41 @@ def test_an_exact_parameter_name_on_the_skip_list_is_priced_as_diffusers_loads_i
         loaded = qconf.load(cfg).report.parts["transformer"]
         assert estimated.quantized_layers == sum(loaded.quantized_layers.values()) == 30 - kept
         assert estimated.bytes == loaded.bytes
+
+
+@pytest.mark.parametrize("width", [48, 40])
+def test_quanto_int4_that_cannot_pack_on_a_cpu_is_said_to_fail(tmp_path: Path, width: int) -> None:
+    """optimum-quanto hands bf16 int4 weights in groups of 128 to tinygemm, whose CPU packing
+    needs out_features % 16 == 0 (Qwen2.5-VL's vision MLP, 3420 wide, stops the load): a CLIP
+    with a 256-wide input and an MLP `width` wide loads (48) or fails (40) as estimated."""
+    pytest.importorskip("optimum.quanto")
+    import torch
+    import transformers
+
+    from qconf.estimate import estimate
+    from qconf.tiny import tiny_pipeline_path
+
+    source = tiny_pipeline_path("tiny-flux")
+    shutil.copy(source / "model_index.json", tmp_path)
+    config = transformers.CLIPTextConfig.from_pretrained(source / "text_encoder")
+    config.hidden_size, config.intermediate_size = 256, width
+    torch.manual_seed(0)
+    transformers.CLIPTextModel(config).to(torch.bfloat16).save_pretrained(tmp_path / "text_encoder")
+    for part in ("text_encoder_2", "transformer", "vae"):
+        (tmp_path / part).mkdir()
+        shutil.copy(source / part / "config.json", tmp_path / part)
+    plan = qconf.validate(
+        qconf.compose([f"model.source={tmp_path}", "quant.mapping.text_encoder=quanto-int4"])
+    )
+    estimated = estimate(plan).parts["text_encoder"]
+    failing = [n for n in estimated.notes if "not a multiple of 16" in n and "fails" in n]
+    if width % 16:
+        assert failing
+        with pytest.raises(RuntimeError):
+            qconf.load_part(plan, "text_encoder")
+        return
+    assert not failing
+    from qconf.report import measure_part
+
+    loaded = measure_part("text_encoder", qconf.load_part(plan, "text_encoder"), "", None, None)
+    assert estimated.bytes == loaded.bytes

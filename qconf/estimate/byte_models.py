@@ -22,6 +22,7 @@ class Layer:
     rows: int
     cols: int
     dtype_size: int  # bytes per element of its unquantized dtype (some scales are in it)
+    dtype: str = ""  # that dtype's name ("bfloat16"): some layouts depend on it
 
     @property
     def numel(self) -> int:
@@ -100,12 +101,17 @@ def _quanto_group(cols: int) -> int | None:
     return None if cols % group else group
 
 
-def _quanto(layer: Layer, entry: Any) -> int:
+def _quanto(layer: Layer, entry: Any) -> int | Left:
     weights = entry.kwargs.weights_dtype
     if weights in ("int8", "float8"):  # one byte per weight + a row scale in the weight dtype
         return layer.numel + layer.rows * layer.dtype_size
     bits = 4 if weights == "int4" else 2
     group = _quanto_group(layer.cols)
+    if bits == 4 and group == 128 and layer.dtype == "bfloat16" and layer.rows % 16:
+        # WeightQBitsTensor.create hands bf16 int4 weights in groups of 128 to tinygemm, whose
+        # CPU packing (torch._convert_weight_to_int4pack_for_cpu) needs out_features % 16 == 0;
+        # the same bytes as below when it packs.
+        return Left(f"out_features {layer.rows} not a multiple of 16 (int4 packing)", fails=True)
     scales = layer.numel // group if group else layer.rows
     packed = math.ceil(layer.rows * bits / 8) * layer.cols  # packed along the rows
     return packed + 2 * scales * layer.dtype_size  # scale and shift, both in the weight dtype

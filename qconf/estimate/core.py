@@ -181,8 +181,9 @@ def _estimate_part(
                 # Scales follow the dtype the weight has when it is quantized: in transformers
                 # that is after the fp32 keeps (a T5 `wo` torchao quantizes in fp16), while
                 # diffusers' quanto quantizes children of its fp32 modules in the load dtype.
-                scale_size = (dtype if library == "transformers" else load_dtype).itemsize
-                layer = Layer(rows, numel // rows, scale_size)
+                scale_dtype = dtype if library == "transformers" else load_dtype
+                scale_size = scale_dtype.itemsize
+                layer = Layer(rows, numel // rows, scale_size, str(scale_dtype).split(".")[-1])
                 real = model_bytes.weight_bytes(layer, entry)
                 if not isinstance(real, Left):
                     planned += real + model_bytes.module_extra(library, scale_size)
