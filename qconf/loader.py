@@ -3,8 +3,9 @@ read) → DiffusionPipeline.from_pretrained(quantization_config=..., torch_dtype
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -69,13 +70,14 @@ def load(
     check_folder(resolved, _local_folder(plan.model.source, source))
     dtype = getattr(torch, resolved.torch_dtype) if resolved.torch_dtype else None
     started = time.perf_counter()
-    ready_parts = _load_gguf_parts(resolved, source, dtype)
+    with default_dtype_kept():
+        ready_parts = _load_gguf_parts(resolved, source, dtype)
     config = resolved.to_diffusers(_transformers_default_skips(resolved, source))
     safety = load_safety(plan)
     if plan.model.device_map is not None:
         safety["device_map"] = plan.model.device_map
     try:
-        with missing_keys() as missing:
+        with missing_keys() as missing, default_dtype_kept():
             pipeline = DiffusionPipeline.from_pretrained(
                 source, quantization_config=config, dtype=dtype, **safety, **ready_parts
             )
@@ -99,6 +101,20 @@ def load(
 
         save_pipeline(loaded, save, force=force, max_shard_size=max_shard_size, listing=listing)
     return loaded
+
+
+@contextlib.contextmanager
+def default_dtype_kept() -> Iterator[None]:
+    """torch's default dtype as it was, also after a load that failed: diffusers sets it to the
+    load dtype while building a model and does not restore it when building raises (an
+    out-of-memory error a caller catches would leave every later tensor in bf16)."""
+    import torch
+
+    before = torch.get_default_dtype()
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
 
 
 def load_safety(plan: Plan) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from qconf.loader import (
     _plan,
     _source_path,
     _transformers_default_skips,
+    default_dtype_kept,
     load_safety,
 )
 from qconf.resolve import ResolvedPlan
@@ -62,13 +63,14 @@ def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
     model_class = _part_class(info.library, info.class_name)
     dtype_key = "torch_dtype" if info.library == "diffusers" else "dtype"
     try:
-        return model_class.from_pretrained(
-            source,
-            subfolder=part,
-            quantization_config=config,
-            **{dtype_key: dtype},
-            **load_safety(plan),
-        )
+        with default_dtype_kept():
+            return model_class.from_pretrained(
+                source,
+                subfolder=part,
+                quantization_config=config,
+                **{dtype_key: dtype},
+                **load_safety(plan),
+            )
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(

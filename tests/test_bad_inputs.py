@@ -604,6 +604,8 @@ def test_the_python_api_raises_torchs_own_out_of_memory_error(tmp_path: Path) ->
     """A caller can catch torch's error to fall back (offloading, a smaller plan): qconf.load
     does not replace it. Here the 'model folder' is a real tiny pipeline whose VAE config asks
     for a layer too large to allocate."""
+    import torch
+
     import qconf
 
     folder = tmp_path / "huge-vae"
@@ -612,7 +614,10 @@ def test_the_python_api_raises_torchs_own_out_of_memory_error(tmp_path: Path) ->
     config = json.loads(config_file.read_text())
     config["block_out_channels"] = [2**21] * len(config["block_out_channels"])
     config_file.write_text(json.dumps(config))
+    default = torch.get_default_dtype()
     with pytest.raises((MemoryError, RuntimeError)) as caught:
-        qconf.load({"model": {"source": str(folder)}})
+        qconf.load({"model": {"source": str(folder), "torch_dtype": "bfloat16"}})
     assert not isinstance(caught.value, qconf.QconfError), caught.value
+    # diffusers leaves its load dtype as torch's default when building fails; qconf restores it
+    assert torch.get_default_dtype() == default
     assert "can't allocate memory" in str(caught.value) or isinstance(caught.value, MemoryError)
