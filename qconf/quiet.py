@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 # logger -> level below which its records are dropped
 LOGGERS: dict[str, int] = {
@@ -59,33 +59,34 @@ def silence() -> None:
 
 
 @contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Filter the known noise inside the `with` block; logger levels and warning filters are
-    restored afterwards."""
-    loggers = {name: logging.getLogger(name) for name in LOGGERS}
-    levels = {name: logger.level for name, logger in loggers.items()}
-    with warnings.catch_warnings():
-        silence()
-        try:
-            yield
-        finally:
-            for name, logger in loggers.items():
-                logger.setLevel(levels[name])
-
-
-@contextlib.contextmanager
-def config_notices_off() -> Iterator[None]:
-    """Drop the config loggers' notices below ERROR inside the block (not with --verbose)."""
-    loggers = [logging.getLogger(name) for name in CONFIG_LOGGERS]
+def _levels_restored(names: Iterable[str]) -> Iterator[None]:
+    """The named loggers' levels as they were when the block ends, however it ends."""
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
-    if not verbose():
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Filter the known noise inside the `with` block; logger levels and warning filters are
+    restored afterwards."""
+    with warnings.catch_warnings(), _levels_restored(LOGGERS):
+        silence()
+        yield
+
+
+@contextlib.contextmanager
+def config_notices_off() -> Iterator[None]:
+    """Drop the config loggers' notices below ERROR inside the block (not with --verbose)."""
+    with _levels_restored(CONFIG_LOGGERS):
+        if not verbose():
+            for name in CONFIG_LOGGERS:
+                logging.getLogger(name).setLevel(logging.ERROR)
+        yield
 
 
 def no_progress_bars() -> None:
