@@ -6,9 +6,13 @@ anyone uses it; a malformed file is a ModelSourceError whose `where` is the file
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import stat
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,53 @@ def _type_name(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", type(None): "null"}.get(
         type(value), f"a {type(value).__name__}"
     )
+
+
+@contextlib.contextmanager
+def open_regular(
+    path: Path | str, what: str, max_bytes: int | None = None, *, follow_symlinks: bool = True
+) -> Iterator[Any]:
+    """A binary handle on `path` only if it is a regular file (a FIFO, socket or device would
+    block or never end), checked on the open descriptor (no swap in between) and, with
+    `max_bytes`, no larger than that. Every file from outside qconf is opened through here."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise bad_file(
+            path, f"cannot read {what} ({exc.strerror or exc})", "check the path"
+        ) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise bad_file(
+                path,
+                f"{what} is not a regular file (a folder, FIFO, socket or device)",
+                "replace it with a plain file",
+            )
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise bad_file(path, f"{what} is {info.st_size:,} bytes, over qconf's limit of "
+                           f"{max_bytes:,}")  # fmt: skip
+        os.set_blocking(fd, True)
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
+        yield handle
+
+
+def read_regular(
+    path: Path | str, what: str, max_bytes: int, *, follow_symlinks: bool = True
+) -> bytes:
+    """All bytes of a regular file of at most `max_bytes` (see open_regular)."""
+    with open_regular(path, what, max_bytes, follow_symlinks=follow_symlinks) as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew after the check
+        raise bad_file(path, f"{what} is over qconf's limit of {max_bytes:,} bytes")
+    return data
 
 
 def parse_json(text: str | bytes, where: Path | str, what: str) -> Any:
@@ -55,15 +106,7 @@ def parse_json(text: str | bytes, where: Path | str, what: str) -> Any:
 
 def read_json(path: Path, what: str = "the file") -> dict[str, Any]:
     """A JSON object (mapping) from `path`, size and depth bounded."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise bad_file(path, f"{what} is {size:,} bytes, over qconf's limit")
-        text = path.read_bytes()
-    except OSError as exc:
-        raise bad_file(
-            path, f"cannot read {what} ({exc.strerror or exc})", "check the path"
-        ) from None
+    text = read_regular(path, what, MAX_JSON_BYTES)
     data = parse_json(text, path, what)
     if not isinstance(data, dict):
         raise bad_file(path, f"{what} holds {_type_name(data)}, expected a JSON object")
@@ -152,8 +195,8 @@ def safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     """{tensor: (shape, dtype)} of one .safetensors file, checked against the file's size (a
     truncated file is an error naming it). Reads the header only."""
     try:
-        size = file.stat().st_size
-        with file.open("rb") as handle:
+        with open_regular(file, "the safetensors file") as handle:
+            size = os.fstat(handle.fileno()).st_size
             head = handle.read(8)
             length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
             if length < 2 or 8 + length > size or length > MAX_JSON_BYTES:
@@ -208,7 +251,7 @@ def read_gguf(file: str | Path, where: str = "") -> Any:
 
     path = Path(file)
     try:
-        with path.open("rb") as handle:
+        with open_regular(path, f"'{file}'") as handle:
             magic = handle.read(4)
     except OSError as exc:
         raise bad_file(where or path, f"cannot read '{file}' ({exc.strerror or exc})") from None
