@@ -100,7 +100,7 @@ def prepare(hub: str, target: Path, depth: int) -> dict[str, dict[str, Any]]:
     weights come later, per part, in the worker), plus a config-only twin `<target>.configs`.
     Returns {part: {library, class, config}}."""
     from qconf.estimate.snapshots import shipped
-    from qconf.parts import from_model_index
+    from qconf.source.parts import from_model_index
 
     snapshot = shipped()[hub]
     found = from_model_index(snapshot / "model_index.json")
@@ -168,7 +168,7 @@ def diagnose(module: Any, folder: Path, part: str, library: str, class_name: str
     import torch
 
     from qconf.estimate.sources import meta_model
-    from qconf.report import tensor_bytes
+    from qconf.loading.report import tensor_bytes
 
     _, meta = meta_model(folder, part, library, class_name, torch.bfloat16)
     loaded = dict([*module.named_parameters(), *module.named_buffers()])
@@ -192,7 +192,7 @@ def diagnose(module: Any, folder: Path, part: str, library: str, class_name: str
 def measure_row(folder: Path, part: str, info: dict[str, Any], option: str) -> dict[str, Any]:
     import qconf
     from qconf.estimate import estimate
-    from qconf.report import measure_part
+    from qconf.loading.report import measure_part
 
     plan = plan_for(folder, part, option)
     twin = folder.with_name(folder.name + ".configs")
@@ -289,8 +289,8 @@ def options_for(library: str, all_options: dict[str, str]) -> list[str]:
 
 def cpu_options() -> dict[str, str]:
     """{option: backend family} of every option that loads on a CPU (bf16 = unquantized)."""
-    from qconf.environment import cpu_runnable_options
-    from qconf.paths import backend_options
+    from qconf.loading.environment import cpu_runnable_options
+    from qconf.plan.conftree import backend_options
 
     options = backend_options()
     chosen = {UNQUANTIZED: "none"}

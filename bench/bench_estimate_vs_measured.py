@@ -72,8 +72,8 @@ LOADS = {"measured": 0, "reused": 0}  # this run's loads, and those read back fr
 def cpu_options(emulate_bnb: bool) -> dict[str, str]:
     """{option: which parts}: torchao/quanto on every part; bitsandbytes on the text encoders,
     or on every part with `emulate_bnb` (see `pretend_gpu_for_bnb`)."""
-    from qconf.environment import cpu_runnable_options
-    from qconf.paths import backend_options
+    from qconf.loading.environment import cpu_runnable_options
+    from qconf.plan.conftree import backend_options
 
     options = backend_options()
     chosen = {UNQUANTIZED: "none"}
@@ -94,7 +94,7 @@ def pretend_gpu_for_bnb() -> None:
     int8 + fp32 row scales). Rows loaded this way are marked EMULATED."""
     from diffusers.quantizers.bitsandbytes import bnb_quantizer
 
-    import qconf.environment
+    import qconf.loading.environment
 
     for quantizer in (
         bnb_quantizer.BnB4BitDiffusersQuantizer,
@@ -102,13 +102,13 @@ def pretend_gpu_for_bnb() -> None:
     ):
         quantizer.validate_environment = lambda self, *args, **kwargs: None
         quantizer.update_device_map = lambda self, device_map: {"": "cpu"}
-    qconf.environment.cuda_available = lambda: True
+    qconf.loading.environment.cuda_available = lambda: True
 
 
 def emulated(folder: Path, option: str, part: str) -> bool:
     """Whether `part` under `option` needs `pretend_gpu_for_bnb` on this machine."""
-    from qconf.parts import from_model_index
-    from qconf.paths import backend_options
+    from qconf.plan.conftree import backend_options
+    from qconf.source.parts import from_model_index
 
     if option == UNQUANTIZED:
         return False
@@ -131,8 +131,8 @@ def worker(folder: Path, option: str, parts: list[str]) -> dict[str, Any]:
     import diffusers
 
     import qconf
-    from qconf.parts import from_model_index
-    from qconf.report import measure_part
+    from qconf.loading.report import measure_part
+    from qconf.source.parts import from_model_index
 
     with console.capture():  # torchao/quanto/bnb import noise
         import bitsandbytes  # noqa: F401
@@ -198,7 +198,7 @@ def measure_family(
 ) -> tuple[list[Row], list[Peak]]:
     import qconf
     from qconf.estimate import estimate
-    from qconf.parts import from_model_index
+    from qconf.source.parts import from_model_index
 
     weighted = from_model_index(folder / "model_index.json").weighted
     depth = int(folder.name.rsplit("depth", 1)[1])
@@ -276,7 +276,7 @@ def main() -> int:
     args = parser.parse_args()
     silence_libraries()
     from qconf.estimate.snapshots import shipped
-    from qconf.tiny import tiny_pipeline_path
+    from qconf.source.tiny import tiny_pipeline_path
 
     options = cpu_options(not args.no_emulate_bnb)
     if args.options:

@@ -75,7 +75,7 @@ def direct_loader() -> Callable[[], Any]:
     import transformers
     from torchao.quantization import Int8WeightOnlyConfig
 
-    from qconf.tiny import tiny_pipeline_path
+    from qconf.source.tiny import tiny_pipeline_path
 
     path = str(tiny_pipeline_path("tiny-flux"))
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qconf.compose import compose
 from qconf.errors import (
     BackendUnavailableError,
     ModelSourceError,
@@ -15,12 +14,13 @@ from qconf.errors import (
     Problem,
     QconfError,
 )
+from qconf.plan.compose import compose
+from qconf.plan.safety import safe_instantiate
+from qconf.plan.schema import Plan, validate
 from qconf.quiet import quiet
-from qconf.safety import safe_instantiate
-from qconf.schema import Plan, validate
 
 if TYPE_CHECKING:
-    from qconf.loader import Loaded
+    from qconf.loading.loader import Loaded
 
 __all__ = [
     "BackendUnavailableError",
@@ -45,29 +45,29 @@ __all__ = [
 
 def load_pipeline(cfg: Any = None, **kwargs: Any) -> Any:
     """Validate `cfg`, check the environment, load the quantized pipeline (see qconf.load)."""
-    from qconf.loader import load_pipeline as _load
+    from qconf.loading.loader import load_pipeline as _load
 
     return _load(cfg, **kwargs)
 
 
 def load(cfg: Any = None, **kwargs: Any) -> Loaded:
     """Like load_pipeline, also returning the per-part report and the resolved plan."""
-    from qconf.loader import load as _load
+    from qconf.loading.loader import load as _load
 
     return _load(cfg, **kwargs)
 
 
 def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
     """Load one part under the plan, with every check the pipeline load makes; `train=True`
-    also refuses a backend that cannot pass gradients (see qconf.trainable)."""
-    from qconf.part_loader import load_part as _load_part
+    also refuses a backend that cannot pass gradients (see qconf.loading.trainable)."""
+    from qconf.loading.part_loader import load_part as _load_part
 
     return _load_part(cfg, part, train=train)
 
 
 def part_config(cfg: Any, part: str) -> Any:
     """The diffusers/transformers quantization config object the plan gives `part`."""
-    from qconf.part_loader import part_config as _part_config
+    from qconf.loading.part_loader import part_config as _part_config
 
     return _part_config(cfg, part)
 
@@ -77,13 +77,13 @@ def save(
 ) -> Any:
     """Write a loaded pipeline + qconf.yaml to `target` atomically; reload with model.source.
     `max_shard_size` (e.g. "5GB") splits large parts into several safetensors files."""
-    from qconf.saving import save_pipeline
+    from qconf.loading.saving import save_pipeline
 
     return save_pipeline(loaded, target, force=force, max_shard_size=max_shard_size)
 
 
 def check_environment(plan: Plan) -> None:
     """Raise BackendUnavailableError if a backend of `plan` is missing or cannot run here."""
-    from qconf.environment import check_environment as _check
+    from qconf.loading.environment import check_environment as _check
 
     _check(plan.resolve())

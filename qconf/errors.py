@@ -48,4 +48,4 @@ class ModelSourceError(QconfError, FileNotFoundError):
 
 class OutOfMemory(QconfError, RuntimeError):
     """On the command line: the plan did not fit this machine's memory while loading or
-    generating (see qconf.out_of_memory; the Python API raises torch's own error)."""
+    generating (see qconf.loading.out_of_memory; the Python API raises torch's own error)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from qconf.cli.main import main
-from qconf.tiny import tiny_pipeline_path
+from qconf.source.tiny import tiny_pipeline_path
 
 LINE = re.compile(r"^error: \S.*?: .+ — .+$")
 
@@ -201,7 +201,7 @@ def test_a_missing_weight_of_a_transformers_part_fails_too(capsys, flux: Path) -
 def test_safetensors_header_reader_matches_safetensors(flux: Path) -> None:
     from safetensors import safe_open
 
-    from qconf.model_files import safetensors_header
+    from qconf.source.files import safetensors_header
 
     file = flux / "transformer" / "diffusion_pytorch_model.safetensors"
     with safe_open(str(file), framework="pt") as handle:
@@ -214,7 +214,7 @@ def test_safetensors_header_reader_matches_safetensors(flux: Path) -> None:
 
 def test_safetensors_header_length_past_the_end(tmp_path: Path) -> None:
     from qconf.errors import ModelSourceError
-    from qconf.model_files import safetensors_header
+    from qconf.source.files import safetensors_header
 
     file = tmp_path / "x.safetensors"
     file.write_bytes(struct.pack("<Q", 10**9) + b"{}")
@@ -292,7 +292,7 @@ def test_outputs_are_written_whole(capsys, tmp_path: Path, qconf_cache) -> None:
 
 
 def test_a_failing_write_leaves_nothing(tmp_path: Path) -> None:
-    from qconf.userpath import atomic_output
+    from qconf.trust.userpath import atomic_output
 
     target = tmp_path / "out.txt"
     with pytest.raises(RuntimeError), atomic_output(target, "-o") as temp:
@@ -572,7 +572,7 @@ def test_out_of_memory_while_loading_names_the_estimate() -> None:
     import torch
 
     from qconf.errors import OutOfMemory
-    from qconf.out_of_memory import out_of_memory_as_error
+    from qconf.loading.out_of_memory import out_of_memory_as_error
 
     with pytest.raises(OutOfMemory) as caught, out_of_memory_as_error("loading"):
         torch.empty(2**60, dtype=torch.uint8)  # a real failed allocation, not a stand-in
@@ -585,7 +585,7 @@ def test_out_of_memory_while_loading_names_the_estimate() -> None:
 def test_out_of_memory_is_found_through_wrapping_errors() -> None:
     """diffusers wraps a MemoryError raised while reading a checkpoint in an OSError; MPS and
     kernel CUDA errors are plain RuntimeErrors. All are out of memory; an illegal access is not."""
-    from qconf.out_of_memory import out_of_memory_problem
+    from qconf.loading.out_of_memory import out_of_memory_problem
 
     try:
         try:

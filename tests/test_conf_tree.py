@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import qconf
-from qconf.paths import conf_dir
+from qconf.plan.conftree import conf_dir
 
 TREE = conf_dir()
 OPTIONS = sorted(

@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 
 from qconf import PlanError
-from qconf.checks import mode_problems, raw_name_problems, saved_entries
-from qconf.compose import compose, rewrite_overrides
 from qconf.errors import ModelSourceError, Problem
-from qconf.messages import did_you_mean, problems_from_errors
-from qconf.paths import backend_options
-from qconf.planfile import override_value as _override_value
-from qconf.resolve import ResolvedPart
-from qconf.safety import safe_instantiate, target_problems
-from qconf.saving import check_can_save, library_versions, save_pipeline, save_problems
-from qconf.schema import ModelSpec, Plan, QuantSpec, RunSpec, plan_json_schema, validate
+from qconf.loading.saving import check_can_save, library_versions, save_pipeline, save_problems
+from qconf.plan.checks import mode_problems, raw_name_problems, saved_entries
+from qconf.plan.compose import compose, rewrite_overrides
+from qconf.plan.conftree import backend_options
+from qconf.plan.messages import did_you_mean, problems_from_errors
+from qconf.plan.planfile import override_value as _override_value
+from qconf.plan.resolve import ResolvedPart
+from qconf.plan.safety import safe_instantiate, target_problems
+from qconf.plan.schema import ModelSpec, Plan, QuantSpec, RunSpec, plan_json_schema, validate
 
 FLUX = {"source": "tiny-flux"}
 FLUX_WEIGHTED = "text_encoder, text_encoder_2, transformer, vae"
@@ -833,7 +833,7 @@ class FakePipeline:
 def test_save_pipeline_writes_atomically(tmp_path: Path) -> None:
     import yaml
 
-    from qconf.loader import Loaded
+    from qconf.loading.loader import Loaded
 
     resolved = plan({"mapping": {"vae": "int8wo"}}).resolve()
     pipeline = FakePipeline()
@@ -929,7 +929,7 @@ def test_interpolations_are_resolved_before_validation() -> None:
 
 def test_a_plan_resolves_against_the_parts_it_is_given(tmp_path: Path) -> None:
     folder = flux_folder(tmp_path / "flux", text_encoder={"quantization_config": SAVED_NF4})
-    from qconf.parts import pipeline_parts
+    from qconf.source.parts import pipeline_parts
 
     saved_parts, _ = pipeline_parts(str(folder), None)
     resolved = plan().resolve(saved_parts)
@@ -971,7 +971,7 @@ def test_safe_instantiate_checks_dictconfigs_after_resolving_them() -> None:
 
 
 def test_plan_problems_carry_their_problems() -> None:
-    from qconf.messages import PlanProblems
+    from qconf.plan.messages import PlanProblems
 
     error = PlanProblems([Problem("a", "b", "c"), Problem("", "d")])
     assert str(error) == "a: b — c; d"
@@ -986,7 +986,7 @@ def test_did_you_mean_by_suffix() -> None:
 
 
 def test_problems_from_errors_corners() -> None:
-    from qconf.messages import PlanProblems
+    from qconf.plan.messages import PlanProblems
 
     def nested(*problems: Problem, loc: tuple = ("quant", "mapping", "vae")) -> dict:
         return {
@@ -1047,7 +1047,7 @@ def test_override_values_with_equals_signs_are_kept_whole() -> None:
 def test_compose_problem_helpers() -> None:
     import yaml
 
-    from qconf.compose import _composition_problem, _first_line, _parse_problem, _yaml_problem
+    from qconf.plan.compose import _composition_problem, _first_line, _parse_problem, _yaml_problem
 
     assert _first_line(ValueError()) == "ValueError"
     assert _first_line(ValueError("  one\ntwo")) == "one"
@@ -1068,7 +1068,7 @@ def test_compose_problem_helpers() -> None:
 
 
 def test_save_pipeline_stages_beside_the_target(tmp_path: Path) -> None:
-    from qconf.loader import Loaded
+    from qconf.loading.loader import Loaded
 
     staged: list[Path] = []
 
@@ -1087,9 +1087,9 @@ def test_save_pipeline_stages_beside_the_target(tmp_path: Path) -> None:
 
 
 def test_library_versions_skip_what_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    import qconf.saving
+    import qconf.loading.saving
 
-    monkeypatch.setattr(qconf.saving, "_VERSIONED", ("qconf", "no-such-distribution", "torch"))
+    monkeypatch.setattr(qconf.loading.saving, "_VERSIONED", ("qconf", "no-such-distribution", "torch"))
     assert list(library_versions())[:2] == ["qconf", "torch"]
 
 
@@ -1097,7 +1097,7 @@ def test_library_versions_skip_what_is_not_installed(monkeypatch: pytest.MonkeyP
 
 
 def test_gguf_compute_dtype_must_match_the_model_dtype(tmp_path: Path) -> None:
-    from qconf.checks import dtype_problems
+    from qconf.plan.checks import dtype_problems
 
     file = tmp_path / "t.gguf"
     file.write_bytes(b"")
@@ -1131,7 +1131,7 @@ def test_a_custom_pipeline_class_needs_trust(tmp_path: Path) -> None:
 
 
 def test_saved_configs_that_cannot_be_read(tmp_path: Path) -> None:
-    from qconf.checks import saved_entries
+    from qconf.plan.checks import saved_entries
 
     gguf = flux_folder(tmp_path / "a", vae={"quantization_config": {"quant_method": "gguf"}})
     assert lines({"model": {"source": str(gguf)}}) == [
@@ -1148,7 +1148,7 @@ def test_saved_configs_that_cannot_be_read(tmp_path: Path) -> None:
 
 
 def test_mapping_keys_of_the_wrong_type_and_shown_values() -> None:
-    from qconf.messages import shown_value
+    from qconf.plan.messages import shown_value
 
     fix = "name the part (e.g. transformer); quote keys that look like numbers"
     for value, kind in ((1, "a number"), (1.5, "a number"), (True, "a boolean"), (None, "null"),
@@ -1178,8 +1178,8 @@ def test_mapping_keys_of_the_wrong_type_and_shown_values() -> None:
 def test_plans_never_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from omegaconf import OmegaConf
 
-    from qconf.safety import EnvironmentRead
-    from qconf.schema import _environment_read
+    from qconf.plan.safety import EnvironmentRead
+    from qconf.plan.schema import _environment_read
 
     monkeypatch.setenv("QCONF_CORE_SECRET", "abc")
     cfg = OmegaConf.create({"model": {"source": "${oc.env:QCONF_CORE_SECRET}"}})
@@ -1210,7 +1210,7 @@ def test_plans_never_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
 def test_missing_options_and_yaml_causes() -> None:
     import yaml
 
-    from qconf.compose import _missing_option_problem, _yaml_cause
+    from qconf.plan.compose import _missing_option_problem, _yaml_cause
 
     message = "Could not find 'flavour/sweet'\nAvailable options in 'flavour':\n\tsour\n\tsweat\n"
     assert str(_missing_option_problem(message)) == (

@@ -14,24 +14,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from qconf import PlanError
-from qconf.compose import (
-    MAX_OVERRIDE_CHARS,
-    check_override_sizes,
-    compose,
-    rewrite_overrides,
-    user_config_dirs,
-)
 from qconf.errors import Problem
-from qconf.safety import (
-    MAX_INTERPOLATIONS,
-    EnvironmentRead,
-    check_interpolation_count,
-    no_environment_reads,
-    plain,
-    safe_instantiate,
-    target_problems,
-)
-from qconf.saving import (
+from qconf.loading.saving import (
     _listing,
     _remove_stale,
     _save_lock,
@@ -39,6 +23,22 @@ from qconf.saving import (
     check_shard_size,
     save_target,
     snapshot,
+)
+from qconf.plan.compose import (
+    MAX_OVERRIDE_CHARS,
+    check_override_sizes,
+    compose,
+    rewrite_overrides,
+    user_config_dirs,
+)
+from qconf.plan.safety import (
+    MAX_INTERPOLATIONS,
+    EnvironmentRead,
+    check_interpolation_count,
+    no_environment_reads,
+    plain,
+    safe_instantiate,
+    target_problems,
 )
 
 BNB = "transformers.BitsAndBytesConfig"
@@ -439,15 +439,15 @@ class Pipe:
 
 
 def loaded(pipe: Pipe):  # noqa: ANN201
-    from qconf.loader import Loaded
-    from qconf.schema import validate
+    from qconf.loading.loader import Loaded
+    from qconf.plan.schema import validate
 
     resolved = validate({"model": {"source": "tiny-flux"}, "quant": {"mapping": {"vae": "int8wo"}}})
     return Loaded(pipe, resolved.resolve(), 0.0)
 
 
 def test_save_pipeline_refusals_and_races(tmp_path: Path) -> None:
-    from qconf.saving import save_pipeline
+    from qconf.loading.saving import save_pipeline
 
     target = tmp_path / "saved"
     pipe = Pipe()

@@ -14,8 +14,8 @@ import pytest
 import qconf
 from qconf.backends import REGISTRY
 from qconf.cli.main import main
-from qconf.environment import cpu_runnable_options
-from qconf.paths import backend_options
+from qconf.loading.environment import cpu_runnable_options
+from qconf.plan.conftree import backend_options
 
 REPO = Path(__file__).resolve().parents[1]
 FLUX_DEV = REPO / "bench" / "full_width" / "flux-dev"
@@ -91,7 +91,7 @@ def test_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_config_only_folder_equals_folder_with_weights(tmp_path: Path) -> None:
     from qconf.estimate import estimate
-    from qconf.tiny import tiny_pipeline_path
+    from qconf.source.tiny import tiny_pipeline_path
 
     source = tiny_pipeline_path("tiny-sd3")
     shutil.copy(source / "model_index.json", tmp_path)
@@ -177,7 +177,7 @@ def test_quanto_int4_that_cannot_pack_on_a_cpu_is_said_to_fail(tmp_path: Path, w
     import transformers
 
     from qconf.estimate import estimate
-    from qconf.tiny import tiny_pipeline_path
+    from qconf.source.tiny import tiny_pipeline_path
 
     source = tiny_pipeline_path("tiny-flux")
     shutil.copy(source / "model_index.json", tmp_path)
@@ -199,7 +199,7 @@ def test_quanto_int4_that_cannot_pack_on_a_cpu_is_said_to_fail(tmp_path: Path, w
             qconf.load_part(plan, "text_encoder")
         return
     assert not failing
-    from qconf.report import measure_part
+    from qconf.loading.report import measure_part
 
     loaded = measure_part("text_encoder", qconf.load_part(plan, "text_encoder"), "", None, None)
     assert estimated.bytes == loaded.bytes

@@ -19,7 +19,7 @@ import torch
 import qconf
 from qconf.backends.torchao import QUANT_TYPES
 from qconf.errors import ModelSourceError
-from qconf.tiny import BUILD_VERSION, tiny_pipeline_path
+from qconf.source.tiny import BUILD_VERSION, tiny_pipeline_path
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import qconf
-from qconf.environment import cpu_runnable_options
-from qconf.paths import backend_options
+from qconf.loading.environment import cpu_runnable_options
+from qconf.plan.conftree import backend_options
 
 INT8WO_PLAN = [
     "model.source=tiny-flux",

@@ -5,21 +5,21 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from qconf.pipeline_table import TABLE_FILE, generate
+from qconf.source.table import TABLE_FILE, generate
 
 
 def test_table_matches_installed_diffusers() -> None:
     stored = json.loads(resources.files("qconf.data").joinpath(TABLE_FILE).read_text())
     fresh = generate()
     assert stored["diffusers_version"] == fresh["diffusers_version"], (
-        "regenerate with `python -m qconf.pipeline_table`"
+        "regenerate with `python -m qconf.source.table`"
     )
-    assert stored["pipelines"] == fresh["pipelines"], "regenerate: python -m qconf.pipeline_table"
+    assert stored["pipelines"] == fresh["pipelines"], "regenerate: python -m qconf.source.table"
 
 
 def test_tiny_pipelines_are_saved_with_the_parts_the_table_names(tmp_path) -> None:
-    from qconf.parts import TINY_PIPELINES, pipeline_parts
-    from qconf.tiny import tiny_pipeline_path
+    from qconf.source.parts import TINY_PIPELINES, pipeline_parts
+    from qconf.source.tiny import tiny_pipeline_path
 
     for name in ("tiny-flux", "tiny-sd", "tiny-sd3"):
         from_table, _ = pipeline_parts(name, None)

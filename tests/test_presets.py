@@ -6,7 +6,7 @@
     that family really loads it: quantized parts hold torchao/quanto tensors, the rest stay plain,
     and the quantized pipeline still generates;
 (c) bitsandbytes presets fail the CPU pre-flight with the diffusers part named;
-(d) the README's preset table is `qconf.preset_table.markdown_table()`.
+(d) the README's preset table is `qconf.estimate.preset_table.markdown_table()`.
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ import yaml
 
 import qconf
 from qconf.cli.main import main as cli_main
-from qconf.parts import TINY_PIPELINES
-from qconf.paths import backend_options, conf_dir, group_options
-from qconf.pipeline_table import load_table
-from qconf.preset_table import (
+from qconf.estimate.preset_table import (
     END_MARKER,
     START_MARKER,
     markdown_table,
     readme_section,
     replace_section,
 )
+from qconf.plan.conftree import backend_options, conf_dir, group_options
+from qconf.source.parts import TINY_PIPELINES
+from qconf.source.table import load_table
 
 PRESETS = sorted(group_options("preset"))
 MODELS = group_options("model")
@@ -322,7 +322,7 @@ def test_preset_table_is_torch_free() -> None:
     # Composing, validating and resolving a row is torch-free; only the memory column (the
     # estimate on the meta device) imports torch.
     code = (
-        "import sys; from qconf.preset_table import preset_row; "
+        "import sys; from qconf.estimate.preset_table import preset_row; "
         "preset_row('flux-nf4', memory=False); "
         "heavy = {'torch', 'diffusers', 'transformers'} & set(sys.modules); "
         "assert not heavy, heavy"
@@ -351,7 +351,7 @@ def test_readme_preset_table_is_current(table: str) -> None:
     if section is None:
         pytest.skip(f"README.md has no {START_MARKER} ... {END_MARKER} section yet")
     assert section.strip() == table, (
-        "README preset table is stale: run `python -m qconf.preset_table --write README.md`"
+        "README preset table is stale: run `python -m qconf.estimate.preset_table --write README.md`"
     )
 
 

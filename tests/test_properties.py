@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import qconf
 from qconf.backends import REGISTRY
-from qconf.paths import backend_options, group_options
+from qconf.plan.conftree import backend_options, group_options
 
 PARTS = [
     "transformer",

@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from qconf.backends import REGISTRY
-from qconf.environment import installed_version
+from qconf.loading.environment import installed_version
 
 # Library parameters qconf sets from the backend key rather than from user kwargs, and ones it
 # does not offer because the library refuses them at load time.

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import qconf
-from qconf.inspect import inspect_folder
-from qconf.tiny import tiny_pipeline_path
+from qconf.loading.inspect import inspect_folder
+from qconf.source.tiny import tiny_pipeline_path
 
 FLUX_PARTS = ("transformer", "text_encoder", "text_encoder_2", "vae")
 
@@ -138,7 +138,7 @@ def test_non_empty_target_needs_force(tmp_path: Path) -> None:
 KILL_MIDWAY = """
 import os, signal, sys
 import qconf
-from qconf.saving import save_pipeline
+from qconf.loading.saving import save_pipeline
 loaded = qconf.load(qconf.compose(["quant.mapping.transformer=int8wo"]))
 real = loaded.pipeline.save_pretrained
 def save_then_die(*args, **kwargs):

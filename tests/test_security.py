@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 import qconf
 from qconf.cli.main import main
-from qconf.yamlsafe import load_yaml_text
+from qconf.trust.yamlsafe import load_yaml_text
 
 QCONF = [sys.executable, "-m", "qconf.cli.main"]
 
@@ -50,7 +50,7 @@ def write(path: Path, text: str) -> Path:
 # --- _target_: exact objects, every container shape ---
 
 BYPASSES = [
-    "qconf.tiny.shutil.copyfile",  # prefix looks fine, resolves to shutil.copyfile
+    "qconf.source.tiny.shutil.copyfile",  # prefix looks fine, resolves to shutil.copyfile
     "qconf.cli.main.main",
     "transformers.dynamic_module_utils.get_class_from_dynamic_module",
     "diffusers.utils.dynamic_modules_utils.get_class_from_dynamic_module",
@@ -119,7 +119,7 @@ def test_safe_instantiate_builds_allowed_objects_by_any_spelling() -> None:
 
 
 def test_validate_refuses_non_canonical_targets_without_importing_them() -> None:
-    for target in ["qconf.tiny.shutil.copyfile", "evil_module_never_imported.run"]:
+    for target in ["qconf.source.tiny.shutil.copyfile", "evil_module_never_imported.run"]:
         with pytest.raises(qconf.PlanError, match="is not allowed"):
             qconf.validate({"model": {"source": "tiny-flux", "extra": {"_target_": target}}})
     assert "evil_module_never_imported" not in sys.modules
@@ -488,13 +488,13 @@ def test_force_never_deletes_what_was_written_during_the_save(tmp_path: Path) ->
     target.mkdir()
     (target / "old.txt").write_text("old")
     cfg = qconf.compose(["quant.mapping.transformer=int8wo"])
-    from qconf.saving import snapshot
+    from qconf.loading.saving import snapshot
 
     listing = snapshot(target)
     loaded = qconf.load(cfg)
     (target / "theirs.txt").write_text("written after the check")
     with pytest.raises(qconf.PlanError, match="changed while saving"):
-        from qconf.saving import save_pipeline
+        from qconf.loading.saving import save_pipeline
 
         save_pipeline(loaded, target, force=True, listing=listing)
     assert sorted(p.name for p in target.iterdir()) == ["old.txt", "theirs.txt"]
@@ -505,7 +505,7 @@ def test_a_model_folder_with_its_own_pipeline_file_is_refused(tmp_path: Path) ->
     import json
     import shutil
 
-    from qconf.tiny import tiny_pipeline_path
+    from qconf.source.tiny import tiny_pipeline_path
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_pipeline_path("tiny-flux"), folder)

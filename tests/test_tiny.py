@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qconf.parts import TINY_PIPELINES, pipeline_parts
+from qconf.source.parts import TINY_PIPELINES, pipeline_parts
 
 NAMES = sorted(TINY_PIPELINES)
 
@@ -16,7 +16,7 @@ NAMES = sorted(TINY_PIPELINES)
 def test_tiny_pipeline_class_and_shapes(name: str) -> None:
     import torch
 
-    from qconf.tiny import build_tiny_pipeline
+    from qconf.source.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(name)
     assert type(pipe).__name__ == TINY_PIPELINES[name]
@@ -36,7 +36,7 @@ def test_tiny_pipeline_class_and_shapes(name: str) -> None:
 def test_tiny_pipeline_is_deterministic(name: str) -> None:
     import torch
 
-    from qconf.tiny import build_tiny_pipeline
+    from qconf.source.tiny import build_tiny_pipeline
 
     first, second = build_tiny_pipeline(name), build_tiny_pipeline(name)
     for part, component in first.components.items():
@@ -48,7 +48,7 @@ def test_tiny_pipeline_is_deterministic(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_validation_parts_are_the_saved_parts(name: str, qconf_cache: Path) -> None:
-    from qconf.tiny import tiny_pipeline_path
+    from qconf.source.tiny import tiny_pipeline_path
 
     assumed, problems = pipeline_parts(name, None)
     saved, saved_problems = pipeline_parts(str(tiny_pipeline_path(name)), None)

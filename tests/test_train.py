@@ -17,7 +17,7 @@ import torch
 import qconf
 import qconf.train
 from qconf.backends import EntryBase
-from qconf.paths import backend_options
+from qconf.plan.conftree import backend_options
 
 pytest.importorskip("peft")
 

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from qconf.backends.base import Backend, EntryBase, FloatDType, KwargsBase, Library
 from qconf.errors import PlanError, Problem
-from qconf.userpath import user_path
+from qconf.trust.userpath import user_path
 
 
 class GGUFKwargs(KwargsBase):

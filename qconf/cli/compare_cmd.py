@@ -68,7 +68,7 @@ def _run_and_gather(argv: list[str]) -> int:
         )
     launches.append(sweep)
     total = sum(len(item.jobs) for item in launches)
-    from qconf.userpath import make_folder
+    from qconf.trust.userpath import make_folder
 
     make_folder(sweep_dir, _SWEEP_DIR)  # every job checked: now the folder may exist
     with _Progress(sweep_dir, total):
@@ -127,7 +127,7 @@ def _sweep_dir(argv: list[str]) -> tuple[Path, tuple[str, ...]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from qconf.userpath import output_folder
+    from qconf.trust.userpath import output_folder
 
     typed = [a for a in argv if a.split("=", 1)[0].lstrip("+") == _SWEEP_DIR]
     plain = Problem(_SWEEP_DIR, "qconf compare needs a plain folder name",

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qconf.estimate import estimate, plot
-    from qconf.userpath import user_path
+    from qconf.trust.userpath import user_path
 
     folder = user_path(args.folder, "--folder") if args.folder else None
     plan = plan_from_args(args)
@@ -99,7 +99,7 @@ def _training(plan: Any, args: argparse.Namespace, folder: Any) -> Any:
         return None
     from qconf.errors import PlanError, Problem
     from qconf.estimate.training import lora_estimate
-    from qconf.trainable import check_trainable
+    from qconf.loading.trainable import check_trainable
 
     if args.rank < 1:
         raise PlanError(Problem("--rank", f"{args.rank} is not a positive rank", "use 4..64"))

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from qconf.inspect import inspect_folder
+    from qconf.loading.inspect import inspect_folder
 
     plan = inspect_folder(args.folder)
     print(

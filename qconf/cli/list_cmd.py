@@ -8,8 +8,8 @@ from pathlib import Path
 from qconf.cli import fits
 from qconf.cli.main import console
 from qconf.text import markup
-from qconf.userpath import user_path
-from qconf.yamlsafe import load_yaml_file
+from qconf.trust.userpath import user_path
+from qconf.trust.yamlsafe import load_yaml_file
 
 WHAT = ("backends", "options", "presets", "models")
 
@@ -34,8 +34,8 @@ def backends_table(extra: tuple[Path, ...]):  # noqa: ANN201 - a rich Table
     from rich.table import Table
 
     from qconf.backends import LIBRARIES, REGISTRY
-    from qconf.environment import cuda_available, installed_version
-    from qconf.paths import backend_options
+    from qconf.loading.environment import cuda_available, installed_version
+    from qconf.plan.conftree import backend_options
 
     options = backend_options(extra)
     has_cuda = cuda_available()
@@ -75,7 +75,7 @@ def options_table(extra: tuple[Path, ...]):  # noqa: ANN201
 
     from rich.table import Table
 
-    from qconf.paths import backend_options
+    from qconf.plan.conftree import backend_options
 
     table = Table(title="backend options (quant.mapping.<part>=<option>)")
     for column in ("option", "backend", "kwargs", "LoRA trains on"):
@@ -87,7 +87,7 @@ def options_table(extra: tuple[Path, ...]):  # noqa: ANN201
 
 
 def _trains_on(option: dict) -> str:
-    """The libraries whose parts LoRA trains through under this option (qconf.trainable)."""
+    """The libraries whose parts LoRA trains through under this option (qconf.loading.trainable)."""
     from pydantic import TypeAdapter, ValidationError
 
     from qconf.backends import LIBRARIES, BackendEntry
@@ -104,7 +104,7 @@ def _trains_on(option: dict) -> str:
 def presets_table(extra: tuple[Path, ...]):  # noqa: ANN201
     from rich.table import Table
 
-    from qconf.paths import group_options
+    from qconf.plan.conftree import group_options
 
     table = Table(title="presets (preset=<name>)")
     table.add_column("preset")
@@ -117,7 +117,7 @@ def presets_table(extra: tuple[Path, ...]):  # noqa: ANN201
 def models_table(extra: tuple[Path, ...]):  # noqa: ANN201
     from rich.table import Table
 
-    from qconf.paths import group_options
+    from qconf.plan.conftree import group_options
 
     table = Table(title="models (model=<name>)")
     for column in ("model", "source", "pipeline"):

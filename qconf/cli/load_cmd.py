@@ -22,9 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qconf.loader import load
-    from qconf.out_of_memory import out_of_memory_as_error
-    from qconf.userpath import user_path
+    from qconf.loading.loader import load
+    from qconf.loading.out_of_memory import out_of_memory_as_error
+    from qconf.trust.userpath import user_path
 
     plan = plan_from_args(args)
     save = user_path(args.save, "--save") if args.save is not None else None

@@ -114,7 +114,7 @@ def _guard(action) -> int:  # noqa: ANN001
         sys.stderr.close()
         return 0
     except Exception as exc:  # running out of memory is the user's plan meeting the machine
-        from qconf.out_of_memory import out_of_memory_problem
+        from qconf.loading.out_of_memory import out_of_memory_problem
 
         problem = out_of_memory_problem(exc)
         if problem is None:

@@ -7,15 +7,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from qconf.bounds import check_override_depth
 from qconf.errors import PlanError, Problem
+from qconf.trust.bounds import check_override_depth
 
 
 def plan_from_args(args: argparse.Namespace) -> Any:
     """The validated Plan of `args.overrides` on top of `args.plan` under `args.config_dir`."""
-    from qconf.compose import compose
-    from qconf.schema import validate
-    from qconf.userpath import user_path
+    from qconf.plan.compose import compose
+    from qconf.plan.schema import validate
+    from qconf.trust.userpath import user_path
 
     config_dir = user_path(args.config_dir, "--config-dir") if args.config_dir else None
     check_override_depth(args.overrides)

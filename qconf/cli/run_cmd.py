@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from qconf.cli.main import USER_ERROR
-from qconf.compose import (
+from qconf.errors import PlanError, Problem, QconfError
+from qconf.plan.compose import (
     CONFIG_NAME,
     SEARCH_OVERRIDES,
     check_override_sizes,
@@ -24,13 +25,12 @@ from qconf.compose import (
     secondary_dirs,
     user_config_dirs,
 )
-from qconf.errors import PlanError, Problem, QconfError
-from qconf.hydra_node import is_hydra_override as is_hydra_key
-from qconf.planfile import plan_file_overrides
+from qconf.plan.hydra_node import is_hydra_override as is_hydra_key
+from qconf.plan.planfile import plan_file_overrides
 from qconf.quiet import no_progress_bars
 from qconf.text import safe
-from qconf.userpath import atomic_output
-from qconf.yamlsafe import bounded_omegaconf
+from qconf.trust.userpath import atomic_output
+from qconf.trust.yamlsafe import bounded_omegaconf
 
 # Hydra flags that take a value (everything else starting with '-' is a switch).
 _VALUE_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--cfg",
@@ -148,8 +148,8 @@ def _refuse_unsupported(flags: list[str]) -> None:
 
 def _preflight(overrides: list[str], rewritten: list[str], *, multirun: bool,
                sweep: _Sweep) -> list[list[str]]:  # fmt: skip
-    from qconf.environment import check_environment
-    from qconf.schema import validate
+    from qconf.loading.environment import check_environment
+    from qconf.plan.schema import validate
 
     jobs = _jobs(overrides, multirun)
     hydra_jobs = _jobs(rewritten, multirun)
@@ -280,9 +280,9 @@ def _generate(plan: Any, out: Path, overrides: list[str], *, quiet: bool = False
     import yaml
 
     from qconf.cli.load_cmd import print_report
-    from qconf.generate import generate, measure_peak
-    from qconf.loader import load
-    from qconf.out_of_memory import out_of_memory_as_error
+    from qconf.loading.loader import load
+    from qconf.loading.out_of_memory import out_of_memory_as_error
+    from qconf.run.generate import generate, measure_peak
 
     if quiet:  # qconf compare shows one progress bar over the sweep instead
         no_progress_bars()

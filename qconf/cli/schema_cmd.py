@@ -11,11 +11,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qconf.schema import plan_json_schema
+    from qconf.plan.schema import plan_json_schema
 
     text = json.dumps(plan_json_schema(), indent=2)
     if args.output:
-        from qconf.userpath import write_text
+        from qconf.trust.userpath import write_text
 
         write_text(args.output, text + "\n", "--output")
     else:

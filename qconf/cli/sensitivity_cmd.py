@@ -34,10 +34,10 @@ def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def setting_from_args(args: argparse.Namespace) -> Any:
-    from qconf.bounds import check_override_depth
-    from qconf.planfile import plan_file_overrides
+    from qconf.plan.planfile import plan_file_overrides
     from qconf.sensitivity.parts import setting
-    from qconf.userpath import user_path
+    from qconf.trust.bounds import check_override_depth
+    from qconf.trust.userpath import user_path
 
     config_dir = str(user_path(args.config_dir, "--config-dir")) if args.config_dir else None
     check_override_depth(args.overrides)
@@ -47,7 +47,7 @@ def setting_from_args(args: argparse.Namespace) -> Any:
 
 def chosen(text: str | None, known: list[str], flag: str) -> list[str]:
     from qconf.errors import PlanError, Problem
-    from qconf.messages import did_you_mean
+    from qconf.plan.messages import did_you_mean
 
     if not text:
         return known
@@ -62,8 +62,8 @@ def chosen(text: str | None, known: list[str], flag: str) -> list[str]:
 
 
 def option_names(config_dir: str | None) -> list[str]:
-    from qconf.compose import user_config_dirs
-    from qconf.paths import backend_options
+    from qconf.plan.compose import user_config_dirs
+    from qconf.plan.conftree import backend_options
 
     return sorted(backend_options(user_config_dirs(config_dir)))
 
@@ -90,7 +90,7 @@ def progress_bar(title: str) -> Iterator[Callable[[int, int, str], None]]:
 def run(args: argparse.Namespace) -> int:
     from qconf.compare.metrics import require_libraries
     from qconf.sensitivity.parts import measure_parts, weight_bearing_parts
-    from qconf.userpath import output_folder
+    from qconf.trust.userpath import output_folder
 
     require_libraries()
     out = output_folder(args.out, "--out")  # before any work
@@ -177,7 +177,7 @@ def write_outputs(cells: list[Any], rankings: list[Any], k: int, out: Path) -> l
 
     from qconf.sensitivity.heatmap import write_heatmap
     from qconf.sensitivity.ranking import proposed_skip
-    from qconf.userpath import make_folder, write_text
+    from qconf.trust.userpath import make_folder, write_text
 
     make_folder(out, "--out")
     data = {

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     if args.yaml:
         import yaml
 
-        from qconf.planfile import plan_file_data
+        from qconf.plan.planfile import plan_file_data
 
         print(yaml.safe_dump(plan_file_data(plan), sort_keys=False), end="")
         return 0

@@ -93,7 +93,7 @@ def _has_conf(folder: str) -> bool:
 
 
 def _builtin_presets() -> list[str]:
-    from qconf.paths import group_options
+    from qconf.plan.conftree import group_options
 
     return sorted(group_options("preset"))
 

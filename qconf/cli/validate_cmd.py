@@ -27,14 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qconf.environment import check_environment
+    from qconf.loading.environment import check_environment
 
     plan = plan_from_args(args)
     resolved = plan.resolve()
     if not args.plan_only:
         check_environment(resolved)
     if args.train or args.train_parts:
-        from qconf.trainable import check_trainable
+        from qconf.loading.trainable import check_trainable
 
         parts = [p for p in (args.train_parts or "").split(",") if p]
         check_trainable(resolved, parts or None)

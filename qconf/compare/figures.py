@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qconf.userpath import atomic_output
+from qconf.trust.userpath import atomic_output
 
 if TYPE_CHECKING:
     from qconf.compare import Comparison

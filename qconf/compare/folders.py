@@ -12,8 +12,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qconf.errors import ModelSourceError, Problem
-from qconf.model_files import read_json
-from qconf.yamlsafe import load_yaml_file
+from qconf.source.files import read_json
+from qconf.trust.yamlsafe import load_yaml_file
 
 BASELINE = "baseline"  # the folder qconf compare runs the unquantized plan into
 MAX_RUNS = 1000

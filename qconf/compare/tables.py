@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qconf.trust.userpath import write_text
 from qconf.units import human_bytes
-from qconf.userpath import write_text
 
 if TYPE_CHECKING:
     from qconf.compare import Comparison, Row

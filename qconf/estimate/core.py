@@ -25,9 +25,9 @@ from qconf.estimate.sources import (
     model_folder,
     safetensors_header,
 )
-from qconf.model_files import read_part_config
-from qconf.report import PartTotals
-from qconf.userpath import user_path
+from qconf.loading.report import PartTotals
+from qconf.source.files import read_part_config
+from qconf.trust.userpath import user_path
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,9 @@ def estimate(plan_or_resolved: Any, source_folder: str | Path | None = None) -> 
     """Estimate a plan (Plan, ResolvedPlan, or a composed config) against `source_folder`, or
     the plan's own source (a tiny pipeline, a local folder, a hub id in the local cache).
     Every weight-bearing part the folder's model_index.json lists is counted."""
-    from qconf.parts import from_model_index
-    from qconf.resolve import ResolvedPlan
-    from qconf.schema import Plan, validate
+    from qconf.plan.resolve import ResolvedPlan
+    from qconf.plan.schema import Plan, validate
+    from qconf.source.parts import from_model_index
 
     resolved = plan_or_resolved
     if not isinstance(resolved, ResolvedPlan):

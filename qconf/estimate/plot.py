@@ -6,7 +6,7 @@ from pathlib import Path
 
 from qconf.errors import ModelSourceError, PlanError, Problem
 from qconf.estimate.core import Estimate
-from qconf.userpath import atomic_output, user_path
+from qconf.trust.userpath import atomic_output, user_path
 
 
 def plot(result: Estimate, path: str | Path, where: str = "--plot") -> Path:

@@ -53,12 +53,12 @@ def parse_size(text: str) -> int:
 
 def estimate_preset(name: str, config_dir: str | Path | None = None) -> PresetEstimate:
     """Compose `preset=<name>` and estimate it against its model's shipped snapshot."""
-    from qconf.compose import compose
     from qconf.errors import QconfError
     from qconf.estimate.core import estimate
     from qconf.estimate.snapshots import slug, snapshot_folder
-    from qconf.parts import source_kind
-    from qconf.schema import validate
+    from qconf.plan.compose import compose
+    from qconf.plan.schema import validate
+    from qconf.source.parts import source_kind
 
     try:  # one broken preset of a user's --config-dir must not hide the others
         plan = validate(compose([f"preset={name}"], config_dir=config_dir), config_dir=config_dir)
@@ -79,7 +79,7 @@ def estimate_preset(name: str, config_dir: str | Path | None = None) -> PresetEs
 
 
 def estimate_presets(config_dir: str | Path | None = None) -> list[PresetEstimate]:
-    from qconf.preset_table import preset_names
+    from qconf.estimate.preset_table import preset_names
 
     return [estimate_preset(name, config_dir) for name in preset_names(config_dir)]
 

@@ -74,9 +74,9 @@ def fetch_configs(repo_id: str, pipeline: str | None = None) -> Path:
 def _expected_files(repo_id: str, pipeline: str | None) -> list[str]:
     """The files an estimate of `repo_id` needs: model_index.json and, when the plan or a
     model= option names its pipeline class, each required weight-bearing part's config.json."""
-    from qconf.paths import group_options
-    from qconf.pipeline_table import load_table
-    from qconf.yamlsafe import load_yaml_file
+    from qconf.plan.conftree import group_options
+    from qconf.source.table import load_table
+    from qconf.trust.yamlsafe import load_yaml_file
 
     for path in group_options("model", ()).values():
         data = load_yaml_file(path) or {}

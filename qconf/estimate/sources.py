@@ -13,10 +13,10 @@ from typing import Any
 
 from qconf.errors import ModelSourceError, Problem
 from qconf.estimate.snapshots import is_shipped
-from qconf.model_files import part_header, read_gguf, read_part_config
-from qconf.parts import source_kind
 from qconf.quiet import config_notices_off
-from qconf.userpath import user_path
+from qconf.source.files import part_header, read_gguf, read_part_config
+from qconf.source.parts import source_kind
+from qconf.trust.userpath import user_path
 
 
 def model_folder(plan: Any) -> Path:
@@ -26,13 +26,13 @@ def model_folder(plan: Any) -> Path:
     source = plan.model.source
     kind = source_kind(source)
     if kind == "tiny":
-        from qconf.tiny import tiny_pipeline_path
+        from qconf.source.tiny import tiny_pipeline_path
 
         return tiny_pipeline_path(source)
     if kind == "folder":
         return user_path(source, "model.source")
     from qconf.estimate.snapshots import fetch_configs, snapshot_folder
-    from qconf.parts import hub_cache_index
+    from qconf.source.parts import hub_cache_index
 
     cached = hub_cache_index(source)
     if cached is not None:

@@ -52,9 +52,9 @@ def lora_estimate(
     import torch
 
     from qconf.estimate.sources import meta_model, model_folder
-    from qconf.parts import from_model_index
+    from qconf.source.parts import from_model_index
     from qconf.train import DEFAULT_TARGETS
-    from qconf.userpath import user_path
+    from qconf.trust.userpath import user_path
 
     resolved = plan.resolve()
     root = user_path(folder, "--folder") if folder else model_folder(resolved.plan)

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from qconf.errors import PlanError, Problem, QconfError
-from qconf.model_files import read_json
-from qconf.userpath import write_text
+from qconf.source.files import read_json
+from qconf.trust.userpath import write_text
 
 VERSIONED = ("torch", "diffusers", "transformers", "torchao", "optimum-quanto", "bitsandbytes")
 
 
 def cache_dir() -> Path:
-    from qconf.tiny import cache_root
+    from qconf.source.tiny import cache_root
 
     return cache_root() / "sensitivity"
 

@@ -85,7 +85,7 @@ def part_cfg(base: Sequence[str] | Any, part: str, option: Option | None = None)
 
 def with_skip(option: Option, names: Iterable[str]) -> dict[str, Any]:
     """`option` as a {backend, kwargs, skip} entry that also leaves `names` unquantized."""
-    from qconf.paths import backend_options
+    from qconf.plan.conftree import backend_options
 
     entry = dict(backend_options()[option]) if isinstance(option, str) else dict(option)
     entry["skip"] = [*dict.fromkeys([*(entry.get("skip") or []), *names])]
@@ -163,7 +163,7 @@ def _relative_error(approx: Any, weight: Any) -> float:
 
 def _bytes(module: Any) -> int:
     # only the module's own tensors: a Linear's weight, bias and (quanto) input/output scales
-    from qconf.report import tensor_bytes
+    from qconf.loading.report import tensor_bytes
 
     tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
     return sum(tensor_bytes(t) for t in tensors if t is not None)
@@ -247,7 +247,7 @@ def capture_part(base: Sequence[str] | Any, part: str) -> Captured:
     import torch
 
     import qconf
-    from qconf.generate import generate
+    from qconf.run.generate import generate
 
     cfg = part_cfg(base, part)
     pipeline = qconf.load(cfg).pipeline

@@ -66,7 +66,7 @@ class Setting:
 
 def setting(overrides: list[str], config_dir: str | None = None) -> Setting:
     import qconf
-    from qconf.loader import model_folder
+    from qconf.loading.loader import model_folder
 
     cfg = qconf.compose([*overrides, *CLEAR_QUANT], config_dir=config_dir)
     plan = qconf.validate(cfg, config_dir=config_dir)
@@ -146,7 +146,7 @@ class _Reference:
 def _reference(where: Setting) -> Iterator[_Reference]:
     import qconf
     from qconf.compare.metrics import image_tensor
-    from qconf.generate import generate
+    from qconf.run.generate import generate
     from qconf.sensitivity.capture import first_call
 
     no_progress_bars()
@@ -168,7 +168,7 @@ def _reference(where: Setting) -> Iterator[_Reference]:
 def _measure(where: Setting, reference: _Reference, cell: Cell, plan: Any) -> None:
     import qconf
     from qconf.compare.metrics import deviation, image_tensor
-    from qconf.generate import generate
+    from qconf.run.generate import generate
     from qconf.sensitivity.capture import first_call, output_deviation
 
     pipeline = reference.pipeline

@@ -145,8 +145,8 @@ def _images(where: Setting, cfg: Any) -> list[Any]:
 
     import qconf
     from qconf.compare.metrics import image_tensor
-    from qconf.generate import generate
     from qconf.quiet import no_progress_bars
+    from qconf.run.generate import generate
 
     no_progress_bars()
     with qconf.quiet():
@@ -251,7 +251,7 @@ def _hydra_list(names: list[str]) -> str:
 
 def _trainable_filter(where: Setting) -> Callable[[Cell], bool]:
     import qconf
-    from qconf.trainable import train_problems
+    from qconf.loading.trainable import train_problems
 
     def allowed(cell: Cell) -> bool:
         plan = qconf.validate(where.cfg(f"quant.mapping.{cell.part}={cell.option}"),
@@ -282,7 +282,7 @@ def _fitting_presets(where: Setting, budget: int, presets: list[str], train: boo
                 continue
             qconf.check_environment(plan)
             if train:
-                from qconf.trainable import check_trainable
+                from qconf.loading.trainable import check_trainable
 
                 check_trainable(plan.resolve(), None)
             size = estimate(plan).total_bytes
@@ -306,8 +306,8 @@ def _entries(cfg: Any) -> dict[str, Any]:
 
 def _option_names(cfg: Any, where: Setting) -> dict[str, str]:
     """part -> the backend option its entry is (`custom` for an entry no option file has)."""
-    from qconf.compose import user_config_dirs
-    from qconf.paths import backend_options
+    from qconf.plan.compose import user_config_dirs
+    from qconf.plan.conftree import backend_options
 
     options = backend_options(user_config_dirs(where.config_dir))
     return {part: next((n for n, o in options.items() if o == entry), "custom")

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from qconf.errors import PlanError, Problem
-from qconf.userpath import write_text
+from qconf.trust.userpath import write_text
 
 # Only what a command line may turn on (see the README's Safety section); a file may not.
 _TYPED_ONLY = ("model.allow_pickle", "model.trust_remote_code")
@@ -19,7 +19,7 @@ _TYPED_ONLY = ("model.allow_pickle", "model.trust_remote_code")
 
 def preset_path(config_dir: str, name: str, *, force: bool) -> Path:
     """Where the preset goes; refused before any work if it exists (unless force)."""
-    from qconf.userpath import output_folder
+    from qconf.trust.userpath import output_folder
 
     target = output_folder(config_dir, "--config-dir") / "preset" / f"{name}.yaml"
     output_folder(target.parent, "--config-dir")
@@ -51,7 +51,7 @@ def write_preset(target: Path, where: Any, tuned: Any) -> Path:
         data["model"] = model
     data["quant"] = {"mapping": mapping}
     text = "\n".join(lines) + "\n" + yaml.safe_dump(data, sort_keys=False)
-    from qconf.userpath import make_folder
+    from qconf.trust.userpath import make_folder
 
     make_folder(target.parent, "--config-dir")
     return write_text(target, text, "--name")

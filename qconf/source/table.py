@@ -1,7 +1,7 @@
 """A torch-free table of the parts of every pipeline class in the installed diffusers.
 
 `qconf validate preset=flux-nf4` must know FluxPipeline's parts without importing diffusers (5+ s).
-The table is generated from diffusers (`python -m qconf.pipeline_table`) into
+The table is generated from diffusers (`python -m qconf.source.table`) into
 qconf/data/pipelines.json and kept honest by a test that regenerates it."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def generate() -> dict[str, Any]:
 
 
 def main() -> None:
-    target = Path(__file__).parent / "data" / TABLE_FILE
+    target = Path(__file__).resolve().parents[1] / "data" / TABLE_FILE
     target.write_text(json.dumps(generate(), indent=1, sort_keys=True) + "\n")
     print(f"wrote {target}", file=sys.stderr)
 

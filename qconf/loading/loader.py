@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from qconf.errors import ModelSourceError, Problem
-from qconf.parts import source_kind
-from qconf.report import LoadReport, measure_part
-from qconf.resolve import ResolvedPlan
-from qconf.schema import Plan, validate
-from qconf.trainable import check_trainable
-from qconf.userpath import user_path
+from qconf.loading.report import LoadReport, measure_part
+from qconf.loading.trainable import check_trainable
+from qconf.plan.resolve import ResolvedPlan
+from qconf.plan.schema import Plan, validate
+from qconf.source.parts import source_kind
+from qconf.trust.userpath import user_path
 
 
 @dataclass
@@ -44,17 +44,17 @@ def load(
     **extra: Any,
 ) -> Loaded:
     """Load with a composed config, or with `model=`/`quant=` nodes (as a Hydra `_target_`).
-    `save=DIR` then writes the quantized pipeline there (see qconf.saving); `train=True` (or a
-    list of parts) first refuses backends that cannot pass gradients (qconf.trainable)."""
+    `save=DIR` then writes the quantized pipeline there (see qconf.loading.saving); `train=True` (or a
+    list of parts) first refuses backends that cannot pass gradients (qconf.loading.trainable)."""
     plan = _plan(cfg, model, quant, extra)
     resolved = plan.resolve()
-    from qconf.environment import check_environment
+    from qconf.loading.environment import check_environment
 
     check_environment(resolved)
     if train:  # True: every quantized part; or the names of the parts that will be trained
         check_trainable(resolved, None if train is True else list(train))
     if save is not None:
-        from qconf.saving import check_can_save, check_shard_size, snapshot
+        from qconf.loading.saving import check_can_save, check_shard_size, snapshot
 
         check_can_save(resolved, save, force=force)  # before any weight is read
         check_shard_size(max_shard_size)
@@ -64,8 +64,8 @@ def load(
     import torch
     from diffusers import DiffusionPipeline
 
-    from qconf.load_checks import check_folder, missing_key_problems, missing_keys
-    from qconf.out_of_memory import out_of_memory_cause
+    from qconf.loading.load_checks import check_folder, missing_key_problems, missing_keys
+    from qconf.loading.out_of_memory import out_of_memory_cause
 
     check_folder(resolved, _local_folder(plan.model.source, source))
     dtype = getattr(torch, resolved.torch_dtype) if resolved.torch_dtype else None
@@ -97,7 +97,7 @@ def load(
         raise ModelSourceError(problems)
     loaded = Loaded(pipeline, resolved, time.perf_counter() - started)
     if save is not None:
-        from qconf.saving import save_pipeline
+        from qconf.loading.saving import save_pipeline
 
         save_pipeline(loaded, save, force=force, max_shard_size=max_shard_size, listing=listing)
     return loaded
@@ -134,7 +134,7 @@ def load_pipeline(cfg: Any = None, *, model: Any = None, quant: Any = None, **ex
 def _plan(cfg: Any, model: Any, quant: Any, extra: dict[str, Any]) -> Plan:
     if cfg is None:
         if model is None:
-            from qconf.compose import compose
+            from qconf.plan.compose import compose
 
             cfg = compose()
         else:
@@ -145,7 +145,7 @@ def _plan(cfg: Any, model: Any, quant: Any, extra: dict[str, Any]) -> Plan:
 def _source_path(source: str) -> str:
     kind = source_kind(source)
     if kind == "tiny":
-        from qconf.tiny import tiny_pipeline_path
+        from qconf.source.tiny import tiny_pipeline_path
 
         return str(tiny_pipeline_path(source))
     if kind == "folder":
@@ -163,7 +163,7 @@ def _local_folder(source: str, path: str) -> Path | None:
     """The folder the pipeline loads from, when it is on this machine."""
     if source_kind(source) != "hub":
         return Path(path)
-    from qconf.parts import hub_cache_index
+    from qconf.source.parts import hub_cache_index
 
     cached = hub_cache_index(source)
     return cached.parent if cached is not None else None

@@ -11,11 +11,11 @@ from pydantic import TypeAdapter, ValidationError
 
 from qconf.backends import REGISTRY, BackendEntry, EntryBase, entry_from_saved
 from qconf.errors import PlanError, Problem
-from qconf.messages import did_you_mean, problems_from_errors
-from qconf.parts import Part, PipelineParts, pipeline_parts
+from qconf.plan.messages import did_you_mean, problems_from_errors
+from qconf.source.parts import Part, PipelineParts, pipeline_parts
 
 if TYPE_CHECKING:
-    from qconf.schema import ModelSpec, Plan, QuantSpec
+    from qconf.plan.schema import ModelSpec, Plan, QuantSpec
 
 _ENTRY: TypeAdapter[EntryBase] = TypeAdapter(BackendEntry)
 

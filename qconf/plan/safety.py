@@ -1,7 +1,7 @@
 """Which callables a config may name, and which values it may read from the environment.
 
 Config files are untrusted (README, "Safety"). Hydra resolves a `_target_` by importing its
-module and walking attributes, so a prefix check is no check (`qconf.tiny.shutil.copyfile` is
+module and walking attributes, so a prefix check is no check (`qconf.source.tiny.shutil.copyfile` is
 `shutil.copyfile`). A `_target_` is allowed only if it is *exactly* one of the objects below:
 the config classes qconf builds (from the backend registry) and qconf's public loaders.
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from qconf.backends import REGISTRY
 from qconf.backends.torchao import QUANT_TYPES
 from qconf.errors import Problem, QconfError
-from qconf.paths import backend_options
+from qconf.plan.conftree import backend_options
 
 
 class PlanProblems(ValueError):

@@ -14,13 +14,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from qconf.bounds import check_override_depth
 from qconf.errors import PlanError, Problem
-from qconf.hydra_node import hydra_node_problems, is_hydra_override, plugin_choices
-from qconf.paths import backend_options, conf_dir
-from qconf.planfile import override_value, plan_file_overrides
-from qconf.userpath import user_path
-from qconf.yamlsafe import bounded_omegaconf
+from qconf.plan.conftree import backend_options, conf_dir
+from qconf.plan.hydra_node import hydra_node_problems, is_hydra_override, plugin_choices
+from qconf.plan.planfile import override_value, plan_file_overrides
+from qconf.trust.bounds import check_override_depth
+from qconf.trust.userpath import user_path
+from qconf.trust.yamlsafe import bounded_omegaconf
 
 CONFIG_NAME = "qconf"
 _MAPPING_PREFIX = "quant.mapping."

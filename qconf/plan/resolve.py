@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qconf.backends import REGISTRY, EntryBase
-from qconf.parts import PipelineParts
+from qconf.source.parts import PipelineParts
 
 if TYPE_CHECKING:  # schema calls resolve (Plan.resolve); resolve only names the Plan type
-    from qconf.schema import Plan
+    from qconf.plan.schema import Plan
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class ResolvedPlan:
     def quant_mapping(self, default_skips: Mapping[str, Sequence[str]] = {}) -> dict[str, Any]:  # noqa: B006 - read only
         """{part: library config object} for PipelineQuantizationConfig(quant_mapping=...).
         `default_skips[part]`: what the library would skip by itself, which `skip` extends.
-        GGUF parts are absent (they load from their file, see qconf.loader), and so are parts
+        GGUF parts are absent (they load from their file, see qconf.loading.loader), and so are parts
         saved pre-quantized (their config.json already says how)."""
         return {
             name: part.build(default_skips.get(name, ()))

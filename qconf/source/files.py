@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from qconf.bounds import MAX_JSON_DEPTH, depth
 from qconf.errors import ModelSourceError, Problem
+from qconf.trust.bounds import MAX_JSON_DEPTH, depth
 
 MAX_JSON_BYTES = 16 * 2**20  # configs are kilobytes; a safetensors header of a big model ~10 MB
 LIBRARIES = ("diffusers", "transformers")

@@ -7,9 +7,9 @@ option are shown next to it (e.g. `nf4` (bnb_4bit_compute_dtype=float16)). The m
 `qconf estimate` run on the model's config snapshot shipped in the wheel (meta device, nothing
 allocated; this column alone imports torch).
 
-`python -m qconf.preset_table` prints the table; the README keeps a copy between the
+`python -m qconf.estimate.preset_table` prints the table; the README keeps a copy between the
 `<!-- presets:start -->` and `<!-- presets:end -->` lines, checked by tests/test_presets.py, and
-`python -m qconf.preset_table --write README.md` refreshes that copy in place.
+`python -m qconf.estimate.preset_table --write README.md` refreshes that copy in place.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qconf.compose import compose
-from qconf.paths import backend_options, group_options
-from qconf.schema import validate
-from qconf.userpath import user_path
+from qconf.plan.compose import compose
+from qconf.plan.conftree import backend_options, group_options
+from qconf.plan.schema import validate
+from qconf.trust.userpath import user_path
 
 START_MARKER = "<!-- presets:start -->"
 END_MARKER = "<!-- presets:end -->"
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m qconf.preset_table", description="The presets as a markdown table."
+        prog="python -m qconf.estimate.preset_table", description="The presets as a markdown table."
     )
     parser.add_argument(
         "--write",

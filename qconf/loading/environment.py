@@ -12,7 +12,7 @@ from pathlib import Path
 
 from qconf.backends import CPU_ALTERNATIVE, REGISTRY, Backend
 from qconf.errors import BackendUnavailableError, Problem
-from qconf.resolve import ResolvedPlan
+from qconf.plan.resolve import ResolvedPlan
 
 
 def is_installed(spec: Backend) -> bool:
@@ -115,7 +115,7 @@ def cpu_runnable_options(extra_dirs: tuple[Path, ...] = ()) -> list[str]:
     from pydantic import TypeAdapter
 
     from qconf.backends import LIBRARIES, BackendEntry
-    from qconf.paths import backend_options
+    from qconf.plan.conftree import backend_options
 
     entries = TypeAdapter(BackendEntry)
     runnable = []

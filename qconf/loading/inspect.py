@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qconf.checks import saved_entries
 from qconf.errors import ModelSourceError, PlanError, Problem
-from qconf.model_files import read_part_config
-from qconf.parts import pipeline_parts
-from qconf.userpath import user_path
+from qconf.plan.checks import saved_entries
+from qconf.source.files import read_part_config
+from qconf.source.parts import pipeline_parts
+from qconf.trust.userpath import user_path
 
 
 def inspect_folder(folder: str | Path) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qconf.tiny.components import (
+from qconf.source.tiny.components import (
     seeded,
     t5_text_encoder,
     t5_tokenizer,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from qconf.errors import PlanError, Problem
-from qconf.resolve import ResolvedPlan
+from qconf.plan.resolve import ResolvedPlan
 
 
 def train_problems(resolved: ResolvedPlan, parts: Iterable[str] | None = None) -> list[Problem]:

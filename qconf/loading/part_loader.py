@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from qconf.errors import ModelSourceError, PlanError, Problem
-from qconf.loader import (
+from qconf.loading.loader import (
     _load_gguf_parts,
     _plan,
     _source_path,
@@ -19,8 +19,8 @@ from qconf.loader import (
     default_dtype_kept,
     load_safety,
 )
-from qconf.resolve import ResolvedPlan
-from qconf.trainable import check_trainable
+from qconf.loading.trainable import check_trainable
+from qconf.plan.resolve import ResolvedPlan
 
 
 def part_config(cfg: Any, part: str) -> Any:
@@ -31,7 +31,7 @@ def part_config(cfg: Any, part: str) -> Any:
     resolved_part = resolved.components[part]
     if resolved_part is None:
         return None
-    from qconf.environment import check_environment
+    from qconf.loading.environment import check_environment
 
     check_environment(resolved)
     skips = _transformers_default_skips(resolved, _source_path(plan.model.source))
@@ -43,7 +43,7 @@ def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
     plan = _plan(cfg, None, None, {})
     resolved = plan.resolve()
     _check_part(resolved, part)
-    from qconf.environment import check_environment
+    from qconf.loading.environment import check_environment
 
     check_environment(resolved)
     if train:

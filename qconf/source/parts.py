@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Literal
 
 from qconf.errors import Problem
-from qconf.model_files import read_json, read_model_index, read_part_config
-from qconf.pipeline_table import load_table
-from qconf.userpath import user_path
+from qconf.source.files import read_json, read_model_index, read_part_config
+from qconf.source.table import load_table
+from qconf.trust.userpath import user_path
 
 TINY_PIPELINES: dict[str, str] = {
     "tiny-flux": "FluxPipeline",

@@ -17,8 +17,8 @@ from pydantic import (
 
 from qconf.backends import REGISTRY, BackendEntry, EntryBase, StrictModel
 from qconf.backends.base import FloatDType
-from qconf.bounds import MAX_PLAN_DEPTH, depth
-from qconf.checks import (
+from qconf.errors import PlanError, Problem
+from qconf.plan.checks import (
     dtype_problems,
     mode_problems,
     part_problems,
@@ -27,20 +27,20 @@ from qconf.checks import (
     saved_problems,
     source_problems,
 )
-from qconf.errors import PlanError, Problem
-from qconf.messages import PlanProblems, did_you_mean, problems_from_errors
-from qconf.parts import PipelineParts, pipeline_parts
-from qconf.paths import backend_options
-from qconf.safety import (
+from qconf.plan.conftree import backend_options
+from qconf.plan.messages import PlanProblems, did_you_mean, problems_from_errors
+from qconf.plan.safety import (
     EnvironmentRead,
     check_interpolation_count,
     no_environment_reads,
     target_problems,
 )
-from qconf.userpath import user_path
+from qconf.source.parts import PipelineParts, pipeline_parts
+from qconf.trust.bounds import MAX_PLAN_DEPTH, depth
+from qconf.trust.userpath import user_path
 
 if TYPE_CHECKING:
-    from qconf.resolve import ResolvedPlan
+    from qconf.plan.resolve import ResolvedPlan
 
 BackendKey = Literal[tuple(REGISTRY)]  # type: ignore[valid-type]
 
@@ -190,7 +190,7 @@ class Plan(StrictModel):
         }
 
     def resolve(self, parts: PipelineParts | None = None) -> ResolvedPlan:
-        from qconf.resolve import resolve
+        from qconf.plan.resolve import resolve
 
         return resolve(self, parts)
 

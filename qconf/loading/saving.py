@@ -20,12 +20,12 @@ from typing import Any, Protocol
 
 from qconf.backends import REGISTRY
 from qconf.errors import PlanError, Problem
-from qconf.resolve import ResolvedPlan
-from qconf.userpath import user_path
+from qconf.plan.resolve import ResolvedPlan
+from qconf.trust.userpath import user_path
 
 
 class Loaded(Protocol):
-    """What saving needs of qconf.loader.Loaded (saving never imports the loader back)."""
+    """What saving needs of qconf.loading.loader.Loaded (saving never imports the loader back)."""
 
     pipeline: Any
     resolved: ResolvedPlan

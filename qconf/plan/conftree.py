@@ -9,12 +9,12 @@ from pathlib import Path
 import yaml
 
 from qconf.errors import PlanError, Problem
-from qconf.yamlsafe import load_yaml_file
+from qconf.trust.yamlsafe import load_yaml_file
 
 
 @cache
 def conf_dir() -> Path:
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the qconf package
     for candidate in (here / "conf", here.parent / "conf"):
         if (candidate / "qconf.yaml").is_file():
             return candidate

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from qconf.errors import PlanError, Problem
-from qconf.userpath import user_path
-from qconf.yamlsafe import load_yaml_file
+from qconf.trust.userpath import user_path
+from qconf.trust.yamlsafe import load_yaml_file
 
 SECTIONS = ("model", "quant", "run")
 _WHOLE = ("mapping", "kwargs")  # replaced as a whole, like `quant.mapping={...}`

@@ -1,4 +1,4 @@
-"""Checks around the real load (imports torch and the libraries; used by qconf.loader only).
+"""Checks around the real load (imports torch and the libraries; used by qconf.loading.loader only).
 
 Before: a local model folder's weight files are complete (safetensors headers against file
 sizes), its GGUF files parse, and the classes it names exist in the installed libraries.
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from qconf.errors import ModelSourceError, Problem
-from qconf.model_files import part_header, read_gguf
-from qconf.parts import PipelineParts, from_model_index
+from qconf.source.files import part_header, read_gguf
+from qconf.source.parts import PipelineParts, from_model_index
 
 
 def check_folder(resolved: Any, folder: Path | None) -> None:

@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qconf.errors import ModelSourceError, Problem
-from qconf.parts import TINY_PIPELINES
-from qconf.userpath import user_path
+from qconf.source.parts import TINY_PIPELINES
+from qconf.trust.userpath import user_path
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -131,8 +131,8 @@ def _cache_error(name: str, folder: Path, exc: OSError) -> ModelSourceError:
 def build_tiny_pipeline(name: str) -> DiffusionPipeline:
     """Build tiny pipeline ``name`` in memory. Deterministic: same weights on every call."""
     _check_name(name)
-    from qconf.tiny.image import build_flux, build_sd, build_sd3, build_sdxl
-    from qconf.tiny.video import build_ltx, build_wan, build_wan22
+    from qconf.source.tiny.image import build_flux, build_sd, build_sd3, build_sdxl
+    from qconf.source.tiny.video import build_ltx, build_wan, build_wan22
 
     builders: dict[str, Callable[[], DiffusionPipeline]] = {
         "tiny-flux": build_flux,
