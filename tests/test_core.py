@@ -929,9 +929,9 @@ def test_interpolations_are_resolved_before_validation() -> None:
 
 def test_a_plan_resolves_against_the_parts_it_is_given(tmp_path: Path) -> None:
     folder = flux_folder(tmp_path / "flux", text_encoder={"quantization_config": SAVED_NF4})
-    from qconf.source.parts import pipeline_parts
+    from qconf.source.model import open_source
 
-    saved_parts, _ = pipeline_parts(str(folder), None)
+    saved_parts = open_source(str(folder), None)[0].parts
     resolved = plan().resolve(saved_parts)
     assert list(resolved.quantized) == ["text_encoder"]
     assert resolved.parts is saved_parts

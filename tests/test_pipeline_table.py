@@ -18,12 +18,13 @@ def test_table_matches_installed_diffusers() -> None:
 
 
 def test_tiny_pipelines_are_saved_with_the_parts_the_table_names(tmp_path) -> None:
-    from qconf.source.parts import TINY_PIPELINES, pipeline_parts
+    from qconf.source.model import open_source
+    from qconf.source.parts import TINY_PIPELINES
     from qconf.source.tiny import tiny_pipeline_path
 
     for name in ("tiny-flux", "tiny-sd", "tiny-sd3"):
-        from_table, _ = pipeline_parts(name, None)
-        from_folder, _ = pipeline_parts(str(tiny_pipeline_path(name)), None)
+        from_table = open_source(name, None)[0].parts
+        from_folder = open_source(str(tiny_pipeline_path(name)), None)[0].parts
         assert from_folder.pipeline == TINY_PIPELINES[name]
         assert from_table.weighted.keys() == from_folder.weighted.keys()
         for part in from_folder.weighted.values():

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from qconf.source.parts import TINY_PIPELINES, pipeline_parts
+from qconf.source.model import open_source
+from qconf.source.parts import TINY_PIPELINES
 
 NAMES = sorted(TINY_PIPELINES)
 
@@ -50,9 +51,10 @@ def test_tiny_pipeline_is_deterministic(name: str) -> None:
 def test_validation_parts_are_the_saved_parts(name: str, qconf_cache: Path) -> None:
     from qconf.source.tiny import tiny_pipeline_path
 
-    assumed, problems = pipeline_parts(name, None)
-    saved, saved_problems = pipeline_parts(str(tiny_pipeline_path(name)), None)
-    assert assumed is not None and saved is not None, problems + saved_problems
+    assumed_source, problems = open_source(name, None)
+    saved_source, saved_problems = open_source(str(tiny_pipeline_path(name)), None)
+    assert assumed_source is not None and saved_source is not None, problems + saved_problems
+    assumed, saved = assumed_source.parts, saved_source.parts
     assert saved.pipeline == assumed.pipeline == TINY_PIPELINES[name]
     assert {n: p.library for n, p in saved.weighted.items()} == {
         n: p.library for n, p in assumed.weighted.items()

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qconf.errors import ModelSourceError, Problem
 from qconf.estimate.byte_models import (
     BYTE_MODELS,
     Layer,
@@ -19,15 +18,14 @@ from qconf.estimate.byte_models import (
 )
 from qconf.estimate.snapshots import is_shipped
 from qconf.estimate.sources import (
+    estimate_source,
     fp32_matcher,
     gguf_bytes,
     meta_model,
-    model_folder,
     safetensors_header,
 )
 from qconf.loading.report import PartTotals
 from qconf.source.files import read_part_config
-from qconf.trust.userpath import user_path
 
 
 @dataclass(frozen=True)
@@ -102,21 +100,13 @@ def estimate(plan_or_resolved: Any, source_folder: str | Path | None = None) -> 
     """Estimate a plan (Plan, ResolvedPlan, or a composed config) against `source_folder`, or
     the plan's own source (a tiny pipeline, a local folder, a hub id in the local cache).
     Every weight-bearing part the folder's model_index.json lists is counted."""
+    from qconf.plan.intake import take
     from qconf.plan.resolve import ResolvedPlan
-    from qconf.plan.schema import Plan, validate
-    from qconf.source.parts import from_model_index
 
     resolved = plan_or_resolved
     if not isinstance(resolved, ResolvedPlan):
-        plan = resolved if isinstance(resolved, Plan) else validate(resolved)
-        resolved = plan.resolve()
-    folder = user_path(source_folder, "--folder") if source_folder else model_folder(resolved.plan)
-    index = folder / "model_index.json"
-    if not index.is_file():
-        raise ModelSourceError(
-            Problem(str(folder), "has no model_index.json", "give a diffusers pipeline folder")
-        )
-    found = from_model_index(index)
+        resolved = take(resolved).resolve()
+    folder, found = estimate_source(resolved.plan, source_folder)
     parts = {}
     for name, part in found.weighted.items():
         resolved_part = resolved.components.get(name)

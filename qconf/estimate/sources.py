@@ -15,29 +15,29 @@ from qconf.errors import ModelSourceError, Problem
 from qconf.estimate.snapshots import is_shipped
 from qconf.quiet import config_notices_off
 from qconf.source.files import part_header, read_gguf, read_part_config
-from qconf.source.parts import source_kind
-from qconf.trust.userpath import user_path
+from qconf.source.parts import PipelineParts, from_model_index
 
 
-def model_folder(plan: Any) -> Path:
-    """The pipeline folder of the plan's source: a tiny pipeline's cache folder, a local folder,
-    a hub id's snapshot in the local Hugging Face cache, the config-only snapshot qconf ships,
-    or (with network) the hub id's config files fetched alone; else a user error."""
-    source = plan.model.source
-    kind = source_kind(source)
-    if kind == "tiny":
-        from qconf.source.tiny import tiny_pipeline_path
+def estimate_source(plan: Any, folder: str | Path | None = None) -> tuple[Path, PipelineParts]:
+    """The pipeline folder to read shapes from and its parts: `folder` (`--folder`, checked by
+    the intake as model.source is), else the plan's own source as validation opened it (a tiny
+    pipeline's cache folder, a local folder, a hub snapshot in the local cache), else the
+    config-only snapshot qconf ships, else (with network) the hub id's config files alone."""
+    from qconf.plan.intake import take_folder
 
-        return tiny_pipeline_path(source)
-    if kind == "folder":
-        return user_path(source, "model.source")
+    if folder is not None:
+        source = take_folder(plan, folder)
+        return source.folder, source.parts  # type: ignore[return-value]
+    local = plan.source.local_folder()
+    if local is not None:
+        return local, plan.source.parts
     from qconf.estimate.snapshots import fetch_configs, snapshot_folder
-    from qconf.source.parts import hub_cache_index
 
-    cached = hub_cache_index(source)
-    if cached is not None:
-        return cached.parent
-    return snapshot_folder(source) or fetch_configs(source, plan.model.pipeline)
+    shipped = snapshot_folder(plan.model.source)
+    if shipped is not None:
+        return shipped, from_model_index(shipped / "model_index.json")
+    fetched = fetch_configs(plan.model.source, plan.model.pipeline)
+    return fetched, take_folder(plan, fetched, "model.source").parts
 
 
 def meta_model(folder: Path, name: str, library: str, class_name: str, dtype: Any) -> Any:

@@ -51,14 +51,11 @@ def lora_estimate(
     """LoRA on `parts` of the plan's model (see module docstring)."""
     import torch
 
-    from qconf.estimate.sources import meta_model, model_folder
-    from qconf.source.parts import from_model_index
+    from qconf.estimate.sources import estimate_source, meta_model
     from qconf.train import DEFAULT_TARGETS
-    from qconf.trust.userpath import user_path
 
     resolved = plan.resolve()
-    root = user_path(folder, "--folder") if folder else model_folder(resolved.plan)
-    found = from_model_index(root / "model_index.json")
+    root, found = estimate_source(plan, folder)
     dtype = getattr(torch, resolved.torch_dtype or "float32")
     result = {}
     for name in parts:

@@ -8,8 +8,8 @@ from typing import Any
 
 from qconf.errors import ModelSourceError, PlanError, Problem
 from qconf.plan.checks import saved_entries
-from qconf.source.files import read_part_config
-from qconf.source.parts import pipeline_parts
+from qconf.source.model import open_source
+from qconf.source.parts import PipelineParts
 from qconf.trust.userpath import user_path
 
 
@@ -22,20 +22,21 @@ def inspect_folder(folder: str | Path) -> dict[str, Any]:
                 str(folder), "no model_index.json here", "give a saved diffusers pipeline folder"
             )
         )
-    found, problems = pipeline_parts(str(path), None)
-    if found is None:
+    source, problems = open_source(str(path), None)
+    if source is None:
         raise PlanError(problems)
+    found = source.parts
     entries = saved_entries(found.weighted)
     return {
-        "model": {"source": str(folder), "pipeline": found.pipeline, "torch_dtype": _dtype(path)},
+        "model": {"source": str(folder), "pipeline": found.pipeline, "torch_dtype": _dtype(found)},
         "quant": {"mapping": {name: entry.canonical() for name, entry in entries.items()}},
     }
 
 
-def _dtype(folder: Path) -> str | None:
+def _dtype(found: PipelineParts) -> str | None:
     """transformers records the load dtype in config.json; diffusers does not."""
-    for config in sorted(folder.glob("*/config.json")):
-        data = read_part_config(config.parent)
+    for name in sorted(found.parts):
+        data = found.parts[name].config or {}
         dtype = data.get("dtype") or data.get("torch_dtype")
         if dtype in ("float32", "float16", "bfloat16"):
             return dtype

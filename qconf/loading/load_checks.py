@@ -17,7 +17,7 @@ from typing import Any
 
 from qconf.errors import ModelSourceError, Problem
 from qconf.source.files import part_header, read_gguf
-from qconf.source.parts import PipelineParts, from_model_index
+from qconf.source.parts import PipelineParts
 
 
 def check_folder(resolved: Any, folder: Path | None) -> None:
@@ -27,7 +27,8 @@ def check_folder(resolved: Any, folder: Path | None) -> None:
             read_gguf(part.entry.file, f"quant.mapping.{name}.file")
     if folder is None or not (folder / "model_index.json").is_file():
         return
-    _check_classes(from_model_index(folder / "model_index.json"))
+    if resolved.plan.source.kind != "tiny":  # qconf builds those itself from the table
+        _check_classes(resolved.parts)
     for name in resolved.parts.weighted:
         gguf = resolved.components.get(name)
         if (folder / name).is_dir() and not (gguf and gguf.backend == "gguf"):

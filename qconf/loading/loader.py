@@ -14,10 +14,9 @@ from typing import Any
 from qconf.errors import ModelSourceError, Problem
 from qconf.loading.report import LoadReport, measure_part
 from qconf.loading.trainable import check_trainable
+from qconf.plan.intake import take
 from qconf.plan.resolve import ResolvedPlan
-from qconf.plan.schema import Plan, validate
-from qconf.source.parts import source_kind
-from qconf.trust.userpath import user_path
+from qconf.plan.schema import Plan
 
 
 @dataclass
@@ -44,9 +43,9 @@ def load(
     **extra: Any,
 ) -> Loaded:
     """Load with a composed config, or with `model=`/`quant=` nodes (as a Hydra `_target_`).
-    `save=DIR` then writes the quantized pipeline there (see qconf.loading.saving); `train=True` (or a
-    list of parts) first refuses backends that cannot pass gradients (qconf.loading.trainable)."""
-    plan = _plan(cfg, model, quant, extra)
+    `save=DIR` then writes the quantized pipeline there (see qconf.loading.saving);
+    `train=True` (or a list of parts) first refuses backends that cannot pass gradients (qconf.loading.trainable)."""
+    plan = take(cfg, model=model, quant=quant, **extra)
     resolved = plan.resolve()
     from qconf.loading.environment import check_environment
 
@@ -59,7 +58,7 @@ def load(
         check_can_save(resolved, save, force=force)  # before any weight is read
         check_shard_size(max_shard_size)
         listing = snapshot(save)
-    source = _source_path(plan.model.source)
+    source = plan.source.load_path()
 
     import torch
     from diffusers import DiffusionPipeline
@@ -67,7 +66,7 @@ def load(
     from qconf.loading.load_checks import check_folder, missing_key_problems, missing_keys
     from qconf.loading.out_of_memory import out_of_memory_cause
 
-    check_folder(resolved, _local_folder(plan.model.source, source))
+    check_folder(resolved, plan.source.local_folder())
     dtype = getattr(torch, resolved.torch_dtype) if resolved.torch_dtype else None
     started = time.perf_counter()
     with default_dtype_kept():
@@ -131,44 +130,6 @@ def load_pipeline(cfg: Any = None, *, model: Any = None, quant: Any = None, **ex
     return load(cfg, model=model, quant=quant, **extra).pipeline
 
 
-def _plan(cfg: Any, model: Any, quant: Any, extra: dict[str, Any]) -> Plan:
-    if cfg is None:
-        if model is None:
-            from qconf.plan.compose import compose
-
-            cfg = compose()
-        else:
-            cfg = {"model": model, **({"quant": quant} if quant is not None else {}), **extra}
-    return cfg if isinstance(cfg, Plan) else validate(cfg)
-
-
-def _source_path(source: str) -> str:
-    kind = source_kind(source)
-    if kind == "tiny":
-        from qconf.source.tiny import tiny_pipeline_path
-
-        return str(tiny_pipeline_path(source))
-    if kind == "folder":
-        return str(user_path(source, "model.source"))
-    return source
-
-
-def model_folder(source: str) -> Path | None:
-    """The folder `model.source` loads from on this machine (None: a hub id not in the cache).
-    Builds a tiny pipeline on first use."""
-    return _local_folder(source, _source_path(source))
-
-
-def _local_folder(source: str, path: str) -> Path | None:
-    """The folder the pipeline loads from, when it is on this machine."""
-    if source_kind(source) != "hub":
-        return Path(path)
-    from qconf.source.parts import hub_cache_index
-
-    cached = hub_cache_index(source)
-    return cached.parent if cached is not None else None
-
-
 def _transformers_default_skips(resolved: ResolvedPlan, source: str) -> dict[str, list[str]]:
     """What transformers would leave unquantized by itself (e.g. output embeddings) for parts
     with a `skip` list: transformers drops these defaults once a skip list is given, and qconf's
@@ -183,8 +144,12 @@ def _transformers_default_skips(resolved: ResolvedPlan, source: str) -> dict[str
     for name, part in resolved.quantized.items():
         if part.library != "transformers" or part.entry.skip is None:
             continue
-        model_cls = getattr(transformers, resolved.parts.parts[name].class_name)
-        config = AutoConfig.from_pretrained(source, subfolder=name)
+        info = resolved.parts.parts[name]
+        model_cls = getattr(transformers, info.class_name)
+        if info.config is not None:  # as the source read it (no second read of the file)
+            config = model_cls.config_class.from_dict(dict(info.config))
+        else:
+            config = AutoConfig.from_pretrained(source, subfolder=name)
         with torch.device("meta"):
             model = model_cls(config)
         skips[name] = sorted(get_keys_to_not_convert(model))

@@ -13,19 +13,18 @@ from typing import Any
 from qconf.errors import ModelSourceError, PlanError, Problem
 from qconf.loading.loader import (
     _load_gguf_parts,
-    _plan,
-    _source_path,
     _transformers_default_skips,
     default_dtype_kept,
     load_safety,
 )
 from qconf.loading.trainable import check_trainable
+from qconf.plan.intake import take
 from qconf.plan.resolve import ResolvedPlan
 
 
 def part_config(cfg: Any, part: str) -> Any:
     """The diffusers/transformers quantization config object for `part` (None: unquantized)."""
-    plan = _plan(cfg, None, None, {})
+    plan = take(cfg)
     resolved = plan.resolve()
     _check_part(resolved, part)
     resolved_part = resolved.components[part]
@@ -34,13 +33,13 @@ def part_config(cfg: Any, part: str) -> Any:
     from qconf.loading.environment import check_environment
 
     check_environment(resolved)
-    skips = _transformers_default_skips(resolved, _source_path(plan.model.source))
+    skips = _transformers_default_skips(resolved, plan.source.load_path())
     return resolved_part.build(skips.get(part, ()))
 
 
 def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
     """Load only `part` of the plan's model, quantized as the plan says."""
-    plan = _plan(cfg, None, None, {})
+    plan = take(cfg)
     resolved = plan.resolve()
     _check_part(resolved, part)
     from qconf.loading.environment import check_environment
@@ -48,7 +47,7 @@ def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
     check_environment(resolved)
     if train:
         check_trainable(resolved, [part])
-    source = _source_path(plan.model.source)
+    source = plan.source.load_path()
 
     import torch
 

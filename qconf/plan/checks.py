@@ -4,7 +4,7 @@ problems; none changes anything."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -12,7 +12,8 @@ from pydantic import TypeAdapter, ValidationError
 from qconf.backends import REGISTRY, BackendEntry, EntryBase, entry_from_saved
 from qconf.errors import PlanError, Problem
 from qconf.plan.messages import did_you_mean, problems_from_errors
-from qconf.source.parts import Part, PipelineParts, pipeline_parts
+from qconf.source.model import open_source
+from qconf.source.parts import Part, PipelineParts
 
 if TYPE_CHECKING:
     from qconf.plan.schema import ModelSpec, Plan, QuantSpec
@@ -45,14 +46,21 @@ def mode_problems(backend: Any, kwargs: Any, components: Any, mapping: Any) -> l
     return problems
 
 
-def raw_name_problems(data: dict) -> list[Problem]:
-    """Unknown/weightless part names, from unvalidated data (used when fields failed)."""
+def raw_name_problems(
+    data: dict, open_source: Callable[[str, Any], Any] = open_source
+) -> list[Problem]:
+    """Unknown/weightless part names, from unvalidated data (used when fields failed).
+    `open_source(source, pipeline)` gives (ModelSource | None, problems)."""
     model, quant = data.get("model"), data.get("quant")
     if not isinstance(model, dict) or not isinstance(quant, dict):
         return []
-    found, problems = pipeline_parts(str(model.get("source")), model.get("pipeline"))
-    if found is None:
+    pipeline = model.get("pipeline")
+    source, problems = open_source(
+        str(model.get("source")), pipeline if isinstance(pipeline, str) else None
+    )
+    if source is None:
         return problems
+    found = source.parts
     mapping = quant.get("mapping") if isinstance(quant.get("mapping"), dict) else {}
     components = quant.get("components") if isinstance(quant.get("components"), list) else []
     named = {name: f"quant.mapping.{name}" for name in mapping if isinstance(name, str)}

@@ -81,8 +81,8 @@ class ResolvedPlan:
     def quant_mapping(self, default_skips: Mapping[str, Sequence[str]] = {}) -> dict[str, Any]:  # noqa: B006 - read only
         """{part: library config object} for PipelineQuantizationConfig(quant_mapping=...).
         `default_skips[part]`: what the library would skip by itself, which `skip` extends.
-        GGUF parts are absent (they load from their file, see qconf.loading.loader), and so are parts
-        saved pre-quantized (their config.json already says how)."""
+        GGUF parts are absent (they load from their file, see qconf.loading.loader), and so
+        are parts saved pre-quantized (their config.json already says how)."""
         return {
             name: part.build(default_skips.get(name, ()))
             for name, part in self.quantized.items()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import (
     BeforeValidator,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     model_validator,
@@ -35,7 +36,8 @@ from qconf.plan.safety import (
     no_environment_reads,
     target_problems,
 )
-from qconf.source.parts import PipelineParts, pipeline_parts
+from qconf.source.model import ModelSource, open_source
+from qconf.source.parts import PipelineParts
 from qconf.trust.bounds import MAX_PLAN_DEPTH, depth
 from qconf.trust.userpath import user_path
 
@@ -160,12 +162,22 @@ class Plan(StrictModel):
     model: ModelSpec
     quant: QuantSpec = Field(default_factory=QuantSpec)
     run: RunSpec = Field(default_factory=RunSpec)
+    # The model source as validation opened it (see `validate`): later steps take it from here
+    # rather than reading the folder again.
+    _source: ModelSource | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> ModelSource:
+        """model.source resolved and checked (opened once, by validation)."""
+        if self._source is None:
+            found, problems = open_source(self.model.source, self.model.pipeline)
+            if found is None:
+                raise PlanError(problems)
+            self._source = found
+        return self._source
 
     def parts(self) -> PipelineParts:
-        found, problems = pipeline_parts(self.model.source, self.model.pipeline)
-        if found is None:
-            raise PlanError(problems)
-        return found
+        return self.source.parts
 
     def targets(self, parts: PipelineParts | None = None) -> dict[str, EntryBase | None]:
         """Every weight-bearing part -> the entry that quantizes it (None = left alone)."""
@@ -200,7 +212,7 @@ class Plan(StrictModel):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _report_together(cls, data: Any, handler: Any) -> Plan:
+    def _report_together(cls, data: Any, handler: Any, info: ValidationInfo) -> Plan:
         """Field errors stop pydantic before the part checks; run the name checks anyway so one
         pass reports every problem."""
         try:
@@ -208,12 +220,15 @@ class Plan(StrictModel):
         except ValidationError as exc:
             problems = problems_from_errors(exc.errors(), root=Plan)
             if isinstance(data, dict) and not any(p.where.startswith("model") for p in problems):
-                problems += raw_name_problems(data)
+                problems += raw_name_problems(
+                    data, lambda src, pipe: opened_source(info.context, src, pipe)
+                )
             raise PlanProblems(list(dict.fromkeys(problems))) from None  # once each, in order
 
     @model_validator(mode="after")
-    def _check_parts(self) -> Plan:
-        found, problems = pipeline_parts(self.model.source, self.model.pipeline)
+    def _check_parts(self, info: ValidationInfo) -> Plan:
+        source, problems = opened_source(info.context, self.model.source, self.model.pipeline)
+        found = source.parts if source is not None else None
         if found is not None:
             problems += source_problems(self.model, found)
             problems += part_problems(self.quant, found)
@@ -228,7 +243,12 @@ class Plan(StrictModel):
 def validate(cfg: Any, *, config_dir: str | Path | None = None) -> Plan:
     """Check a composed config (DictConfig or dict) and return the Plan, or raise PlanError
     listing every problem. Pure: reads config files and model_index.json, never weights."""
-    data = _plain(cfg)
+    try:
+        data = _plain(cfg)
+    except RecursionError:  # a Python container that holds itself
+        raise PlanError(
+            Problem("plan", "values are nested too deeply (or hold themselves)", "pass plain data")
+        ) from None
     if depth(data) > MAX_PLAN_DEPTH:  # before anything walks it recursively
         raise PlanError(
             Problem(
@@ -241,43 +261,68 @@ def validate(cfg: Any, *, config_dir: str | Path | None = None) -> Plan:
     if unsafe:  # before anything else reads the config
         raise PlanError(unsafe)
     extra = (user_path(config_dir, "--config-dir").resolve(),) if config_dir is not None else ()
+    context: dict[str, Any] = {"options": backend_options(extra), "sources": {}}
     try:
-        return Plan.model_validate(data, context={"options": backend_options(extra)})
+        plan = Plan.model_validate(data, context=context)
     except ValidationError as exc:
         raise PlanError(problems_from_errors(exc.errors(), root=Plan)) from None
+    plan._source = context["sources"].get((plan.model.source, plan.model.pipeline), (None,))[0]
+    return plan
+
+
+def opened_source(
+    context: dict[str, Any] | None, source: str, pipeline: str | None
+) -> tuple[ModelSource | None, list[Problem]]:
+    """open_source, once per validation: the checks of one plan share what it read."""
+    sources = (context or {}).setdefault("sources", {})
+    key = (source, pipeline)
+    if key not in sources:
+        sources[key] = open_source(source, pipeline)
+    return sources[key]
 
 
 def _plain(cfg: Any) -> Any:
+    """Plain data of `cfg`, every OmegaConf node in it (at the top or nested in dicts, lists and
+    tuples, e.g. `{"model": cfg.model}`) converted with environment reads refused: the plan is
+    written into saved and run folders."""
     if isinstance(cfg, Plan):
         return cfg.model_dump(mode="json")
     if type(cfg).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-        from omegaconf.errors import OmegaConfBaseException
-
-        check_interpolation_count(OmegaConf.to_container(cfg, resolve=False))
-        try:
-            with no_environment_reads():
-                return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        except RecursionError:
-            raise PlanError(
-                Problem("plan", "values are nested too deeply", "check the nested values")
-            ) from None
-        except OmegaConfBaseException as exc:
-            key = str(getattr(exc, "full_key", None) or "config")
-            cause = _environment_read(exc)
-            if cause is not None:
-                raise PlanError(
-                    Problem(
-                        key,
-                        f"{cause} (${{oc.env:...}})",
-                        "plans are written into saved and run folders, so qconf never resolves "
-                        "environment variables; put the value itself on the command line",
-                    )
-                ) from None
-            raise PlanError(
-                Problem(key, str(exc).splitlines()[0], "set the value (e.g. model=tiny-flux)")
-            ) from None
+        return _container(cfg)
+    if isinstance(cfg, dict):
+        return {key: _plain(value) for key, value in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [_plain(value) for value in cfg]
     return cfg
+
+
+def _container(cfg: Any) -> Any:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    check_interpolation_count(OmegaConf.to_container(cfg, resolve=False))
+    try:
+        with no_environment_reads():
+            return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except RecursionError:
+        raise PlanError(
+            Problem("plan", "values are nested too deeply", "check the nested values")
+        ) from None
+    except OmegaConfBaseException as exc:
+        key = str(getattr(exc, "full_key", None) or "config")
+        cause = _environment_read(exc)
+        if cause is not None:
+            raise PlanError(
+                Problem(
+                    key,
+                    f"{cause} (${{oc.env:...}})",
+                    "plans are written into saved and run folders, so qconf never resolves "
+                    "environment variables; put the value itself on the command line",
+                )
+            ) from None
+        raise PlanError(
+            Problem(key, str(exc).splitlines()[0], "set the value (e.g. model=tiny-flux)")
+        ) from None
 
 
 def _environment_read(exc: BaseException | None) -> EnvironmentRead | None:

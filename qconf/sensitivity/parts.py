@@ -10,32 +10,42 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from qconf.errors import QconfError
 from qconf.quiet import no_progress_bars
 from qconf.sensitivity import cache
+from qconf.sensitivity.cache import (
+    ByteCount,
+    Mse,
+    Name,
+    NonNegative,
+    Psnr,
+    Similarity,
+    Text,
+)
 
 CLEAR_QUANT = ["quant.backend=null", "quant.kwargs={}", "quant.components=null",
                "quant.mapping={}"]  # fmt: skip
-KIND = "parts-v1"  # cache folder; bump when the measurement changes
+KIND = "parts-v2"  # cache folder; bump when the measurement or the entry's format changes
 
 
 @dataclass
 class Cell:
-    """One part under one option, every other part unquantized."""
+    """One part under one option, every other part unquantized. The annotations bound what a
+    cached cell may hold (read back from a folder others may write, see cache.py)."""
 
-    part: str
-    option: str
-    status: str  # "ok" | "not here" (cannot run on this machine) | "failed" (ran, broke)
-    reason: str = ""
-    bytes: int = 0  # estimated weights of the part under the option
-    bytes_unquantized: int = 0
-    part_rel_error: float | None = None  # the part's first-call output vs unquantized
-    part_cosine: float | None = None
-    image_mse: float | None = None  # mean over images, pixels in 0..1
-    image_psnr: float | None = None
-    image_ssim: float | None = None
+    part: Name
+    option: Name
+    status: Literal["ok", "not here", "failed"]  # "not here": cannot run here; "failed": broke
+    reason: Text = ""
+    bytes: ByteCount = 0  # estimated weights of the part under the option
+    bytes_unquantized: ByteCount = 0
+    part_rel_error: NonNegative | None = None  # the part's first-call output vs unquantized
+    part_cosine: Similarity | None = None
+    image_mse: Mse | None = None  # mean over images, pixels in 0..1
+    image_psnr: Psnr | None = None
+    image_ssim: Similarity | None = None
     cached: bool = False
 
     @property
@@ -66,11 +76,10 @@ class Setting:
 
 def setting(overrides: list[str], config_dir: str | None = None) -> Setting:
     import qconf
-    from qconf.loading.loader import model_folder
 
     cfg = qconf.compose([*overrides, *CLEAR_QUANT], config_dir=config_dir)
     plan = qconf.validate(cfg, config_dir=config_dir)
-    folder = model_folder(plan.model.source)
+    folder = plan.source.local_folder()
     fingerprint = cache.model_fingerprint(plan.model.source, folder)
     return Setting(list(overrides), config_dir, plan, fingerprint, cache.library_versions())
 
@@ -98,10 +107,13 @@ def measure_parts(
             entry = plan.resolve().components[part].entry.model_dump(mode="json")
             name = where.cell_key(part, entry)
             hit = cache.read(KIND, name, Cell)
-            if hit is not None and (hit.part, hit.option) == (part, option):
+            mismatch = None if hit is None else _mismatch(hit, cell)
+            if hit is not None and mismatch is None:
                 hit.cached = True
                 cells.append(hit)
                 continue
+            if mismatch is not None:
+                cache.notice(KIND, name, mismatch)
             cells.append(cell)
             todo.append((cell, plan, name))
     if not todo:
@@ -111,10 +123,33 @@ def measure_parts(
             if progress is not None:
                 progress(done, len(todo), f"{cell.part} {cell.option}")
             _measure(where, reference, cell, plan)
-            cache.write(KIND, name, {k: v for k, v in asdict(cell).items() if k != "cached"})
+            entry = {k: v for k, v in asdict(cell).items() if k != "cached"}
+            cache.write(KIND, name, entry, Cell)
         if progress is not None:
             progress(len(todo), len(todo), "")
     return cells
+
+
+def _mismatch(hit: Cell, fresh: Cell) -> str | None:
+    """Why a cached cell cannot be this cell, or None. Its bytes must be what the estimator says
+    now (tune adds them up against the budget), an `ok` cell must hold every measure, and its
+    PSNR must be its MSE's (tune ranks by the MSE, tables show the PSNR)."""
+    if (hit.part, hit.option) != (fresh.part, fresh.option):
+        return f"is for {hit.part}={hit.option}, not {fresh.part}={fresh.option}"
+    if (hit.bytes, hit.bytes_unquantized) != (fresh.bytes, fresh.bytes_unquantized):
+        return (f"says {hit.bytes:,} of {hit.bytes_unquantized:,} bytes; the estimator says "
+                f"{fresh.bytes:,} of {fresh.bytes_unquantized:,}")  # fmt: skip
+    if hit.status == "not here":  # decided afresh on each run, never cached
+        return "says the option cannot run here"
+    if not hit.ok:
+        return None
+    measures = (hit.part_rel_error, hit.part_cosine, hit.image_mse, hit.image_psnr,
+                hit.image_ssim)  # fmt: skip
+    if any(value is None for value in measures):
+        return "is marked ok but lacks a measure"
+    if not math.isclose(psnr_of(hit.image_mse or 0.0), hit.image_psnr or 0.0, rel_tol=1e-9):
+        return "holds a PSNR that is not its MSE's"
+    return None
 
 
 def _runnable(where: Setting, part: str, option: str) -> tuple[Cell, Any]:
@@ -194,6 +229,19 @@ def _measure(where: Setting, reference: _Reference, cell: Cell, plan: Any) -> No
     cell.image_mse = sum(mses) / len(mses)
     cell.image_psnr = psnr_of(cell.image_mse)
     cell.image_ssim = sum(ssim for _, ssim in scores) / len(scores)
+    if _non_finite(cell):  # NaN ranks nothing, and the cache would refuse the entry
+        cell.status, cell.reason = "failed", "non-finite output (NaN or inf) under this option"
+        cell.part_rel_error = cell.part_cosine = cell.image_mse = None
+        cell.image_psnr = cell.image_ssim = None
+
+
+def _non_finite(cell: Cell) -> bool:
+    """A measure that is NaN or infinite (PSNR may be inf: identical images)."""
+    values = (cell.part_rel_error, cell.part_cosine, cell.image_mse, cell.image_ssim)
+    psnr = cell.image_psnr
+    return any(not math.isfinite(v) for v in values if v is not None) or (
+        psnr is not None and math.isnan(psnr)
+    )
 
 
 def psnr_of(mse: float) -> float:

@@ -113,10 +113,19 @@ def read_json(path: Path, what: str = "the file") -> dict[str, Any]:
     return data
 
 
-def read_model_index(path: Path) -> tuple[str, dict[str, tuple[str, str] | None]]:
-    """(pipeline class, {part: (library, class) or None for an absent part}) of model_index.json,
-    every entry checked: a part is a [library, class] pair of names, or [null, null]."""
+MAX_PARTS = 64  # a pipeline has a handful; each part costs a config read and a meta build
+
+
+def read_model_index(path: Path) -> tuple[str, dict[str, tuple[str, str] | None], Any]:
+    """(pipeline class, {part: (library, class) or None for an absent part}, `_class_name` as
+    written) of model_index.json, every entry checked: a part is a [library, class] pair of
+    names, or [null, null]."""
     index = read_json(path, "model_index.json")
+    listed = sum(isinstance(v, list) and not k.startswith("_") for k, v in index.items())
+    if listed > MAX_PARTS:
+        raise bad_file(path, f"lists {listed} parts (a pipeline has at most {MAX_PARTS})",
+                       "point model.source at a diffusers pipeline folder")  # fmt: skip
+    raw_class = index.get("_class_name")
     folder = path.parent
     pipeline = index.get("_class_name", "DiffusionPipeline")
     if (
@@ -158,7 +167,7 @@ def read_model_index(path: Path) -> tuple[str, dict[str, tuple[str, str] | None]
         if not _CLASS.fullmatch(class_name):
             raise bad_file(where, f"'{class_name}' is not a class name", "name the part's class")
         parts[name] = (library, class_name)
-    return pipeline, parts
+    return pipeline, parts, raw_class
 
 
 def read_part_config(folder: Path) -> dict[str, Any]:

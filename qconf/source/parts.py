@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from qconf.errors import Problem
-from qconf.source.files import read_json, read_model_index, read_part_config
+from qconf.source.files import read_model_index, read_part_config
 from qconf.source.table import load_table
 from qconf.trust.userpath import user_path
 
@@ -49,6 +48,7 @@ class Part:
     saved_quantization: dict | None = None  # config.json `quantization_config` (pre-quantized)
     pickle_only: bool = False  # weights only as .bin/.pt/.ckpt (pickle), no .safetensors
     custom_code: str | None = None  # why loading it would run code from the model folder/hub
+    config: dict | None = None  # its config.json as read (bounded, checked), None: none there
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,14 @@ def source_kind(source: str) -> SourceKind:
     return "hub"
 
 
-def _from_table(pipeline: str, origin: str, absent: frozenset[str] = frozenset()) -> PipelineParts:
+def tiny_parts(name: str) -> PipelineParts:
+    absent = _TINY_ABSENT.get(name, _AUXILIARY)
+    return parts_from_table(TINY_PIPELINES[name], f"built-in {name}", absent)
+
+
+def parts_from_table(
+    pipeline: str, origin: str, absent: frozenset[str] = frozenset()
+) -> PipelineParts:
     table = load_table()[pipeline]
     parts = {
         name: Part(name, info["library"], info["class"], info["weights"], name in _AUXILIARY)
@@ -85,7 +92,7 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
 def from_model_index(path: Path) -> PipelineParts:
-    pipeline, entries = read_model_index(path)
+    pipeline, entries, raw_class = read_model_index(path)
     known = load_table().get(pipeline, {})
     parts = {}
     for name, value in entries.items():
@@ -100,13 +107,12 @@ def from_model_index(path: Path) -> PipelineParts:
         parts[name] = Part(
             name, library, class_name, weights, **_folder_facts(path.parent / name, library)
         )
-    return PipelineParts(pipeline, parts, str(path.parent), _custom_pipeline(path, pipeline))
+    return PipelineParts(pipeline, parts, str(path.parent), _custom_pipeline(raw_class, pipeline))
 
 
-def _custom_pipeline(path: Path, pipeline: str) -> str | None:
+def _custom_pipeline(raw: object, pipeline: str) -> str | None:
     """diffusers runs a pipeline file named by `_class_name: [file, class]`, and looks up a
     class it does not have on the hub: both are code shipped with the model."""
-    raw = read_json(path, "model_index.json").get("_class_name")
     if isinstance(raw, list):
         return f"model_index.json names a pipeline file '{raw[0]}' (code shipped with the model)"
     if pipeline not in load_table():
@@ -118,6 +124,8 @@ def _folder_facts(folder: Path, library: str) -> dict:
     """What a part's own folder says: saved quantization, weight format, custom code."""
     facts: dict = {}
     config = read_part_config(folder)
+    if (folder / "config.json").is_file():
+        facts["config"] = config
     if "quantization_config" in config:
         facts["saved_quantization"] = config["quantization_config"]
     if library not in ("diffusers", "transformers"):
@@ -139,54 +147,3 @@ def hub_cache_index(repo_id: str) -> Path | None:
     snapshots = Path(hub_cache) / f"models--{repo_id.replace('/', '--')}" / "snapshots"
     found = sorted(snapshots.glob("*/model_index.json"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
-
-
-def pipeline_parts(source: str, pipeline: str | None) -> tuple[PipelineParts | None, list[Problem]]:
-    """The parts of the pipeline `source` names; problems say why they cannot be known."""
-    table = load_table()
-    if pipeline is not None and pipeline not in table:
-        return None, [
-            Problem(
-                "model.pipeline",
-                f"unknown pipeline class '{pipeline}'",
-                "use a class name of the installed diffusers (e.g. FluxPipeline) or null",
-            )
-        ]
-    kind = source_kind(source)
-    if kind == "tiny":
-        absent = _TINY_ABSENT.get(source, _AUXILIARY)
-        found = _from_table(TINY_PIPELINES[source], f"built-in {source}", absent)
-    elif kind == "folder":
-        index = user_path(source, "model.source") / "model_index.json"
-        if not index.is_file():
-            return None, [
-                Problem(
-                    "model.source",
-                    f"'{source}' has no model_index.json",
-                    "point model.source at a diffusers pipeline folder (save_pretrained output)",
-                )
-            ]
-        found = from_model_index(index)
-    else:
-        cached = hub_cache_index(source)
-        if cached is not None:
-            found = from_model_index(cached)
-        elif pipeline is not None:
-            return _from_table(pipeline, f"{pipeline} (parts table)"), []
-        else:
-            return None, [
-                Problem(
-                    "model.pipeline",
-                    f"cannot tell the parts of '{source}': not a folder, not in the local cache",
-                    "set model.pipeline (e.g. FluxPipeline), or pick a model= option or a folder",
-                )
-            ]
-    if pipeline is not None and found.pipeline != pipeline:
-        return None, [
-            Problem(
-                "model.pipeline",
-                f"'{pipeline}' but {found.origin} is a {found.pipeline}",
-                f"set model.pipeline={found.pipeline} or null",
-            )
-        ]
-    return found, []

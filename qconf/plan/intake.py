@@ -1,0 +1,80 @@
+"""The one front door: whatever a caller gives (typed overrides, a plan file, a config dir, a
+composed DictConfig, a dict, `model=`/`quant=` keywords, a Plan) becomes one checked Plan whose
+model source was resolved and checked once (`plan.source`). Every command and API entry takes
+its plan here; nothing else composes a plan or opens a model source.
+
+Trust: typed overrides and Python arguments are the caller's own; a plan file is a file and is
+always kept apart from them (composed before them, never allowed to turn on what only typing
+may, see qconf.plan.compose). Values from the environment never enter a plan, whatever the
+container (a DictConfig node inside a plain dict included)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from qconf.errors import PlanError, Problem
+from qconf.plan.checks import source_problems
+from qconf.plan.schema import Plan, validate
+from qconf.source.model import ModelSource, open_source
+from qconf.trust.userpath import user_path
+
+_FIELDS = ("model", "quant", "run")
+
+
+def take(
+    cfg: Any = None,
+    *,
+    overrides: Sequence[str] = (),
+    plan_file: str | Path | None = None,
+    config_dir: str | Path | None = None,
+    **fields: Any,
+) -> Plan:
+    """The checked Plan of what the caller gave:
+    - `cfg`: a Plan (returned as it is), a composed DictConfig or a plain dict;
+    - or `model=`, `quant=`, `run=` nodes (a Hydra `_target_` call passes these);
+    - or nothing: composed from qconf's tree, `config_dir`, `plan_file` and `overrides`."""
+    fields = {key: value for key, value in fields.items() if value is not None}
+    if isinstance(cfg, Plan):
+        if overrides or plan_file is not None or fields:
+            raise PlanError(Problem("plan", "a Plan was given together with overrides",
+                                    "compose them first, or pass one of them"))  # fmt: skip
+        return cfg
+    unknown = sorted(set(fields) - set(_FIELDS))
+    if unknown:
+        raise PlanError(
+            Problem(
+                ", ".join(unknown),
+                "not a plan section",
+                f"pass {', '.join(_FIELDS)} (or a composed cfg)",
+            )
+        )
+    if cfg is None and fields:
+        if "model" not in fields:
+            raise PlanError(Problem("model", "missing", "pass model={'source': ...}"))
+        cfg = fields
+    elif cfg is None:
+        from qconf.plan.compose import compose
+
+        cfg = compose(overrides, config_dir=config_dir, plan_file=plan_file)
+    elif overrides or plan_file is not None or fields:
+        raise PlanError(Problem("plan", "a composed config was given together with overrides",
+                                "compose the overrides into it, or pass one of them"))  # fmt: skip
+    return validate(cfg, config_dir=config_dir)
+
+
+def take_folder(plan: Plan, folder: str | Path, where: str = "--folder") -> ModelSource:
+    """Another folder standing in for the plan's model source (`estimate --folder`), opened
+    and checked exactly as validation checks `model.source` (custom code, auto_map, pickles,
+    special files, sizes), under the plan's own trust flags."""
+    path = user_path(folder, where)
+    source, problems = open_source(str(path), plan.model.pipeline)
+    if source is None or source.kind != "folder":
+        raise PlanError(
+            problems or [Problem(where, f"'{folder}' is not a folder", "give a pipeline folder")]
+        )
+    problems = source_problems(plan.model, source.parts)
+    if problems:
+        raise PlanError([Problem(f"{where} ({p.where})", p.what, p.fix) for p in problems])
+    return source

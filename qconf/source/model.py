@@ -1,0 +1,167 @@
+"""`model.source` resolved and checked once: what kind it is, where its files are, its parts as
+their files say. Every later step (validation, resolve, load, load_part, estimate, sensitivity)
+takes this object instead of a path, so a model folder is read once per plan. Torch-free.
+
+A local folder (or a hub snapshot in the local cache) is untrusted: before its files are read
+it is scanned for entries a library would hang on (FIFOs, sockets, devices) and bounded in size
+(parts, files); model_index.json and each part's config.json are read by qconf's bounded reader
+(qconf.source.files)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from qconf.errors import ModelSourceError, Problem
+from qconf.source.parts import (
+    TINY_PIPELINES,
+    PipelineParts,
+    SourceKind,
+    from_model_index,
+    hub_cache_index,
+    parts_from_table,
+    source_kind,
+    tiny_parts,
+)
+from qconf.source.table import load_table
+from qconf.trust.userpath import user_path
+
+MAX_FOLDER_ENTRIES = 10_000  # files and folders looked at in one pipeline folder (two levels)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    given: str  # model.source as the plan says it
+    kind: SourceKind  # "tiny" | "folder" | "hub"
+    parts: PipelineParts
+    folder: Path | None = None  # the local pipeline folder (a folder, a hub snapshot in cache)
+
+    def local_folder(self) -> Path | None:
+        """The folder the pipeline loads from on this machine (None: a hub id not in the local
+        cache). A tiny pipeline is built here on first use (imports torch)."""
+        if self.kind == "tiny":
+            from qconf.source.tiny import tiny_pipeline_path
+
+            return tiny_pipeline_path(self.given)
+        return self.folder
+
+    def load_path(self) -> str:
+        """What `from_pretrained` receives: the local folder, else the hub id."""
+        folder = self.local_folder()
+        return str(folder) if folder is not None else self.given
+
+
+def open_source(source: str, pipeline: str | None) -> tuple[ModelSource | None, list[Problem]]:
+    """The source `model.source` names, read and checked once; problems say why it cannot be."""
+    table = load_table()
+    if pipeline is not None and pipeline not in table:
+        return None, [
+            Problem(
+                "model.pipeline",
+                f"unknown pipeline class '{pipeline}'",
+                "use a class name of the installed diffusers (e.g. FluxPipeline) or null",
+            )
+        ]
+    kind = source_kind(source)
+    folder: Path | None = None
+    if kind == "tiny":
+        found = tiny_parts(source)
+    elif kind == "folder":
+        folder = user_path(source, "model.source")
+        if not (folder / "model_index.json").is_file():
+            return None, [
+                Problem(
+                    "model.source",
+                    f"'{source}' has no model_index.json",
+                    "point model.source at a diffusers pipeline folder (save_pretrained output)",
+                )
+            ]
+        found = read_folder(folder)
+    else:
+        cached = hub_cache_index(source)
+        if cached is not None:
+            folder = cached.parent
+            found = read_folder(folder)
+        elif pipeline is not None:
+            found = parts_from_table(pipeline, f"{pipeline} (parts table)")
+        else:
+            return None, [
+                Problem(
+                    "model.pipeline",
+                    f"cannot tell the parts of '{source}': not a folder, not in the local cache",
+                    "set model.pipeline (e.g. FluxPipeline), or pick a model= option or a folder",
+                )
+            ]
+    if pipeline is not None and found.pipeline != pipeline:
+        return None, [
+            Problem(
+                "model.pipeline",
+                f"'{pipeline}' but {found.origin} is a {found.pipeline}",
+                f"set model.pipeline={found.pipeline} or null",
+            )
+        ]
+    return ModelSource(source, kind, found, folder), []
+
+
+def read_folder(folder: Path) -> PipelineParts:
+    """A pipeline folder's parts, after the folder passed `check_folder_entries`."""
+    check_folder_entries(folder)
+    return from_model_index(folder / "model_index.json")
+
+
+def check_folder_entries(folder: Path) -> None:
+    """Refuse a pipeline folder holding an entry a library would block on or never finish
+    reading (FIFO, socket, device, a link to one), or more entries than a pipeline has. Looks
+    at the folder and each part folder (where libraries read), following links as they do."""
+    seen = 0
+    for path in _entries(folder):
+        seen += 1
+        if seen > MAX_FOLDER_ENTRIES:
+            raise ModelSourceError(
+                Problem(
+                    str(folder),
+                    f"holds more than {MAX_FOLDER_ENTRIES:,} files and folders",
+                    "point model.source at a pipeline folder",
+                )  # fmt: skip
+            )
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue  # a dangling link: the library reports it if it reads it
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ModelSourceError(
+                Problem(
+                    str(path),
+                    "is not a regular file or folder (a FIFO, socket or device)",
+                    "remove it from the model folder",
+                )  # fmt: skip
+            )
+
+
+def _entries(folder: Path) -> Iterator[Path]:
+    """The folder's entries, then those of its sub-folders (each listing cut past the bound)."""
+    try:
+        top = list(os.scandir(folder))
+    except OSError as exc:
+        raise ModelSourceError(
+            Problem(str(folder), f"cannot list it ({exc.strerror or exc})", "check the path")
+        ) from None
+    for entry in top[: MAX_FOLDER_ENTRIES + 1]:
+        yield Path(entry.path)
+    for entry in top[: MAX_FOLDER_ENTRIES + 1]:
+        if entry.is_dir() and not entry.name.startswith("."):
+            try:
+                children = os.scandir(entry.path)
+            except OSError:
+                continue
+            with children:
+                for index, child in enumerate(children):
+                    if index > MAX_FOLDER_ENTRIES:
+                        break
+                    yield Path(child.path)
+
+
+__all__ = ["TINY_PIPELINES", "ModelSource", "open_source"]
