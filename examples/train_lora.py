@@ -20,7 +20,7 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 import qconf
@@ -30,11 +30,9 @@ log = logging.getLogger(__name__)
 
 
 def plan_of(cfg: DictConfig) -> qconf.Plan:
-    """The qconf part of the app config (model:, quant:, run:), validated."""
-    plan = {
-        key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "quant", "run")
-    }
-    return qconf.validate(plan)
+    """The qconf part of the app config (model:, quant:, run:), through qconf's intake: checked
+    like any `qconf` command's plan, with no value read from the environment."""
+    return qconf.intake(model=cfg.model, quant=cfg.quant, run=cfg.run)
 
 
 def flow_matching_batch(pipeline, settings: DictConfig) -> dict:  # noqa: ANN001

@@ -15,6 +15,7 @@ from qconf.errors import (
     QconfError,
 )
 from qconf.plan.compose import compose
+from qconf.plan.intake import intake
 from qconf.plan.safety import safe_instantiate
 from qconf.plan.schema import Plan, validate
 from qconf.quiet import quiet
@@ -32,6 +33,7 @@ __all__ = [
     "QconfError",
     "check_environment",
     "compose",
+    "intake",
     "load",
     "load_part",
     "load_pipeline",

@@ -1,6 +1,7 @@
 """User-supplied text on a terminal: control characters shown escaped (an ESC in a folder name
 must not recolour or rewrite the screen), and rich markup escaped where rich prints it (rich
-would take `qconf[torchao]` for a style tag and print `qconf`)."""
+would take `qconf[torchao]` for a style tag and print `qconf`); in a Markdown file, every
+character CommonMark/GFM would read as markup is backslash-escaped."""
 
 from __future__ import annotations
 
@@ -26,3 +27,19 @@ def markup(text: Any) -> str:
     from rich.markup import escape
 
     return escape(safe(text))
+
+
+# ASCII punctuation that means something inline in CommonMark or GitHub's Markdown: escapes and
+# code (\\ `), emphasis and strikethrough (* _ ~), links and images ([ ] !), HTML, autolinks and
+# entities (< > &), table cells (|), URL and e-mail autolinks and :emoji: (: @), math ($),
+# headings (#). CommonMark lets any ASCII punctuation be backslash-escaped and shows it as is.
+_MARKDOWN = re.compile(r"[\\`*_~\[\]!<>&|:@$#]")
+# GFM links a bare www.example.com with no scheme: break the dot after www.
+_WWW = re.compile(r"(?i)(www)\.")
+
+
+def markdown_text(text: Any) -> str:
+    """`text` for a Markdown file (one line, e.g. a table cell): control characters escaped
+    (see `safe`) and nothing in it rendered as emphasis, links, HTML, code or a table break."""
+    escaped = _MARKDOWN.sub(lambda m: "\\" + m.group(), safe(text))
+    return _WWW.sub(r"\1\\.", escaped)

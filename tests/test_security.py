@@ -522,3 +522,636 @@ def test_a_model_folder_with_its_own_pipeline_file_is_refused(tmp_path: Path) ->
             result = run_cli(command, f"model.source={folder}", cwd=tmp_path)
             assert result.returncode == 2 and "needs custom code" in result.stderr
     assert not marker.exists()
+
+
+# --- sensitivity cache and tune output (issue 20) ---
+# QCONF_CACHE may be a folder others write: its entries are untrusted data and its folders may be
+# swapped for links. Tune's preset folder may change between the check and the write.
+
+_KEY = "0123456789abcdef" * 2  # a cache key: 32 hex digits
+_CELL = {"part": "transformer", "option": "int8wo", "status": "ok", "bytes": 100,
+         "bytes_unquantized": 200, "part_rel_error": 0.01, "part_cosine": 0.99,
+         "image_mse": 0.001, "image_psnr": 30.0, "image_ssim": 0.9}  # fmt: skip
+
+
+@pytest.fixture
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("QCONF_CACHE", str(root))
+    return root
+
+
+def _cell_entry(**changes: object) -> str:
+    import json
+
+    return json.dumps({**_CELL, "key": _KEY, **changes})
+
+
+@pytest.mark.parametrize("link", ["", "sensitivity", "sensitivity/parts-v2"])
+def test_the_sensitivity_cache_is_never_read_or_written_through_a_link(
+    link: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qconf.sensitivity import cache
+    from qconf.sensitivity.parts import KIND, Cell
+
+    assert KIND == "parts-v2"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    root = tmp_path / "cache"
+    linked = root / link if link else root
+    linked.parent.mkdir(parents=True, exist_ok=True)
+    linked.symlink_to(victim, target_is_directory=True)
+    monkeypatch.setenv("QCONF_CACHE", str(root))
+    with pytest.raises(qconf.PlanError, match="is a symbolic link"):  # before any work
+        cache.read(KIND, _KEY, Cell)
+    with pytest.raises(qconf.PlanError, match="is a symbolic link"):
+        cache.write(KIND, _KEY, dict(_CELL), Cell)
+    assert not list(victim.iterdir())
+
+
+def test_a_cache_entry_planted_as_a_link_is_replaced_not_followed(
+    own_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qconf.sensitivity import cache
+    from qconf.sensitivity.parts import KIND, Cell
+
+    cache.write(KIND, _KEY, dict(_CELL), Cell)
+    entry = cache.entry_path(KIND, _KEY)
+    mine = tmp_path / "mine.json"
+    mine.write_text(_cell_entry())
+    entry.unlink()
+    entry.symlink_to(mine)
+    assert cache.read(KIND, _KEY, Cell) is None
+    assert "note: " in capsys.readouterr().err
+    cache.write(KIND, _KEY, dict(_CELL, bytes=5), Cell)
+    assert not entry.is_symlink() and mine.read_text() == _cell_entry()
+    assert cache.read(KIND, _KEY, Cell).bytes == 5
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # no temp file left
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    (_cell_entry(image_mse=float("nan")), "finite number"),
+    (_cell_entry(image_ssim=float("inf")), "finite number"),
+    (_cell_entry(image_mse=2.0), "less than or equal to 1"),
+    (_cell_entry(image_psnr=-5.0), "greater than or equal to 0"),
+    (_cell_entry(bytes=-1), "greater than or equal to 0"),
+    (_cell_entry(bytes=2**80), "less than or equal to"),
+    (_cell_entry(status="cached"), "status"),
+    (_cell_entry(reason="x" * 5000), "at most 1000 characters"),
+    (_cell_entry(key="f" * 32), "not written for this key"),
+    (_cell_entry(key=None), "not written for this key"),
+    ("[1, 2]", "not written for this key"),
+    ("[" * 40 + "]" * 40, "nested"),
+    ("[" * 30_000 + "]" * 30_000, "nested"),
+    (" " * 2**20, "over qconf's limit"),
+    ("\ufeff{", "not valid JSON"),
+    ('{"key": ' + "9" * 5000 + "}", "number too long"),
+])  # fmt: skip
+def test_hostile_cache_entries_are_ignored_with_a_notice(
+    content: str, why: str, own_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qconf.sensitivity import cache
+    from qconf.sensitivity.parts import KIND, Cell
+
+    entry = cache.entry_path(KIND, _KEY)
+    entry.parent.mkdir(parents=True)
+    entry.write_text(content)
+    started = time.monotonic()
+    assert cache.read(KIND, _KEY, Cell) is None
+    assert time.monotonic() - started < 5
+    err = capsys.readouterr().err
+    assert err.startswith(f"note: {entry}: ") and why in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_cache_entry_that_is_not_a_file_is_ignored(
+    kind: str, own_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qconf.sensitivity import cache
+    from qconf.sensitivity.parts import KIND, Cell
+
+    entry = cache.entry_path(KIND, _KEY)
+    entry.parent.mkdir(parents=True)
+    os.mkfifo(entry) if kind == "fifo" else entry.mkdir()
+    assert cache.read(KIND, _KEY, Cell) is None  # a FIFO would block a plain open()
+    assert "not a regular file" in capsys.readouterr().err
+
+
+def test_hostile_layer_rankings_are_bounded(own_cache: Path, capsys: pytest.CaptureFixture[str]
+                                            ) -> None:  # fmt: skip
+    import json
+
+    from qconf.sensitivity import cache
+    from qconf.sensitivity.ranking import KIND, LayerRanking
+
+    layer = {"weight_error": 0.1, "linearized": 0.2, "measured": None, "bytes_saved": 10,
+             "skip_name": "blocks.0.to_q", "also_skips": []}  # fmt: skip
+    entry = cache.entry_path(KIND, _KEY)
+    entry.parent.mkdir(parents=True)
+    hostile = {
+        "skip name that leaves its quotes": {"a": {**layer, "skip_name": "x'],quant.kwargs={}"}},
+        "interpolation": {"a": {**layer, "skip_name": "${oc.env:HOME}"}},
+        "NaN linearized": {"a": {**layer, "linearized": float("nan")}},
+        "too many layers": {f"l{i}": layer for i in range(20_001)},
+    }
+    for name, layers in hostile.items():
+        data = {"part": "transformer", "option": "int8wo", "layers": layers, "key": _KEY}
+        entry.write_text(json.dumps(data))
+        assert cache.read(KIND, _KEY, LayerRanking, cache.MAX_RANKING_BYTES) is None, name
+        assert "is not a measurement qconf wrote" in capsys.readouterr().err, name
+
+
+def test_a_cached_cell_the_estimator_contradicts_is_measured_again(
+    own_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import contextlib
+    import dataclasses
+
+    from qconf.sensitivity import cache
+    from qconf.sensitivity import parts as sensitivity
+
+    where = sensitivity.setting(["model=tiny-flux"])
+    fresh, plan = sensitivity._runnable(where, "transformer", "int8wo")
+    entry = plan.resolve().components["transformer"].entry.model_dump(mode="json")
+    name = where.cell_key("transformer", entry)
+    forged = {**dataclasses.asdict(fresh), "bytes": 1, "part_rel_error": 0.0,
+              "part_cosine": 1.0, "image_mse": 0.0, "image_psnr": float("inf"),
+              "image_ssim": 1.0}  # fmt: skip
+    del forged["cached"]
+    cache.write(sensitivity.KIND, name, forged)
+    measured = []
+
+    def measure(where: object, reference: object, cell: sensitivity.Cell, plan: object) -> None:
+        cell.part_rel_error, cell.part_cosine, cell.image_ssim = 0.1, 0.9, 0.8
+        cell.image_mse = 0.01
+        cell.image_psnr = sensitivity.psnr_of(cell.image_mse)
+        measured.append(cell)
+
+    monkeypatch.setattr(sensitivity, "_reference", lambda where: contextlib.nullcontext())
+    monkeypatch.setattr(sensitivity, "_measure", measure)
+    (cell,) = sensitivity.measure_parts(where, ["int8wo"], ["transformer"])
+    assert measured == [cell] and not cell.cached and cell.bytes == fresh.bytes > 1
+    assert "the estimator says" in capsys.readouterr().err
+    assert cache.read(sensitivity.KIND, name, sensitivity.Cell).bytes == fresh.bytes  # replaced
+
+
+def _tuned_for(where: object, budget: int) -> object:
+    from qconf.tune import Candidate, Tuned, tuned_overrides
+
+    mapping = {"transformer": "int8wo"}
+    winner = Candidate("tuned #1", mapping, tuned_overrides(where, mapping), 1, psnr=30.0,
+                       ssim=0.9)  # fmt: skip
+    return Tuned(budget, [], [winner])
+
+
+def test_tune_leaves_out_a_prediction_its_own_estimate_puts_over_budget(
+    own_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qconf.sensitivity.parts import setting
+    from qconf.tune import _predicted
+
+    where = setting(["model=tiny-flux"])
+    forged = [(0.0, 1, {"transformer": "int8wo"})]  # a size that cells forged in the cache gave
+    assert _predicted(where, forged, 100_000, 1) == []
+    assert "over 97.7 KiB" in capsys.readouterr().err
+    (kept,) = _predicted(where, forged, 2**40, 1)
+    assert kept.bytes > 100_000  # the plan's own estimate, not the forged size
+
+
+def test_a_tuned_preset_over_budget_by_its_own_estimate_is_not_written(
+    own_cache: Path, tmp_path: Path
+) -> None:
+    from qconf.sensitivity.parts import setting
+    from qconf.tune.preset_file import preset_path, write_preset
+
+    where = setting(["model=tiny-flux"])
+    target = preset_path(str(tmp_path / "conf"), "mine", force=False)
+    with pytest.raises(qconf.PlanError, match="own estimate is .* over the budget"):
+        write_preset(target, where, _tuned_for(where, 100_000))
+    assert not list((tmp_path / "conf" / "preset").iterdir())  # no temp file either
+    written = write_preset(target, where, _tuned_for(where, 2**40), force=False)
+    assert [p.name for p in written.parent.iterdir()] == ["mine.yaml"]
+    cfg = qconf.compose(["preset=mine"], config_dir=tmp_path / "conf")
+    assert cfg.quant.mapping.transformer == "int8wo"
+
+
+@pytest.mark.parametrize("swapped", ["conf", "conf/preset"])
+def test_a_preset_folder_that_became_a_link_after_the_check_is_refused(
+    swapped: str, own_cache: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from qconf.sensitivity.parts import setting
+    from qconf.tune.preset_file import preset_path, write_preset
+
+    where = setting(["model=tiny-flux"])
+    (tmp_path / "conf" / "preset").mkdir(parents=True)
+    target = preset_path(str(tmp_path / "conf"), "mine", force=True)  # before the work
+    victim = tmp_path / "victim"
+    (victim / "preset").mkdir(parents=True)
+    shutil.rmtree(tmp_path / swapped)  # meanwhile, a link takes the folder's place
+    (tmp_path / swapped).symlink_to(victim / "preset" if swapped.endswith("preset") else victim)
+    with pytest.raises(qconf.PlanError, match="is a symbolic link"):
+        write_preset(target, where, _tuned_for(where, 2**40), force=True)
+    assert not list((victim / "preset").iterdir())
+
+
+def test_a_preset_that_appeared_after_the_check_is_kept_without_force(
+    own_cache: Path, tmp_path: Path
+) -> None:
+    from qconf.sensitivity.parts import setting
+    from qconf.tune.preset_file import preset_path, write_preset
+
+    where = setting(["model=tiny-flux"])
+    target = preset_path(str(tmp_path / "conf"), "mine", force=False)
+    target.parent.mkdir(parents=True)
+    target.write_text("theirs")
+    with pytest.raises(qconf.PlanError, match="already exists"):
+        write_preset(target, where, _tuned_for(where, 2**40), force=False)
+    assert target.read_text() == "theirs"
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text("theirs")
+    target.unlink()
+    target.symlink_to(elsewhere)  # --force replaces a file, never a link (nor what it points to)
+    with pytest.raises(qconf.PlanError, match="is a symbolic link"):
+        write_preset(target, where, _tuned_for(where, 2**40), force=True)
+    assert elsewhere.read_text() == "theirs" and target.is_symlink()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["mine.yaml"]
+
+
+def test_a_folder_swapped_for_a_link_during_a_write_receives_nothing(tmp_path: Path) -> None:
+    from qconf.trust.userpath import real_folder, replace_in
+
+    folder, victim, moved = tmp_path / "out", tmp_path / "victim", tmp_path / "moved"
+    folder.mkdir()
+    victim.mkdir()
+
+    def swap(temp: Path) -> None:
+        folder.rename(moved)
+        folder.symlink_to(victim)
+
+    refused = pytest.raises(qconf.PlanError, match="became a symbolic link")
+    with real_folder(folder, [], "--out") as real, refused:
+        replace_in(real, "sensitivity.json", b"{}", "--out", check=swap)
+    assert not list(victim.iterdir()) and not list(moved.iterdir())
+
+
+def test_tune_refuses_to_trust_a_forged_cell_end_to_end(own_cache: Path, tmp_path: Path) -> None:
+    """A forged cell says the transformer under int8wo weighs 1 byte, so that a plan over the
+    budget looks like it fits: tune notices, measures it again, and says no plan fits."""
+    import dataclasses
+    import json
+
+    from qconf.estimate import estimate
+    from qconf.sensitivity import cache
+    from qconf.sensitivity import parts as sensitivity
+
+    overrides = ["model=tiny-flux", "run.steps=1"]
+    where = sensitivity.setting(overrides)
+    fresh, plan = sensitivity._runnable(where, "transformer", "int8wo")
+    entry = plan.resolve().components["transformer"].entry.model_dump(mode="json")
+    forged = {**dataclasses.asdict(fresh), "bytes": 1, "part_rel_error": 0.0,
+              "part_cosine": 1.0, "image_mse": 0.0, "image_psnr": float("inf"),
+              "image_ssim": 1.0}  # fmt: skip
+    del forged["cached"]
+    cache.write(sensitivity.KIND, where.cell_key("transformer", entry), forged)
+    # What the forged cell makes of the transformer at int8wo and the rest unquantized (every
+    # built-in tiny-flux preset is over 1.7 MiB): it fits the budget, the real plan does not.
+    forged_size = estimate(plan).total_bytes - fresh.bytes + 1
+    budget = f"{(forged_size + 1024) / 1024:.3f}KiB"
+    result = subprocess.run(
+        [*QCONF, "tune", f"budget={budget}", *overrides, "--options", "int8wo", "--parts",
+         "transformer", "--measure", "1", "--config-dir", "conf"],
+        capture_output=True, text=True, cwd=tmp_path, env=os.environ.copy(), timeout=600,
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr
+    assert "no plan fits" in errors[0] and "the estimator says" in result.stderr
+    assert not (tmp_path / "conf").exists()
+    assert json.loads(cache.entry_path(sensitivity.KIND, where.cell_key("transformer", entry))
+                      .read_text())["bytes"] == fresh.bytes  # fmt: skip
+
+
+# --- adapters (issue 20) ---
+# An adapter file is shared on the internet: qconf.train.load_adapter checks it whole (regular
+# file, size, header, metadata, every setting against bounds, every tensor against the layers
+# peft would create) before any tensor is allocated or the pipeline is touched. Each refusal is
+# one qconf error line, quickly.
+
+ADAPTER_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+@pytest.fixture(scope="module")
+def adapter_pipeline(qconf_cache: Path) -> object:
+    """One tiny Flux pipeline every hostile adapter is pointed at: a refusal leaves it as is."""
+    pytest.importorskip("peft")
+    with qconf.quiet():
+        return qconf.load_pipeline(qconf.compose([]))
+
+
+def _adapter_tensors(pipeline: object, rank: int = 4) -> dict[str, object]:
+    """Well-formed LoRA tensors for the transformer's attention projections."""
+    import torch
+
+    tensors = {}
+    for name, layer in pipeline.transformer.named_modules():
+        if any(name == t or name.endswith(f".{t}") for t in ADAPTER_TARGETS):
+            key = f"transformer.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.zeros(rank, layer.in_features)
+            tensors[f"{key}.lora_B.weight"] = torch.zeros(layer.out_features, rank)
+    return tensors
+
+
+def _adapter_settings(rank: int = 4) -> dict[str, object]:
+    return {"transformer.r": rank, "transformer.lora_alpha": rank, "transformer.peft_type": "LORA",
+            "transformer.target_modules": ADAPTER_TARGETS}  # fmt: skip
+
+
+def _write_adapter(
+    folder: Path, tensors: dict[str, object], settings: object = None, metadata: object = None
+) -> Path:
+    """A safetensors adapter file made by hand (settings: the LoRA metadata JSON's content)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if metadata is None:
+        metadata = {"format": "pt", "lora_adapter_metadata": json.dumps(settings)}
+    save_file(tensors, str(folder / "pytorch_lora_weights.safetensors"), metadata=metadata)
+    return folder
+
+
+def _raw_adapter(folder: Path, header: object, data: bytes = b"") -> Path:
+    """A safetensors file with any header, written byte by byte (save_file checks its input)."""
+    import json
+    import struct
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(header).encode()
+    (folder / "pytorch_lora_weights.safetensors").write_bytes(
+        struct.pack("<Q", len(text)) + text + data
+    )
+    return folder
+
+
+def _assert_adapter_refused(pipeline: object, folder: Path, match: str) -> None:
+    """One qconf error line matching `match`, quickly, with the pipeline and folder untouched."""
+    import re
+
+    import qconf.train
+    from qconf.errors import QconfError
+
+    before = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else None
+    started = time.monotonic()
+    with pytest.raises(QconfError) as refused:
+        qconf.train.load_adapter(pipeline, folder)
+    assert time.monotonic() - started < 10
+    assert isinstance(refused.value, (qconf.PlanError, qconf.ModelSourceError))
+    assert len(refused.value.lines) == 1 and "\n" not in str(refused.value), refused.value
+    assert re.search(match, str(refused.value)), str(refused.value)
+    for part in ("transformer", "text_encoder", "text_encoder_2", "vae"):
+        module = getattr(pipeline, part)
+        assert not getattr(module, "peft_config", None)
+        assert not any("lora_" in name for name, _ in module.named_parameters())
+    if before is not None:
+        assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_well_formed_adapters_load_once(adapter_pipeline: object, tmp_path: Path) -> None:
+    """Linear (with a rank_pattern), conv and embedding layers, shaped as peft makes them: the
+    checks predict peft's own tensors, and the file's values are what the layers get."""
+    import torch
+
+    import qconf.train
+
+    tensors = _adapter_tensors(adapter_pipeline)
+    for name in [k for k in tensors if ".to_q.lora_" in k]:
+        tensors[name] = tensors[name][:2] if "lora_A" in name else tensors[name][:, :2]
+    conv = adapter_pipeline.vae.encoder.conv_in
+    tensors["vae.encoder.conv_in.lora_A.weight"] = torch.zeros(4, conv.in_channels,
+                                                              *conv.kernel_size)  # fmt: skip
+    tensors["vae.encoder.conv_in.lora_B.weight"] = torch.zeros(conv.out_channels, 4, 1, 1)
+    (name, embedding), = [(n, m) for n, m in adapter_pipeline.text_encoder.named_modules()
+                          if n.endswith("token_embedding")]  # fmt: skip
+    tensors[f"text_encoder.{name}.lora_embedding_A"] = torch.zeros(4, embedding.num_embeddings)
+    tensors[f"text_encoder.{name}.lora_embedding_B"] = torch.zeros(embedding.embedding_dim, 4)
+    generator = torch.Generator().manual_seed(0)
+    tensors = {k: torch.randn(v.shape, generator=generator) for k, v in tensors.items()}
+    settings = {**_adapter_settings(), "transformer.rank_pattern": {"to_q": 2},
+                "vae.r": 4, "vae.target_modules": ["encoder.conv_in"], "text_encoder.r": 4,
+                "text_encoder.target_modules": ["token_embedding"]}  # fmt: skip
+    folder = _write_adapter(tmp_path / "lora", tensors, settings)
+    with qconf.quiet():
+        fresh = qconf.load_pipeline(qconf.compose([]))
+    assert qconf.train.load_adapter(fresh, folder) == ["transformer", "vae", "text_encoder"]
+    loaded = {f"{part}.{name.replace('.default', '')}": p for part in ("transformer", "vae",
+              "text_encoder") for name, p in getattr(fresh, part).named_parameters()
+              if "lora_" in name}  # fmt: skip
+    assert loaded.keys() == tensors.keys()
+    assert all(torch.equal(loaded[k].float(), v.to(loaded[k].dtype).float())
+               for k, v in tensors.items())  # fmt: skip
+    with pytest.raises(qconf.PlanError, match="already has a LoRA adapter"):
+        qconf.train.load_adapter(fresh, folder)
+
+
+HOSTILE_SETTINGS = [
+    ("r", 2**21, "rank is an integer 1..1024"),
+    ("r", 0, "rank is an integer"),
+    ("r", -4, "rank is an integer"),
+    ("r", 4.0, "rank is an integer"),
+    ("r", True, "rank is an integer"),
+    ("r", "4", "rank is an integer"),
+    ("lora_alpha", float("nan"), "not a finite number"),
+    ("lora_alpha", float("inf"), "not a finite number"),
+    ("lora_alpha", -4, r"lora_alpha is in \(0, 4096\]"),
+    ("lora_alpha", 0, "lora_alpha is in"),
+    ("lora_alpha", 1e30, "lora_alpha is in"),
+    ("lora_alpha", "4", "not a finite number"),
+    ("lora_dropout", 1.5, "dropout probability"),
+    ("target_modules", "(a+)+$", "never a pattern"),
+    ("target_modules", "all-linear", "never a pattern"),
+    ("target_modules", ["(to_q|to_qq)*x"], "patterns are not read"),
+    ("target_modules", ["to_q\n"], "patterns are not read"),
+    ("target_modules", ["to_q"] * 5000, "at most 4096"),
+    ("target_modules", [3], "not a module name"),
+    ("target_modules", None, "names no module"),
+    ("target_modules", [], "names no module"),
+    ("target_modules", ["norm"], "a LayerNorm; LoRA attaches to Linear"),
+    ("target_modules", ["nothing_here"], '"nothing_here", which is no layer'),
+    ("target_modules", ["to_q", "not_a_layer"], '"not_a_layer", which is no layer'),
+    ("exclude_modules", ADAPTER_TARGETS, "leave no layer"),
+    ("exclude_modules", "(a|a)*$", "never a pattern"),
+    ("rank_pattern", {"(a+)+$": 8}, "patterns are not read"),
+    ("rank_pattern", {"to_q": 2**21}, "rank is an integer"),
+    ("rank_pattern", [1], "a mapping of at most"),
+    ("alpha_pattern", {"to_q": float("nan")}, "not a finite number"),
+    ("use_rslora", "yes", "not true or false"),
+    ("init_lora_weights", "pissa", "true, false or"),
+    ("modules_to_save", ["proj_out"], "qconf loads plain LoRA adapters"),
+    ("bias", "all", "qconf loads plain LoRA adapters"),
+    ("use_dora", True, "qconf loads plain LoRA adapters"),
+    ("lora_bias", 1, "qconf loads plain LoRA adapters"),
+    ("megatron_core", "os", "qconf loads plain LoRA adapters"),
+    ("megatron_config", {}, "qconf loads plain LoRA adapters"),
+    ("layer_replication", [[0, 1]], "qconf loads plain LoRA adapters"),
+    ("layers_to_transform", [0], "qconf loads plain LoRA adapters"),
+    ("a_field_from_the_future", {"x": 1}, "qconf loads plain LoRA adapters"),
+    ("peft_type", "LOHA", "not a LoRA adapter"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "match"), HOSTILE_SETTINGS,
+                         ids=[f"{f}={str(v)[:20]}" for f, v, _ in HOSTILE_SETTINGS])  # fmt: skip
+def test_adapter_settings_out_of_bounds_are_refused(
+    adapter_pipeline: object, tmp_path: Path, field: str, value: object, match: str
+) -> None:
+    settings = {**_adapter_settings(), f"transformer.{field}": value}
+    folder = _write_adapter(tmp_path / "lora", _adapter_tensors(adapter_pipeline), settings)
+    _assert_adapter_refused(adapter_pipeline, folder, f"transformer.{field}|transformer\\)")
+    _assert_adapter_refused(adapter_pipeline, folder, match)
+
+
+def test_adapter_rank_must_match_the_tensors(adapter_pipeline: object, tmp_path: Path) -> None:
+    # Within bounds but not what the file holds: refused from the header, before peft allocates.
+    folder = _write_adapter(tmp_path / "lora", _adapter_tensors(adapter_pipeline, rank=4),
+                            _adapter_settings(rank=1000))  # fmt: skip
+    _assert_adapter_refused(adapter_pipeline, folder, r"has shape \[4, 64\].*\[1000, 64\]")
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"__class__.r": 4, "__class__.target_modules": ["to_q"]}, "'__class__'|__class__\\)"),
+        ({"tokenizer.r": 4, "tokenizer.target_modules": ["to_q"]}, "not a weight-bearing part"),
+        ({"scheduler.r": 4, "scheduler.target_modules": ["to_q"]}, "not a weight-bearing part"),
+        ({"__dict__.r": 4, "__dict__.target_modules": ["to_q"]}, "not a weight-bearing part"),
+        ({"r": 4}, "is not '<part>.<setting>'"),
+        ({"a b.r": 4}, "is not '<part>.<setting>'"),
+        ({f"p{i}.r": 4 for i in range(9)}, "more than 8 parts"),
+        ({"transformer.r": 4}, "has no target_modules"),
+        ([1, 2], "not a JSON object"),
+        ("transformer", "not a JSON object"),
+    ],
+)
+def test_adapter_part_names_come_from_the_pipeline(
+    adapter_pipeline: object, tmp_path: Path, settings: object, match: str
+) -> None:
+    folder = _write_adapter(tmp_path / "lora", _adapter_tensors(adapter_pipeline), settings)
+    _assert_adapter_refused(adapter_pipeline, folder, match)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "match"),
+    [
+        ({"format": "pt"}, "no LoRA config"),
+        ({"lora_adapter_metadata": "{"}, "not valid JSON"),
+        ({"lora_adapter_metadata": "[" * 5000 + "]" * 5000}, "nested"),
+        ({"lora_adapter_metadata": '{"transformer.r": 1' + "0" * 5000 + "}"}, "too long"),
+        ({"lora_adapter_metadata": " " * (2**20 + 1)}, "over qconf's limit"),
+    ],
+    ids=["none", "invalid", "deep", "long-int", "huge"],
+)
+def test_adapter_metadata_is_read_with_bounds(
+    adapter_pipeline: object, tmp_path: Path, metadata: dict[str, str], match: str
+) -> None:
+    folder = _write_adapter(tmp_path / "lora", _adapter_tensors(adapter_pipeline),
+                            metadata=metadata)  # fmt: skip
+    _assert_adapter_refused(adapter_pipeline, folder, match)
+
+
+def test_adapter_metadata_that_is_not_a_mapping_is_refused(
+    adapter_pipeline: object, tmp_path: Path
+) -> None:
+    for metadata in ([1, 2], {"lora_adapter_metadata": {"transformer.r": 4}}, "x"):
+        folder = _raw_adapter(tmp_path / "lora", {"__metadata__": metadata})
+        _assert_adapter_refused(adapter_pipeline, folder, "not a mapping of strings")
+
+
+def test_adapter_tensors_must_be_the_lora_layers_of_the_model(
+    adapter_pipeline: object, tmp_path: Path
+) -> None:
+    import torch
+
+    good, settings = _adapter_tensors(adapter_pipeline), _adapter_settings()
+    first = next(iter(good))
+    cases = [
+        ({**good, "transformer.nowhere.lora_A.weight": torch.zeros(4, 64)}, "match no LoRA layer"),
+        ({k: v for k, v in good.items() if k != first}, "1 LoRA tensors are missing"),
+        ({**good, "text_encoder.x.lora_A.weight": torch.zeros(1)}, "no LoRA config for it"),
+        ({**good, "__class__.x.lora_A.weight": torch.zeros(1)}, "no LoRA config for it"),
+        ({**good, "transformer.x\n.lora_A.weight": torch.zeros(1)}, "tensor name .* is not"),
+        ({**good, "transformer.x y.lora_A.weight": torch.zeros(1)}, "tensor name .* is not"),
+        ({**good, first: good[first].long()}, 'dtype "I64"'),
+        ({**good, first: good[first].to(torch.float8_e4m3fn)}, 'dtype "F8_E4M3"'),
+        ({**good, first: torch.full_like(good[first], float("nan"))}, "NaN or infinite"),
+        ({**good, first: torch.full_like(good[first], float("inf"))}, "NaN or infinite"),
+        ({**good, first: torch.zeros(4, 65)}, r"has shape \[4, 65\]"),
+    ]
+    for i, (tensors, match) in enumerate(cases):
+        folder = _write_adapter(tmp_path / f"lora{i}", tensors, settings)
+        _assert_adapter_refused(adapter_pipeline, folder, match)
+
+
+def test_adapter_tensor_count_is_bounded(adapter_pipeline: object, tmp_path: Path) -> None:
+    import torch
+
+    many = {f"transformer.t{i}.lora_A.weight": torch.zeros(1) for i in range(20_001)}
+    folder = _write_adapter(tmp_path / "lora", many, _adapter_settings())
+    _assert_adapter_refused(adapter_pipeline, folder, "20,001 tensors, over qconf's limit")
+
+
+def test_adapter_header_shapes_never_size_anything(
+    adapter_pipeline: object, tmp_path: Path
+) -> None:
+    # A header may claim any shape over 4 bytes of data: it is compared, never allocated.
+    import json
+
+    header = {"__metadata__": {"lora_adapter_metadata": json.dumps(_adapter_settings())},
+              "transformer.transformer_blocks.0.attn.to_q.lora_A.weight":
+              {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 4]}}  # fmt: skip
+    folder = _raw_adapter(tmp_path / "lora", header, b"\0" * 4)
+    _assert_adapter_refused(adapter_pipeline, folder, "shape|missing")
+
+
+def test_adapter_file_must_be_a_regular_file_under_the_cap(
+    adapter_pipeline: object, tmp_path: Path
+) -> None:
+    from qconf.train.adapter_file import MAX_ADAPTER_BYTES
+
+    name = "pytorch_lora_weights.safetensors"
+    _assert_adapter_refused(adapter_pipeline, tmp_path / "absent", f"no {name} here")
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / name)  # opening it for reading would block forever
+    done: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            _assert_adapter_refused(adapter_pipeline, fifo, "not a regular file")
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            done.append(exc)
+        else:
+            done.append(None)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert done == [None], done
+    device = tmp_path / "device"
+    device.mkdir()
+    (device / name).symlink_to("/dev/zero")
+    _assert_adapter_refused(adapter_pipeline, device, "not a regular file")
+    folder = tmp_path / "folder"
+    (folder / name).mkdir(parents=True)
+    _assert_adapter_refused(adapter_pipeline, folder, "not a regular file")
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    with open(huge / name, "wb") as handle:
+        handle.truncate(MAX_ADAPTER_BYTES + 1)  # sparse: no disk used
+    _assert_adapter_refused(adapter_pipeline, huge, "over qconf's limit of 2,147,483,648")
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / name).write_bytes(b"\xff" * 8 + b"{}")
+    _assert_adapter_refused(adapter_pipeline, truncated, "bad header length")

@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
 
 
 def _run_and_gather(argv: list[str]) -> int:
-    from qconf.cli.run_cmd import Launch, is_hydra_override, launch, prepare, split_argv
+    from qconf.cli.hydra_run import Launch, is_hydra_override, launch, prepare, split_argv
 
     baseline = NO_BASELINE not in argv
     argv = [a for a in argv if a != NO_BASELINE and a not in ("-m", "--multirun")]
@@ -85,12 +85,15 @@ def _run_and_gather(argv: list[str]) -> int:
 
 def _gather_and_print(sweep_dir: Path, *, code_only: bool = False) -> int:
     from qconf.compare import gather, write_outputs
+    from qconf.compare.figures import grid_note
     from qconf.text import safe
 
     comparison = gather(sweep_dir)
     written = write_outputs(comparison)
     _print_table(comparison)
     print("wrote " + ", ".join(safe(str(path)) for path in written))
+    if grid_note(comparison):  # a large sweep: the picture shows a corner, the tables all
+        print(f"note: {grid_note(comparison)}", file=sys.stderr)
     if comparison.unfinished and not code_only:
         names = ", ".join(safe(n) for n in comparison.unfinished)
         print(f"note: job folders without report.json (skipped): {names}", file=sys.stderr)
@@ -100,7 +103,7 @@ def _gather_and_print(sweep_dir: Path, *, code_only: bool = False) -> int:
 def _print_table(comparison: Any) -> None:
     from rich.table import Table
 
-    from qconf.cli.main import console
+    from qconf.cli.common import console
     from qconf.compare.tables import psnr_text, ssim_text
     from qconf.text import markup
     from qconf.units import human_bytes

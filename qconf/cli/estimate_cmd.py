@@ -8,8 +8,7 @@ import json
 import sys
 from typing import Any
 
-from qconf.cli.main import add_plan_arguments
-from qconf.cli.plan_args import plan_from_args
+from qconf.cli.common import add_plan_arguments, plan_from_args
 from qconf.text import safe
 
 

@@ -5,31 +5,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fits",
         metavar="SIZE",
-        help="with `presets`: only presets whose estimated weights fit in SIZE (e.g. 16GiB)",
+        help="with `presets`: only presets whose estimated weights fit in SIZE, e.g. 16GiB "
+        "(KiB/MiB/GiB and K/M/G are powers of 1024, KB/MB/GB powers of 1000, B bytes; a bare "
+        "number is GiB)",
     )
     parser.add_argument("--json", action="store_true", help="with --fits: print JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     from qconf.cli.tables import human_bytes
+    from qconf.errors import PlanError, Problem
     from qconf.estimate.presets import estimate_presets, fitting, parse_size
 
     if args.what not in (None, "presets"):
-        print(f"error: --fits: lists presets, not {args.what} — use `qconf list presets --fits "
-              f"{args.fits}`", file=sys.stderr)  # fmt: skip
-        return 2
-    try:
-        budget = parse_size(args.fits)
-    except ValueError as exc:
-        print(f"error: --fits: {exc}", file=sys.stderr)
-        return 2
+        raise PlanError(Problem("--fits", f"lists presets, not {args.what}",
+                                f"use `qconf list presets --fits {args.fits}`"))  # fmt: skip
+    budget = parse_size(args.fits, "--fits")  # refused before any preset is estimated
     estimates = estimate_presets(args.config_dir)
     fits = fitting(estimates, budget)
     unknown = [e for e in estimates if e.bytes is None]
@@ -42,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    from qconf.cli.main import console
+    from qconf.cli.common import console
     from qconf.text import markup
 
     table = Table(title=f"presets whose weights fit in {human_bytes(budget)} (estimate)")

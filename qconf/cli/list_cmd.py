@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from qconf.cli import fits
-from qconf.cli.main import console
+from qconf.cli.common import console
 from qconf.text import markup
 from qconf.trust.userpath import user_path
 from qconf.trust.yamlsafe import load_yaml_file

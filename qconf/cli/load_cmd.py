@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
-from qconf.cli.main import add_plan_arguments
-from qconf.cli.plan_args import plan_from_args
+from qconf.cli.common import add_plan_arguments, plan_from_args
+from qconf.cli.tables import print_report
 from qconf.text import safe
 
 
@@ -37,24 +36,3 @@ def run(args: argparse.Namespace) -> int:
     if args.save is not None:
         print(f"saved to {safe(args.save)} (reload with model.source={safe(args.save)})")
     return 0
-
-
-def print_report(report: Any) -> None:
-    from qconf.cli.tables import BytesRow, print_bytes_table
-
-    rows = (
-        BytesRow(
-            name,
-            part.backend,
-            ", ".join(f"{n}× {kind}" for kind, n in part.quantized_layers.items()),
-            part.params,
-            part.bytes_unquantized,
-            part.bytes,
-        )
-        for name, part in report.parts.items()
-    )
-    title = (
-        f"{report.pipeline} loaded in {report.load_seconds:.2f} s "
-        f"(torch_dtype={report.torch_dtype})"
-    )
-    print_bytes_table(title, rows, "loaded")

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from qconf.cli.common import USER_ERROR
 from qconf.errors import QconfError
 
 COMMANDS = {
@@ -28,26 +29,6 @@ COMMANDS = {
     "compare": "Run plans side by side (a sweep plus the unquantized baseline): images, bytes, "
     "speed, PSNR/SSIM; or gather DIR.",
 }
-USER_ERROR = 2
-
-
-def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config-dir", help="a folder of your own config groups, searched before qconf's"
-    )
-    parser.add_argument(
-        "--plan", metavar="FILE", help="a plan file (as `qconf show --yaml` prints it)"
-    )
-    parser.add_argument(
-        "overrides", nargs="*", help="Hydra overrides: key=value, +key=value, ~key, group=option"
-    )
-
-
-def console():  # noqa: ANN201 - a rich Console
-    """Wide output when piped (rich would wrap at 80 columns and cut names)."""
-    from rich.console import Console
-
-    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
 
 
 def build_parser() -> argparse.ArgumentParser:

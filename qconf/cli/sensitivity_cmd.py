@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from qconf.cli.main import add_plan_arguments
+from qconf.cli.common import add_plan_arguments
+from qconf.cli.measure import (
+    add_measure_arguments,
+    chosen,
+    option_names,
+    progress_bar,
+    setting_from_args,
+)
 from qconf.errors import PlanError, Problem
 
 
@@ -23,68 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="sensitivity", metavar="DIR",
                         help="folder for sensitivity.json and sensitivity.png")  # fmt: skip
     add_plan_arguments(parser)
-
-
-def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--options", metavar="A,B",
-                        help="backend options to try (default: every option)")  # fmt: skip
-    parser.add_argument(
-        "--parts", metavar="A,B", help="parts to try (default: every weight-bearing part)"
-    )
-
-
-def setting_from_args(args: argparse.Namespace) -> Any:
-    from qconf.plan.planfile import plan_file_overrides
-    from qconf.sensitivity.parts import setting
-    from qconf.trust.bounds import check_override_depth
-    from qconf.trust.userpath import user_path
-
-    config_dir = str(user_path(args.config_dir, "--config-dir")) if args.config_dir else None
-    check_override_depth(args.overrides)
-    from_file = plan_file_overrides(args.plan) if args.plan else []
-    return setting([*from_file, *args.overrides], config_dir)
-
-
-def chosen(text: str | None, known: list[str], flag: str) -> list[str]:
-    from qconf.errors import PlanError, Problem
-    from qconf.plan.messages import did_you_mean
-
-    if not text:
-        return known
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    if not names:
-        raise PlanError(Problem(flag, f"'{text}' names nothing", f"e.g. {flag} {known[0]}"))
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise PlanError([Problem(flag, f"unknown '{n}'", did_you_mean(n, known) +
-                                 f"known: {', '.join(known)}") for n in unknown])  # fmt: skip
-    return names
-
-
-def option_names(config_dir: str | None) -> list[str]:
-    from qconf.plan.compose import user_config_dirs
-    from qconf.plan.conftree import backend_options
-
-    return sorted(backend_options(user_config_dirs(config_dir)))
-
-
-@contextmanager
-def progress_bar(title: str) -> Iterator[Callable[[int, int, str], None]]:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from qconf.text import markup
-
-    console = Console(stderr=True)
-    with Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=console, transient=True,
-                  disable=not console.is_terminal) as bar:  # fmt: skip
-        task = bar.add_task("", total=None)
-
-        def update(done: int, total: int, label: str) -> None:
-            bar.update(task, completed=done, total=total, description=markup(label))
-
-        yield update
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,7 +71,7 @@ def layer_rankings(where: Any, cells: list[Any], progress: Any) -> list[Any]:
 def print_rankings(rankings: list[Any], k: int) -> None:
     from rich.table import Table
 
-    from qconf.cli.main import console
+    from qconf.cli.common import console
     from qconf.sensitivity.ranking import proposed_skip
     from qconf.text import markup
 
@@ -152,7 +95,7 @@ def _rho(value: float | None) -> str:
 def print_cells(cells: list[Any]) -> None:
     from rich.table import Table
 
-    from qconf.cli.main import console
+    from qconf.cli.common import console
     from qconf.compare.tables import psnr_text, ssim_text
     from qconf.text import markup
     from qconf.units import human_bytes
@@ -173,16 +116,21 @@ def print_cells(cells: list[Any]) -> None:
 
 
 def write_outputs(cells: list[Any], rankings: list[Any], k: int, out: Path) -> list[Path]:
+    """sensitivity.json and sensitivity.png, each written whole into the real --out folder (a
+    symbolic link put there after the check before the work is refused, not followed)."""
     from dataclasses import asdict
 
-    from qconf.sensitivity.heatmap import write_heatmap
+    from qconf.sensitivity.heatmap import heatmap_png
     from qconf.sensitivity.ranking import proposed_skip
-    from qconf.trust.userpath import make_folder, write_text
+    from qconf.trust.userpath import real_folder, replace_in
 
-    make_folder(out, "--out")
     data = {
         "cells": [{k: v for k, v in asdict(c).items() if k != "cached"} for c in cells],
         "layers": [{**r.to_json(), "proposed_skip": proposed_skip(r, k)} for r in rankings],
     }
-    json_path = write_text(out / "sensitivity.json", json.dumps(data, indent=2) + "\n", "--out")
-    return [json_path, write_heatmap(cells, out / "sensitivity.png")]
+    text = json.dumps(data, indent=2) + "\n"
+    png = heatmap_png(cells)
+    with real_folder(out, [], "--out") as folder:
+        written = [replace_in(folder, "sensitivity.json", text.encode(), "--out")]
+        written.append(replace_in(folder, "sensitivity.png", png, "--out"))
+    return [out / p.name for p in written]

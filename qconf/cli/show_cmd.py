@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from qconf.cli.main import add_plan_arguments, console
-from qconf.cli.plan_args import plan_from_args
+from qconf.cli.common import add_plan_arguments, console, plan_from_args
 from qconf.text import markup
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from qconf.cli.main import console
+from qconf.cli.common import console
 from qconf.text import markup
 from qconf.units import human_bytes
 
@@ -49,3 +50,22 @@ def print_bytes_table(title: str, rows: Iterable[BytesRow], bytes_column: str) -
 
 def _ratio(after: int, before: int) -> str:
     return f"{after / before:.2f}" if before else "—"
+
+
+def print_report(report: Any) -> None:
+    rows = (
+        BytesRow(
+            name,
+            part.backend,
+            ", ".join(f"{n}× {kind}" for kind, n in part.quantized_layers.items()),
+            part.params,
+            part.bytes_unquantized,
+            part.bytes,
+        )
+        for name, part in report.parts.items()
+    )
+    title = (
+        f"{report.pipeline} loaded in {report.load_seconds:.2f} s "
+        f"(torch_dtype={report.torch_dtype})"
+    )
+    print_bytes_table(title, rows, "loaded")

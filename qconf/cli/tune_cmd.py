@@ -8,8 +8,8 @@ import argparse
 import re
 from typing import Any
 
-from qconf.cli.main import add_plan_arguments
-from qconf.cli.sensitivity_cmd import (
+from qconf.cli.common import add_plan_arguments
+from qconf.cli.measure import (
     add_measure_arguments,
     chosen,
     option_names,
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"measured {len(fresh)} part/option cells and ran {len(runs)} candidates "
           f"({sum(c.ok for c in tuned.cells) - len(fresh)} cells and "
           f"{len(tuned.candidates) - len(runs)} candidates from the cache)")  # fmt: skip
-    written = write_preset(target, where, tuned)
+    written = write_preset(target, where, tuned, force=args.force)  # checked again, atomically
     print(f"wrote {safe(str(written))}: qconf run --config-dir {safe(config_dir)} preset={name}")
     return 0
 
@@ -80,10 +80,7 @@ def _take_budget(overrides: list[str]) -> tuple[str, list[str]]:
 def _budget(text: str) -> int:
     from qconf.estimate.presets import parse_size
 
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise PlanError(Problem("budget", str(exc))) from None
+    return parse_size(text, "budget")  # a PlanError naming budget=
 
 
 def _has_conf(folder: str) -> bool:
@@ -101,7 +98,7 @@ def _builtin_presets() -> list[str]:
 def _print(tuned: Any) -> None:
     from rich.table import Table
 
-    from qconf.cli.main import console
+    from qconf.cli.common import console
     from qconf.compare.tables import psnr_text, ssim_text
     from qconf.text import markup
     from qconf.units import human_bytes

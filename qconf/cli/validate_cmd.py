@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qconf.cli.main import add_plan_arguments
-from qconf.cli.plan_args import plan_from_args
+from qconf.cli.common import add_plan_arguments, plan_from_args
 from qconf.text import safe
 
 

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qconf.compare.folders import BASELINE, RunFolder, run_folders
-from qconf.errors import ModelSourceError, Problem
+from qconf.compare.folders import BASELINE, ImageRecord, RunFolder, run_folders, short
+from qconf.errors import ModelSourceError, PlanError, Problem
 
 __all__ = ["Comparison", "Row", "gather", "write_outputs"]
+
+Scores = dict[tuple[str, int], tuple[float, float]]  # (run name, image index) -> (PSNR, SSIM)
 
 
 @dataclass
@@ -62,55 +64,99 @@ class Comparison:
 
 def gather(sweep: Path) -> Comparison:
     """Read every finished run under `sweep` and score its images against the reference."""
-    from qconf.compare.metrics import deviation, load_image, require_libraries
+    from qconf.compare.metrics import require_libraries
 
     require_libraries()
-    runs, unfinished = run_folders(sweep)
+    runs, unfinished = run_folders(sweep)  # every count and size bounded, nothing decoded yet
     reference = next((run for run in runs if run.name == BASELINE), runs[0])
-    reference_images = {(i.prompt, i.seed): load_image(i.path) for i in reference.images}
+    scores = _score(runs, reference)
     labels = _labels(runs)
     rows = []
     for run in runs:
-        scores = []
-        for image in run.images:
-            target = reference_images.get((image.prompt, image.seed))
-            psnr = ssim = None
-            if target is not None:
-                pixels = load_image(image.path)
-                if pixels.shape != target.shape:
-                    raise ModelSourceError(
-                        Problem(
-                            str(image.path),
-                            f"is {_size(pixels)}, the reference image is {_size(target)}",
-                            "compare runs made with the same run.height and run.width",
-                        )  # fmt: skip
-                    )
-                psnr, ssim = deviation(pixels, target)
+        images = []
+        for index, image in enumerate(run.images):
+            psnr, ssim = scores.get((run.name, index), (None, None))
             relative = f"{run.name}/{image.path.name}"
-            scores.append(ImageScore(relative, image.prompt, image.seed, image.seconds, psnr, ssim))
-        rows.append(Row(run, labels[run.name], scores, *_means(scores)))
+            images.append(ImageScore(relative, image.prompt, image.seed, image.seconds, psnr, ssim))
+        rows.append(Row(run, labels[run.name], images, *_means(images)))
     _mark_pareto(rows)
     columns = list(dict.fromkeys((i.prompt, i.seed) for run in runs for i in run.images))
     return Comparison(sweep, reference.name, rows, columns, unfinished)
 
 
+def _score(runs: list[RunFolder], reference: RunFolder) -> Scores:
+    """Each image against the reference image of the same prompt and seed. Sizes are compared
+    from the headers before anything is decoded; then one reference image and one run image
+    are in memory at a time."""
+    targets = {(i.prompt, i.seed): i for i in reference.images}
+    pending: dict[tuple[str, int], list[tuple[str, int, ImageRecord]]] = {}
+    for run in runs:
+        for index, image in enumerate(run.images):
+            target = targets.get((image.prompt, image.seed))
+            if target is None:
+                continue
+            if image.size != target.size:
+                raise ModelSourceError(
+                    Problem(
+                        str(image.path),
+                        f"is {_size(image.size)}, the reference image is {_size(target.size)}",
+                        "compare runs made with the same run.height and run.width",
+                    )  # fmt: skip
+                )
+            pending.setdefault((image.prompt, image.seed), []).append((run.name, index, image))
+    return {
+        (name, index): score
+        for key, images in pending.items()
+        for (name, index), score in _score_column(targets[key], images).items()
+    }
+
+
+def _score_column(target: ImageRecord, images: list[tuple[str, int, ImageRecord]]) -> Scores:
+    from qconf.compare.metrics import deviation, load_image
+
+    reference = load_image(target.real, target.size)
+    return {
+        (name, index): deviation(load_image(image.real, image.size), reference)
+        for name, index, image in images
+    }
+
+
 def write_outputs(comparison: Comparison) -> list[Path]:
-    """compare.md, compare.json, compare.png (the image grid) and pareto.png, each written
-    atomically into the sweep folder; returns their paths."""
-    from qconf.compare.figures import write_grid, write_pareto
-    from qconf.compare.tables import write_json, write_markdown
+    """compare.md, compare.json, compare.png (the image grid) and pareto.png, written into the
+    sweep folder once all four are made (a failure while reading an image or drawing leaves
+    nothing new behind), each atomically; returns their paths."""
+    from qconf.compare.figures import grid_png, pareto_png
+    from qconf.compare.tables import json_text, markdown
 
-    sweep = comparison.sweep
-    return [
-        write_markdown(comparison, sweep / "compare.md"),
-        write_json(comparison, sweep / "compare.json"),
-        write_grid(comparison, sweep / "compare.png"),
-        write_pareto(comparison, sweep / "pareto.png"),
-    ]
+    outputs = {
+        "compare.md": markdown(comparison).encode("utf-8"),
+        "compare.json": json_text(comparison).encode("utf-8"),
+        "compare.png": grid_png(comparison),
+        "pareto.png": pareto_png(comparison),
+    }
+    targets = [comparison.sweep / name for name in outputs]
+    for target in targets:  # a folder in the way fails before the first write, not after it
+        _check_target(target)
+    for target, data in zip(targets, outputs.values(), strict=True):
+        _write_bytes(target, data)
+    return targets
 
 
-def _size(pixels: Any) -> str:
-    return f"{pixels.shape[-1]}x{pixels.shape[-2]}"
+def _check_target(target: Path) -> None:
+    if target.is_dir():
+        raise PlanError(Problem(str(target), "is a folder", "move it away, then compare again"))
+
+
+def _write_bytes(target: Path, data: bytes) -> None:
+    from qconf.trust.userpath import atomic_output
+
+    # atomic_output replaces the name itself: a link planted there is replaced, not followed.
+    with atomic_output(target, target.name) as temp:
+        temp.write_bytes(data)
+
+
+def _size(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
 
 
 def _means(scores: list[ImageScore]) -> tuple[float | None, float | None]:
@@ -136,8 +182,10 @@ def _labels(runs: list[RunFolder]) -> dict[str, str]:
         varying = [o for o in run.overrides if o not in shared]
         if len(jobs) == 1:
             varying = [o for o in varying if _plan_key(o)] or varying
-        # Hydra's own record holds the overrides as qconf rewrote them (++key=...).
-        labels[run.name] = " ".join(o.lstrip("+") for o in varying) or f"job {run.name}"
+        # Hydra's own record holds the overrides as qconf rewrote them (++key=...). Cut once
+        # here: the tables repeat a label in every row (a long one made gigabytes of Markdown).
+        label = " ".join(o.lstrip("+") for o in varying) or f"job {run.name}"
+        labels[run.name] = short(label)
     return labels
 
 

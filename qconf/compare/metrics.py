@@ -3,14 +3,25 @@ the same definitions everyone quotes), on the images as saved (8-bit PNG, RGB, r
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from qconf.errors import BackendUnavailableError, ModelSourceError, Problem
+from qconf.source.files import open_regular
 
 SSIM_KERNEL = 11  # torchmetrics' default Gaussian window; smaller images use an odd size that fits
-MAX_PIXELS = 4096 * 4096  # per image: qconf's runs are far smaller; decoding is width x height x 12
+# Per image: SSIM needs ~700 bytes and ~1.5 us of a small CPU per pixel, so 2048x2048 is ~3 GB
+# and seconds; qconf's runs make 32x32 (tiny) to 1024x1024 (Flux, SD3) images.
+MAX_SIDE = 2048  # of a square image; a 4096x1024 one has as many pixels
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
 MIN_SIDE = 8  # the smallest run.height / run.width
+# An 8-bit RGBA PNG at MAX_PIXELS stored uncompressed is 16 MiB; more is not an image qconf wrote
+# (and PIL walks every chunk before the pixels).
+MAX_IMAGE_BYTES = 24 * 2**20
+THUMBNAIL = 256  # pixels, the longer side of an image in the grid (a cell is ~210 pixels)
+T = TypeVar("T")
 
 
 def require_libraries() -> None:
@@ -29,20 +40,61 @@ def require_libraries() -> None:
         )
 
 
-def load_image(path: Path) -> Any:
-    """A PNG as a float tensor [1, 3, H, W] in 0..1."""
-    from PIL import Image, UnidentifiedImageError
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG, read from its header alone and checked against the limits."""
+    return _with_png(path, None, lambda image: image.size)
 
-    try:
-        with Image.open(path, formats=["PNG"]) as image:
-            width, height = image.size
-            if width * height > MAX_PIXELS or min(width, height) < MIN_SIDE:
-                raise ModelSourceError(Problem(str(path), f"is {width}x{height} pixels",
-                                               f"qconf compares images of {MIN_SIDE} to "
-                                               f"{MAX_PIXELS} pixels"))  # fmt: skip
-            return image_tensor(image)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise ModelSourceError(Problem(str(path), f"not a readable PNG ({exc})")) from None
+
+def load_image(path: Path, size: tuple[int, int] | None = None) -> Any:
+    """A PNG as a float tensor [1, 3, H, W] in 0..1; with `size`, it must still be that size
+    (the file may have been replaced since its header was counted)."""
+    return _with_png(path, size, image_tensor)
+
+
+def thumbnail(path: Path, size: tuple[int, int] | None = None) -> Any:
+    """A PNG as an RGB uint8 array at most THUMBNAIL pixels a side, for the grid."""
+    import numpy as np
+
+    def shrink(image: Any) -> Any:
+        rgb = image.convert("RGB")
+        rgb.thumbnail((THUMBNAIL, THUMBNAIL))
+        return np.asarray(rgb)
+
+    return _with_png(path, size, shrink)
+
+
+def _with_png(path: Path, size: tuple[int, int] | None, action: Callable[[Any], T]) -> T:
+    """`action` on the PNG at `path`, opened through the bounded reader (a regular file, not a
+    link, at most MAX_IMAGE_BYTES) and checked on its header before anything is decoded: PIL's
+    Image.open reads only the header, and a tiny PNG can decode to gigabytes."""
+    from PIL import Image
+
+    with open_regular(path, "the image", MAX_IMAGE_BYTES, follow_symlinks=False) as handle:
+        try:
+            with warnings.catch_warnings():  # PIL's own bomb bound: an error, not a warning line
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(handle, formats=["PNG"]) as image:
+                    _check_size(path, image.size, size)
+                    return action(image)
+        except ModelSourceError:
+            raise
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError,
+            # EOFError, struct.error, zlib.error... on a malformed file: all mean "not a PNG"
+            what = f"not a readable PNG ({type(exc).__name__}: {str(exc)[:100]})"
+            raise ModelSourceError(Problem(str(path), what, "re-run that job")) from None
+
+
+def _check_size(path: Path, found: tuple[int, int], expected: tuple[int, int] | None) -> None:
+    width, height = found
+    if width * height > MAX_PIXELS or min(width, height) < MIN_SIDE:
+        fix = (f"qconf compare compares images of {MIN_SIDE}x{MIN_SIDE} to {MAX_PIXELS:,} "
+               f"pixels ({MAX_SIDE}x{MAX_SIDE})")  # fmt: skip
+        raise ModelSourceError(Problem(str(path), f"is {width}x{height} pixels", fix))
+    if expected is not None and found != expected:
+        raise ModelSourceError(Problem(str(path), "changed while qconf compare read it",
+                                       "run qconf compare again"))  # fmt: skip
 
 
 def image_tensor(image: Any) -> Any:

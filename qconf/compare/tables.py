@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qconf.compare.folders import short
+from qconf.text import markdown_text
 from qconf.trust.userpath import write_text
 from qconf.units import human_bytes
 
@@ -46,9 +48,12 @@ def _row_json(row: Row) -> dict[str, Any]:
     }
 
 
+def json_text(comparison: Comparison) -> str:
+    return json.dumps(comparison_json(comparison), indent=2) + "\n"
+
+
 def write_json(comparison: Comparison, target: Path) -> Path:
-    text = json.dumps(comparison_json(comparison), indent=2) + "\n"
-    return write_text(target, text, "compare.json")
+    return write_text(target, json_text(comparison), "compare.json")
 
 
 def write_markdown(comparison: Comparison, target: Path) -> Path:
@@ -56,14 +61,21 @@ def write_markdown(comparison: Comparison, target: Path) -> Path:
 
 
 def markdown(comparison: Comparison) -> str:
+    """Every string from the sweep folder (labels, prompts, part and backend names, memory
+    kinds) goes through `_cell`: nothing a shared folder holds renders as Markdown."""
+    from qconf.compare.figures import grid_note
+
     reference = next(r for r in comparison.rows if r.run.name == comparison.reference)
     kinds = sorted({row.run.peak_memory_kind for row in comparison.rows})
+    note = grid_note(comparison)
     lines = [
         "# qconf compare",
         "",
-        f"Reference: {_cell(reference.label)} (folder `{_cell(reference.run.name)}`). PSNR "
+        # Folder names are "baseline" or digits (folders.py reads no others): safe in code.
+        f"Reference: {_cell(reference.label)} (folder `{reference.run.name}`). PSNR "
         "(dB) and SSIM against it on the same prompts and seeds, mean over images; ∞ = "
-        f"identical. Peak memory: {', '.join(_PEAK_KINDS.get(k, k) for k in kinds)}.",
+        f"identical. Peak memory: {', '.join(_cell(_PEAK_KINDS.get(k, k)) for k in kinds)}."
+        + (f" {note}." if note else ""),
         "",
         "| plan | folder | weights | peak memory | load s | s / image | PSNR | SSIM | Pareto |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
@@ -89,7 +101,7 @@ def markdown(comparison: Comparison) -> str:
     for row in comparison.rows:
         for image in row.images:
             lines.append(
-                f"| {_cell(row.label)} | {_cell(image.prompt)} | {image.seed} "
+                f"| {_cell(row.label)} | {_cell(short(image.prompt))} | {image.seed} "
                 f"| {image.seconds:.3f} | {psnr_text(image.psnr)} | {ssim_text(image.ssim)} |"
             )
     if comparison.unfinished:
@@ -124,10 +136,6 @@ def ssim_text(value: float | None) -> str:
 
 
 def _cell(text: Any) -> str:
-    """Text for a Markdown table cell: one line; pipes, code, HTML, links, emphasis escaped."""
-    from qconf.text import safe
-
-    text = safe(text).replace("\\", "\\\\")
-    for char in "|`<>[]!*":  # nothing a shared folder writes renders as links, HTML or markup
-        text = text.replace(char, "\\" + char)
-    return text
+    """Text for a Markdown table cell: one line, nothing rendered as markup (see
+    qconf.text.markdown_text)."""
+    return markdown_text(text)

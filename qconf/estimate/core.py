@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qconf.errors import ModelSourceError, Problem
 from qconf.estimate.byte_models import (
     BYTE_MODELS,
     Layer,
@@ -16,6 +17,7 @@ from qconf.estimate.byte_models import (
     skip_patterns,
     skipped,
 )
+from qconf.estimate.limits import MAX_IMPLIED_PARAMS, check_folder, pipeline_budget
 from qconf.estimate.snapshots import is_shipped
 from qconf.estimate.sources import (
     estimate_source,
@@ -100,21 +102,46 @@ def estimate(plan_or_resolved: Any, source_folder: str | Path | None = None) -> 
     """Estimate a plan (Plan, ResolvedPlan, or a composed config) against `source_folder`, or
     the plan's own source (a tiny pipeline, a local folder, a hub id in the local cache).
     Every weight-bearing part the folder's model_index.json lists is counted."""
-    from qconf.plan.intake import take
+    from qconf.plan.intake import intake
     from qconf.plan.resolve import ResolvedPlan
 
     resolved = plan_or_resolved
     if not isinstance(resolved, ResolvedPlan):
-        resolved = take(resolved).resolve()
+        resolved = intake(resolved).resolve()
     folder, found = estimate_source(resolved.plan, source_folder)
+    check_folder(folder)  # counts, sizes and header bytes bounded before anything is built
     parts = {}
-    for name, part in found.weighted.items():
-        resolved_part = resolved.components.get(name)
-        entry = resolved_part.entry if resolved_part is not None else None
-        parts[name] = _estimate_part(
-            folder, name, part.library, part.class_name, entry, resolved.torch_dtype
-        )
+    with pipeline_budget():  # and what all parts together may build
+        for name, part in found.weighted.items():
+            resolved_part = resolved.components.get(name)
+            entry = resolved_part.entry if resolved_part is not None else None
+            parts[name] = _estimate_part(
+                folder, name, part.library, part.class_name, entry, resolved.torch_dtype
+            )
     return Estimate(found.pipeline, str(folder), resolved.torch_dtype, parts)
+
+
+def _shape(found: tuple[int, ...] | None, tensor: Any, part_folder: Path, key: str) -> tuple:
+    """The shape to count for `key`: the checkpoint's (its .safetensors header) where it has
+    one, else the built module's. A checkpoint shape of another rank, with a bool, or with a
+    zero where the module has a size cannot be that tensor (and a byte model divides by its
+    rows): refused, as is one larger than any real tensor."""
+    built = tuple(tensor.shape)
+    if found is None or found == built:
+        return built
+    fits = len(found) == len(built) and not any(isinstance(n, bool) for n in found)
+    fits = fits and all(n > 0 or m == 0 for n, m in zip(found, built, strict=True))
+    if not fits or math.prod(found) > MAX_IMPLIED_PARAMS:
+        raise ModelSourceError(
+            Problem(
+                f"{part_folder} (*.safetensors)",
+                f"tensor '{key}' has shape {list(found)[:8]} in its header, which cannot be "
+                f"the {list(built)} its config.json builds",
+                "re-save the part, or estimate from config.json alone (move the .safetensors "
+                "files away)",
+            )
+        )
+    return found
 
 
 def _estimate_part(
@@ -153,8 +180,8 @@ def _estimate_part(
                 continue
             seen.add(id(tensor))
             full = f"{module_name}.{local}" if module_name else local
-            shape = header[full][0] if full in header else tuple(tensor.shape)
-            if full in header and header[full][0] != tuple(tensor.shape):
+            shape = _shape(header[full][0] if full in header else None, tensor, folder / name, full)
+            if shape != tuple(tensor.shape):
                 notes.append(f"{full}: checkpoint shape {shape} != config's {tuple(tensor.shape)}")
             numel = math.prod(shape)
             dtype = tensor.dtype

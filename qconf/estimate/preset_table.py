@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qconf.plan.compose import compose
-from qconf.plan.conftree import backend_options, group_options
-from qconf.plan.schema import validate
+from qconf.estimate.presets import preset_names
+from qconf.plan.conftree import backend_options
+from qconf.plan.intake import compose_plan, intake
 from qconf.trust.userpath import user_path
 
 START_MARKER = "<!-- presets:start -->"
@@ -33,19 +33,13 @@ _HEADER = (
 )
 
 
-def preset_names(config_dir: str | Path | None = None) -> list[str]:
-    """Every preset option, built-in and (with `config_dir`) the user's, sorted."""
-    extra = (user_path(config_dir, "--config-dir").resolve(),) if config_dir is not None else ()
-    return sorted(group_options("preset", extra))
-
-
 def preset_row(name: str, config_dir: str | Path | None = None, memory: bool = True) -> str:
     """One table row: compose, validate and resolve `preset=<name>` (raises PlanError); with
     `memory`, the estimate's weights column (imports torch), else that cell is left empty."""
     from omegaconf import OmegaConf
 
-    cfg = compose([f"preset={name}"], config_dir=config_dir)
-    plan = validate(cfg, config_dir=config_dir)
+    cfg = compose_plan([f"preset={name}"], config_dir=config_dir)
+    plan = intake(cfg, config_dir=config_dir)
     resolved = plan.resolve()
     # The composed mapping still holds each part's {backend, kwargs} as the preset wrote it,
     # before the schema fills in library defaults: that is what matches conf/backend options.

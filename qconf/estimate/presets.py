@@ -7,13 +7,27 @@ reports what is missing instead of a number.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
+from qconf.errors import PlanError, Problem
+
 GIB = 2**30
-_UNITS = {"": GIB, "b": 1, "k": 2**10, "m": 2**20, "g": GIB, "t": 2**40}
-_DECIMAL = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+# Bytes per unit, matched case-insensitively. A bare number is GiB (GPU memory is quoted in it);
+# K/M/G/T alone are binary too, as `free -g` and docker read them.
+UNITS = {
+    "": GIB,
+    "b": 1,
+    **{p: 2 ** (10 * n) for n, p in enumerate("kmgt", 1)},
+    **{f"{p}ib": 2 ** (10 * n) for n, p in enumerate("kmgt", 1)},
+    **{f"{p}b": 10 ** (3 * n) for n, p in enumerate("kmgt", 1)},
+}
+MAX_SIZE = 2**60  # 1 EiB: far beyond any machine's memory, well inside an int64
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*")
+_SIZE_HELP = "write e.g. 16GiB, 24G, 12000MiB or 16GB (a bare number is GiB)"
 
 
 @dataclass(frozen=True)
@@ -36,19 +50,28 @@ class PresetEstimate:
         }
 
 
-def parse_size(text: str) -> int:
-    """'16GiB', '16 GiB', '16G', '16' (GiB) -> bytes; '16GB' is decimal (16e9). ValueError."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    unit = match.group(2).lower() if match else ""
-    if match is None or (unit.rstrip("ib") not in _UNITS and unit not in _DECIMAL):
-        raise ValueError(f"'{text}' is not a size: write e.g. 16GiB, 24G, 12000MiB or 16GB")
-    value = float(match.group(1))
-    scale = (
-        _DECIMAL[unit] if unit in _DECIMAL else _UNITS[unit.removesuffix("ib").removesuffix("b")]
-    )
-    if not value * scale < 2**63:  # also inf: a digit string too long for a float
-        raise ValueError(f"'{text}' is larger than any machine's memory")
-    return int(value * scale)
+def parse_size(text: str, where: str = "size") -> int:
+    """Bytes in `text`: a number and a unit (B bytes; KiB/MiB/GiB/TiB or K/M/G/T powers of 1024;
+    KB/MB/GB/TB powers of 1000; a bare number is GiB), e.g. '16GiB', '16 GiB', '16G', '16' ->
+    16 * 2**30 and '16GB' -> 16e9. A PlanError (a ValueError) naming `where` for anything else:
+    an unknown unit, a sign, an exponent, nan/inf, zero, or more than MAX_SIZE."""
+    match = _SIZE.fullmatch(text) if len(text) <= 64 else None
+    scale = UNITS.get(match.group(2).lower()) if match else None
+    if match is None or scale is None:
+        what = "is negative" if text.strip().startswith("-") else "is not a size"
+        raise PlanError(Problem(where, f"{_quoted(text)} {what}", _SIZE_HELP))
+    # exact arithmetic: no float rounding, and a digit string can never become inf
+    size = math.floor(Fraction(match.group(1)) * scale)
+    if size <= 0:
+        raise PlanError(Problem(where, f"{_quoted(text)} is not a positive size", _SIZE_HELP))
+    if size > MAX_SIZE:
+        raise PlanError(Problem(where, f"{_quoted(text)} is larger than any machine's memory",
+                                f"give at most {MAX_SIZE // 2**30:,}GiB"))  # fmt: skip
+    return size
+
+
+def _quoted(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 def estimate_preset(name: str, config_dir: str | Path | None = None) -> PresetEstimate:
@@ -56,12 +79,11 @@ def estimate_preset(name: str, config_dir: str | Path | None = None) -> PresetEs
     from qconf.errors import QconfError
     from qconf.estimate.core import estimate
     from qconf.estimate.snapshots import slug, snapshot_folder
-    from qconf.plan.compose import compose
-    from qconf.plan.schema import validate
+    from qconf.plan.intake import intake
     from qconf.source.parts import source_kind
 
     try:  # one broken preset of a user's --config-dir must not hide the others
-        plan = validate(compose([f"preset={name}"], config_dir=config_dir), config_dir=config_dir)
+        plan = intake(overrides=[f"preset={name}"], config_dir=config_dir)
     except QconfError as exc:
         return PresetEstimate(name, "?", None, None, None, exc.lines[0])
     source = plan.model.source
@@ -78,8 +100,16 @@ def estimate_preset(name: str, config_dir: str | Path | None = None) -> PresetEs
     )
 
 
+def preset_names(config_dir: str | Path | None = None) -> list[str]:
+    """Every preset option, built-in and (with `config_dir`) the user's, sorted."""
+    from qconf.plan.conftree import group_options
+    from qconf.trust.userpath import user_path
+
+    extra = (user_path(config_dir, "--config-dir").resolve(),) if config_dir is not None else ()
+    return sorted(group_options("preset", extra))
+
+
 def estimate_presets(config_dir: str | Path | None = None) -> list[PresetEstimate]:
-    from qconf.estimate.preset_table import preset_names
 
     return [estimate_preset(name, config_dir) for name in preset_names(config_dir)]
 

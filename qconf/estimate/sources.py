@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from qconf.errors import ModelSourceError, Problem
+from qconf.estimate.limits import check_part_config, counted_build
 from qconf.estimate.snapshots import is_shipped
 from qconf.quiet import config_notices_off
 from qconf.source.files import part_header, read_gguf, read_part_config
@@ -57,7 +58,10 @@ def _meta_model(
         raise ModelSourceError(
             Problem(str(folder / name), "has no config.json", "copy the part's config.json there")
         )
-    read_part_config(folder / name)  # shape, size and depth checked before a library reads it
+    file = folder / name / "config.json"
+    # shape, size and depth checked before a library reads the file; its counts and sizes
+    # bounded before anything is built (a part built without estimate()'s folder check too)
+    check_part_config(read_part_config(folder / name), file)
     module = _library_module(library)
     cls = getattr(module, class_name, None) if module is not None else None
     if cls is None:
@@ -71,7 +75,7 @@ def _meta_model(
     # Notices about config keys (a key the class no longer takes) are about the user's file,
     # except in qconf's own snapshots, which keep the hub's keys verbatim.
     quiet = config_notices_off() if is_shipped(folder) else contextlib.nullcontext()
-    with _config_values(folder / name / "config.json", class_name), quiet:
+    with _config_values(file, class_name), quiet, counted_build(file):
         if library == "diffusers":
             config = cls.load_config(folder, subfolder=name)
             return config, _on_meta(lambda: cls.from_config(config))
@@ -85,7 +89,7 @@ def _config_values(file: Path, class_name: str) -> Iterator[None]:
     (a string where a size goes): that is the file's fault, said as such."""
     try:
         yield
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError) as exc:
+    except _config_errors() as exc:
         raise ModelSourceError(
             Problem(
                 str(file),
@@ -94,6 +98,20 @@ def _config_values(file: Path, class_name: str) -> Iterator[None]:
                 "fix the values in config.json (compare with the original model's)",
             )
         ) from None
+
+
+def _config_errors() -> tuple[type[Exception], ...]:
+    """What building a model from bad config values raises."""
+    errors: tuple[type[Exception], ...] = (
+        TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError,
+        OverflowError,  # a size too large for a C long
+        RuntimeError,  # torch refusing a size (a negative dimension)
+    )  # fmt: skip
+    try:  # transformers' strict config fields (an int field given a string) raise this
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        return errors
+    return (*errors, StrictDataclassError)
 
 
 def _transformers_meta(cls: Any, config: Any, dtype: Any) -> Any:

@@ -51,23 +51,26 @@ def lora_estimate(
     """LoRA on `parts` of the plan's model (see module docstring)."""
     import torch
 
+    from qconf.estimate.limits import check_folder, pipeline_budget
     from qconf.estimate.sources import estimate_source, meta_model
     from qconf.train import DEFAULT_TARGETS
 
     resolved = plan.resolve()
     root, found = estimate_source(plan, folder)
+    check_folder(root)  # counts, sizes and header bytes bounded before anything is built
     dtype = getattr(torch, resolved.torch_dtype or "float32")
     result = {}
-    for name in parts:
-        part = found.weighted.get(name)
-        if part is None:
-            known = ", ".join(found.weighted)
-            raise PlanError(Problem(f"--train {name}", f"not a weight-bearing part of "
-                                    f"{found.pipeline}", f"use one of: {known}"))  # fmt: skip
-        _, module = meta_model(root, name, part.library, part.class_name, dtype)
-        suffixes = tuple(targets or DEFAULT_TARGETS[part.library])
-        layers = [m for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)
-                  and any(n == s or n.endswith(f".{s}") for s in suffixes)]  # fmt: skip
-        params = sum(rank * (m.in_features + m.out_features) for m in layers)
-        result[name] = LoraEstimate(name, rank, len(layers), params, dtype.itemsize)
+    with pipeline_budget():  # what all trained parts together may build
+        for name in parts:
+            part = found.weighted.get(name)
+            if part is None:
+                known = ", ".join(found.weighted)
+                raise PlanError(Problem(f"--train {name}", f"not a weight-bearing part of "
+                                        f"{found.pipeline}", f"use one of: {known}"))  # fmt: skip
+            _, module = meta_model(root, name, part.library, part.class_name, dtype)
+            suffixes = tuple(targets or DEFAULT_TARGETS[part.library])
+            layers = [m for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)
+                      and any(n == s or n.endswith(f".{s}") for s in suffixes)]  # fmt: skip
+            params = sum(rank * (m.in_features + m.out_features) for m in layers)
+            result[name] = LoraEstimate(name, rank, len(layers), params, dtype.itemsize)
     return result

@@ -14,7 +14,7 @@ from typing import Any
 from qconf.errors import ModelSourceError, Problem
 from qconf.loading.report import LoadReport, measure_part
 from qconf.loading.trainable import check_trainable
-from qconf.plan.intake import take
+from qconf.plan.intake import intake
 from qconf.plan.resolve import ResolvedPlan
 from qconf.plan.schema import Plan
 
@@ -44,8 +44,9 @@ def load(
 ) -> Loaded:
     """Load with a composed config, or with `model=`/`quant=` nodes (as a Hydra `_target_`).
     `save=DIR` then writes the quantized pipeline there (see qconf.loading.saving);
-    `train=True` (or a list of parts) first refuses backends that cannot pass gradients (qconf.loading.trainable)."""
-    plan = take(cfg, model=model, quant=quant, **extra)
+    `train=True` (or a list of parts) first refuses backends that cannot pass gradients
+    (qconf.loading.trainable)."""
+    plan = intake(cfg, model=model, quant=quant, **extra)
     resolved = plan.resolve()
     from qconf.loading.environment import check_environment
 

@@ -18,13 +18,13 @@ from qconf.loading.loader import (
     load_safety,
 )
 from qconf.loading.trainable import check_trainable
-from qconf.plan.intake import take
+from qconf.plan.intake import intake
 from qconf.plan.resolve import ResolvedPlan
 
 
 def part_config(cfg: Any, part: str) -> Any:
     """The diffusers/transformers quantization config object for `part` (None: unquantized)."""
-    plan = take(cfg)
+    plan = intake(cfg)
     resolved = plan.resolve()
     _check_part(resolved, part)
     resolved_part = resolved.components[part]
@@ -39,7 +39,7 @@ def part_config(cfg: Any, part: str) -> Any:
 
 def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
     """Load only `part` of the plan's model, quantized as the plan says."""
-    plan = take(cfg)
+    plan = intake(cfg)
     resolved = plan.resolve()
     _check_part(resolved, part)
     from qconf.loading.environment import check_environment

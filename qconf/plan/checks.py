@@ -1,11 +1,12 @@
 """Cross-field checks of a plan against the pipeline it names (torch-free). Each returns
-problems; none changes anything."""
+problems; none changes anything. The schema calls these, so its models (ModelSpec, QuantSpec,
+Plan) are typed `Any` here: this module never imports the schema back."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -14,9 +15,6 @@ from qconf.errors import PlanError, Problem
 from qconf.plan.messages import did_you_mean, problems_from_errors
 from qconf.source.model import open_source
 from qconf.source.parts import Part, PipelineParts
-
-if TYPE_CHECKING:
-    from qconf.plan.schema import ModelSpec, Plan, QuantSpec
 
 _ENTRY: TypeAdapter[EntryBase] = TypeAdapter(BackendEntry)
 
@@ -89,7 +87,7 @@ def _name_problem(name: str, where: str, found: PipelineParts) -> Problem | None
     return None
 
 
-def part_problems(quant: QuantSpec, found: PipelineParts) -> list[Problem]:
+def part_problems(quant: Any, found: PipelineParts) -> list[Problem]:
     named: dict[str, tuple[str, EntryBase | None]] = {}
     if quant.mode == "global":
         entry = quant.global_entry()
@@ -124,7 +122,7 @@ def part_problems(quant: QuantSpec, found: PipelineParts) -> list[Problem]:
     return problems
 
 
-def dtype_problems(model: ModelSpec, quant: QuantSpec) -> list[Problem]:
+def dtype_problems(model: Any, quant: Any) -> list[Problem]:
     """A GGUF part (the one backend with compute_dtype) computes in its compute_dtype, the rest
     of the pipeline in model.torch_dtype: two dtypes fail at the first matmul between them."""
     problems = []
@@ -141,7 +139,7 @@ def dtype_problems(model: ModelSpec, quant: QuantSpec) -> list[Problem]:
     return problems
 
 
-def source_problems(model: ModelSpec, found: PipelineParts) -> list[Problem]:
+def source_problems(model: Any, found: PipelineParts) -> list[Problem]:
     """Refuse to run code from a model folder unless the user opted in."""
     problems = []
     if found.custom_code and not model.trust_remote_code:
@@ -228,7 +226,7 @@ def _saved_entry(name: str, saved: Mapping[str, Any]) -> EntryBase:
         ) from None
 
 
-def saved_problems(plan: Plan, found: PipelineParts) -> list[Problem]:
+def saved_problems(plan: Any, found: PipelineParts) -> list[Problem]:
     """A plan for a pre-quantized folder must say what was saved (or nothing at all)."""
     saved = saved_entries(found.weighted)
     if not saved or plan.quant.is_empty:

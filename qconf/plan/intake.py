@@ -23,7 +23,7 @@ from qconf.trust.userpath import user_path
 _FIELDS = ("model", "quant", "run")
 
 
-def take(
+def intake(
     cfg: Any = None,
     *,
     overrides: Sequence[str] = (),
@@ -55,13 +55,31 @@ def take(
             raise PlanError(Problem("model", "missing", "pass model={'source': ...}"))
         cfg = fields
     elif cfg is None:
-        from qconf.plan.compose import compose
-
-        cfg = compose(overrides, config_dir=config_dir, plan_file=plan_file)
+        cfg = compose_plan(overrides, plan_file=plan_file, config_dir=config_dir)
     elif overrides or plan_file is not None or fields:
         raise PlanError(Problem("plan", "a composed config was given together with overrides",
                                 "compose the overrides into it, or pass one of them"))  # fmt: skip
     return validate(cfg, config_dir=config_dir)
+
+
+def compose_plan(
+    overrides: Sequence[str] = (),
+    *,
+    plan_file: str | Path | None = None,
+    config_dir: str | Path | None = None,
+    config_name: str | None = None,
+) -> Any:
+    """The composed DictConfig `take` validates (for callers that need the mapping as the files
+    wrote it, before the schema reads it): a plan file, if any, composed before `overrides`
+    and never trusted like them."""
+    from qconf.plan.compose import CONFIG_NAME, compose
+
+    return compose(
+        overrides,
+        config_dir=config_dir,
+        config_name=config_name or CONFIG_NAME,
+        plan_file=plan_file,
+    )
 
 
 def take_folder(plan: Plan, folder: str | Path, where: str = "--folder") -> ModelSource:

@@ -1,16 +1,14 @@
-"""Plan × pipeline parts → one library config per part (diffusers or transformers)."""
+"""Plan × pipeline parts → one library config per part (diffusers or transformers). The schema
+calls this module (Plan.resolve), so the Plan is typed `Any` here: no import back."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qconf.backends import REGISTRY, EntryBase
 from qconf.source.parts import PipelineParts
-
-if TYPE_CHECKING:  # schema calls resolve (Plan.resolve); resolve only names the Plan type
-    from qconf.plan.schema import Plan
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,7 @@ class ResolvedPart:
 
 @dataclass(frozen=True)
 class ResolvedPlan:
-    plan: Plan
+    plan: Any  # the qconf.plan.schema.Plan
     parts: PipelineParts
     components: dict[str, ResolvedPart | None]  # every weight-bearing part; None = unquantized
 
@@ -98,7 +96,7 @@ class ResolvedPlan:
         return PipelineQuantizationConfig(quant_mapping=mapping) if mapping else None
 
 
-def resolve(plan: Plan, parts: PipelineParts | None = None) -> ResolvedPlan:
+def resolve(plan: Any, parts: PipelineParts | None = None) -> ResolvedPlan:
     """Resolve against `parts` (e.g. the real model_index.json at load) or the plan's source."""
     parts = parts or plan.parts()
     components: dict[str, ResolvedPart | None] = {}

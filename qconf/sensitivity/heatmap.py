@@ -12,6 +12,24 @@ from qconf.compare.figures import label_text, pyplot, save_figure
 
 
 def write_heatmap(cells: list[Any], target: Path) -> Path:
+    return save_figure(_figure(cells), target, "sensitivity.png")
+
+
+def heatmap_png(cells: list[Any]) -> bytes:
+    """The heatmap as PNG bytes, for a writer that writes through a folder descriptor."""
+    import io
+
+    plt = pyplot()
+    figure = _figure(cells)
+    try:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, dpi=110, format="png")
+    finally:
+        plt.close(figure)
+    return buffer.getvalue()
+
+
+def _figure(cells: list[Any]) -> Any:
     import numpy as np
 
     plt = pyplot()
@@ -38,4 +56,4 @@ def write_heatmap(cells: list[Any], target: Path) -> Path:
     figure.colorbar(image, ax=axis, label="image PSNR (dB)")
     axis.set_title("each part quantized alone", fontsize=9)
     figure.tight_layout()
-    return save_figure(figure, target, "sensitivity.png")
+    return figure

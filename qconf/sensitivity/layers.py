@@ -23,7 +23,6 @@ never reaches into resolve or the backends."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,23 +63,16 @@ class Captured:
 
 
 def part_cfg(base: Sequence[str] | Any, part: str, option: Option | None = None) -> Any:
-    """The composed plan of `base` (overrides, or an already composed cfg) with `part` alone
+    """The plan (plain data) of `base` (overrides, a composed cfg or a Plan) with `part` alone
     quantized under `option` (None: nothing quantized). The base's own quant section is dropped:
     sensitivity measures one part at a time against the unquantized pipeline."""
-    from omegaconf import DictConfig, OmegaConf, open_dict
+    from qconf.plan.intake import intake
 
-    import qconf
-
-    if isinstance(base, (list, tuple)):
-        cfg = qconf.compose(list(base))
-    else:
-        cfg = copy.deepcopy(base) if isinstance(base, DictConfig) else OmegaConf.create(base)
+    plan = intake(overrides=list(base)) if isinstance(base, (list, tuple)) else intake(base)
+    data = plan.model_dump(mode="json")
     value = dict(option) if isinstance(option, Mapping) else option
-    with open_dict(cfg):
-        cfg.quant = {"backend": None, "kwargs": {}, "components": None, "mapping": {}}
-        if value is not None:
-            cfg.quant.mapping[part] = value
-    return cfg
+    data["quant"] = {"mapping": {part: value} if value is not None else {}}
+    return data
 
 
 def with_skip(option: Option, names: Iterable[str]) -> dict[str, Any]:

@@ -57,16 +57,28 @@ class Cell:
 class Setting:
     """What every measurement of one sensitivity run shares."""
 
-    overrides: list[str]  # the user's, quantization cleared after them
+    overrides: list[str]  # the user's typed ones (quantization is cleared after them)
     config_dir: str | None
     plan: Any  # the unquantized Plan
     fingerprint: dict[str, Any]
     versions: dict[str, str | None]
+    plan_file: str | None = None  # the user's --plan, kept apart from the typed overrides
+
+    def plan_of(self, overrides: list[str]) -> Any:
+        """The checked Plan of `overrides` on top of the plan file (through the intake)."""
+        from qconf.plan.intake import intake
+
+        return intake(overrides=overrides, plan_file=self.plan_file, config_dir=self.config_dir)
+
+    def composed(self, overrides: list[str]) -> Any:
+        """The composed DictConfig of `overrides` on top of the plan file (see `take`)."""
+        from qconf.plan.intake import compose_plan
+
+        return compose_plan(overrides, plan_file=self.plan_file, config_dir=self.config_dir)
 
     def cfg(self, *extra: str) -> Any:
-        import qconf
-
-        return qconf.compose([*self.overrides, *CLEAR_QUANT, *extra], config_dir=self.config_dir)
+        """The user's plan, quantization cleared, then `extra` (a checked Plan)."""
+        return self.plan_of([*self.overrides, *CLEAR_QUANT, *extra])
 
     def cell_key(self, part: str, entry: Any) -> str:
         return cache.key(kind=KIND, model=self.fingerprint, part=part, entry=entry,
@@ -74,14 +86,17 @@ class Setting:
                          dtype=self.plan.model.torch_dtype, versions=self.versions)  # fmt: skip
 
 
-def setting(overrides: list[str], config_dir: str | None = None) -> Setting:
-    import qconf
+def setting(
+    overrides: list[str], config_dir: str | None = None, *, plan_file: str | None = None
+) -> Setting:
+    from qconf.plan.intake import intake
 
-    cfg = qconf.compose([*overrides, *CLEAR_QUANT], config_dir=config_dir)
-    plan = qconf.validate(cfg, config_dir=config_dir)
+    plan = intake(overrides=[*overrides, *CLEAR_QUANT], plan_file=plan_file, config_dir=config_dir)
     folder = plan.source.local_folder()
     fingerprint = cache.model_fingerprint(plan.model.source, folder)
-    return Setting(list(overrides), config_dir, plan, fingerprint, cache.library_versions())
+    return Setting(
+        list(overrides), config_dir, plan, fingerprint, cache.library_versions(), plan_file
+    )
 
 
 def weight_bearing_parts(plan: Any) -> list[str]:
@@ -159,8 +174,7 @@ def _runnable(where: Setting, part: str, option: str) -> tuple[Cell, Any]:
 
     cell = Cell(part, option, "ok")
     try:
-        cfg = where.cfg(f"quant.mapping.{part}={option}")
-        plan = qconf.validate(cfg, config_dir=where.config_dir)
+        plan = where.cfg(f"quant.mapping.{part}={option}")
         qconf.check_environment(plan)
         estimated = estimate(plan).parts[part]
     except QconfError as exc:

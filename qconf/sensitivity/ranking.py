@@ -6,32 +6,47 @@ backward passes), checked against the measured one-layer deviation on a spread o
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
 from typing_extensions import TypedDict  # pydantic validates it on Python < 3.12 too
 
 from qconf.sensitivity import cache
+from qconf.sensitivity.cache import (
+    MAX_LAYERS,
+    MAX_RANKING_BYTES,
+    ByteDelta,
+    LayerName,
+    Name,
+    NonNegative,
+    Similarity,
+)
 
-KIND = "layers-v1"
+KIND = "layers-v2"  # bump when the ranking or the entry's format changes
 PROBES = 16
+
+# The annotations bound what a cached ranking may hold (see cache.py): finite values, names
+# that are module paths (skip names become Hydra override values), at most MAX_LAYERS layers.
 
 
 class LayerInfo(TypedDict):
-    weight_error: float
-    linearized: float
-    measured: float | None  # None: not among the checked layers
-    bytes_saved: int
-    skip_name: str
-    also_skips: list[str]
+    weight_error: NonNegative
+    linearized: NonNegative
+    measured: NonNegative | None  # None: not among the checked layers
+    bytes_saved: ByteDelta
+    skip_name: LayerName
+    also_skips: Annotated[list[LayerName], Field(max_length=MAX_LAYERS)]
 
 
 @dataclass
 class LayerRanking:
-    part: str
-    option: str
-    layers: dict[str, LayerInfo] = field(default_factory=dict)
-    spearman_weight: float | None = None  # weight proxy vs measured, on the checked layers
-    spearman_linearized: float | None = None
+    part: Name
+    option: Name
+    layers: Annotated[dict[LayerName, LayerInfo], Field(max_length=MAX_LAYERS)] = field(
+        default_factory=dict
+    )
+    spearman_weight: Similarity | None = None  # weight proxy vs measured, on checked layers
+    spearman_linearized: Similarity | None = None
     cached: bool = False
 
     def order(self) -> list[str]:
@@ -48,15 +63,17 @@ def rank_layers(where: Any, part: str, option: str, check: int = 8) -> LayerRank
     import qconf
     from qconf.sensitivity import layers as lx
 
-    plan = qconf.validate(where.cfg(f"quant.mapping.{part}={option}"), config_dir=where.config_dir)
+    plan = where.cfg(f"quant.mapping.{part}={option}")
     entry = plan.resolve().components[part].entry.model_dump(mode="json")
     name = cache.key(kind=KIND, model=where.fingerprint, part=part, entry=entry, probes=PROBES,
                      check=check, run=where.plan.run.model_dump(mode="json"),
                      dtype=where.plan.model.torch_dtype, versions=where.versions)  # fmt: skip
-    hit = cache.read(KIND, name, LayerRanking)
+    hit = cache.read(KIND, name, LayerRanking, MAX_RANKING_BYTES)
     if hit is not None and (hit.part, hit.option) == (part, option):
         hit.cached = True
         return hit
+    if hit is not None:
+        cache.notice(KIND, name, f"is for {hit.part} under {hit.option}, not {part} under {option}")
     base = where.cfg()
     with qconf.quiet():
         errors = lx.weight_errors(base, part, option)
@@ -80,7 +97,7 @@ def rank_layers(where: Any, part: str, option: str, check: int = 8) -> LayerRank
     ranking.spearman_weight = _finite(lx.spearman(weight, measured))
     ranking.spearman_linearized = _finite(lx.spearman({n: linearized[n] for n in measured},
                                                       measured))  # fmt: skip
-    cache.write(KIND, name, ranking.to_json())
+    cache.write(KIND, name, ranking.to_json(), LayerRanking)
     return ranking
 
 

@@ -13,25 +13,30 @@ the backends. Needs peft: `pip install 'qconf[train]'`.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from qconf.errors import BackendUnavailableError, ModelSourceError, PlanError, Problem
+from qconf.errors import BackendUnavailableError, PlanError, Problem
+from qconf.train.adapter_file import (
+    ADAPTER_FILE,
+    AdapterFile,
+    load_tensors,
+    read_adapter,
+)
+from qconf.train.adapter_layers import check_tensors, expected_tensors
+from qconf.train.adapter_settings import refuse, shown
 
 __all__ = ["ADAPTER_FILE", "DEFAULT_TARGETS", "add_lora", "attach_adapter", "load_adapter",
            "lora_parameters", "save_adapter"]  # fmt: skip
 
-ADAPTER_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LoRA weight name
 # Attention projections: what diffusers' LoRA training scripts target by default.
 DEFAULT_TARGETS = {
     "diffusers": ("to_q", "to_k", "to_v", "to_out.0"),
     "transformers": ("q", "k", "v", "o", "q_proj", "k_proj", "v_proj", "out_proj"),
 }
-_MAX_METADATA = 1 << 20
 
 
 def _peft() -> Any:
@@ -134,69 +139,70 @@ def load_adapter(pipeline: Any, directory: str | Path) -> list[str]:
     """Load adapters saved by `save_adapter` (or diffusers' `save_lora_weights`) onto the parts
     of a pipeline loaded with the same plan; returns the parts that received one.
 
-    Goes through peft directly (`add_adapter` + `set_peft_model_state_dict`), which works on
-    every trainable backend: diffusers' `load_lora_weights` reads `<name>.weight` keys of the
-    base layers first, and quanto's layers keep theirs under other names."""
+    The file is not trusted (see qconf.train.adapter_file): it is checked whole, against the
+    pipeline's own parts and layers, and its tensors read, before any part is touched; a
+    refusal is one PlanError/ModelSourceError line. Goes through peft directly (`add_adapter` +
+    `set_peft_model_state_dict`), which works on every trainable backend: diffusers'
+    `load_lora_weights` reads `<name>.weight` keys of the base layers first, and quanto's
+    layers keep theirs under other names."""
     _peft()
-    from peft import LoraConfig
-    from peft.utils import set_peft_model_state_dict
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    path = Path(directory).expanduser()
-    path = path / ADAPTER_FILE if path.is_dir() else path
-    if not path.is_file():
-        raise ModelSourceError(Problem(str(directory), f"no {ADAPTER_FILE} here",
-                                       "give the folder save_adapter wrote"))  # fmt: skip
-    try:
-        with safe_open(str(path), "pt") as handle:
-            metadata = (handle.metadata() or {}).get("lora_adapter_metadata", "")
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise ModelSourceError(Problem(str(path), f"unreadable adapter file ({exc})",
-                                       "save the adapter again")) from None  # fmt: skip
-    configs = _configs_by_part(metadata, path)
-    loaded = []
-    for part, config in configs.items():
-        module = getattr(pipeline, part, None)
-        if module is None:
-            raise PlanError(Problem(str(path), f"has an adapter for '{part}', which "
-                                    f"{type(pipeline).__name__} does not have", ""))  # fmt: skip
+    adapter = read_adapter(directory)
+    parts = _weight_bearing_parts(pipeline)
+    modules = {part: _part_for(adapter, parts, part, pipeline) for part in adapter.settings}
+    stray = sorted({k.partition(".")[0] for k in adapter.tensors} - modules.keys())
+    if stray:
+        raise refuse(str(adapter.path), f"has tensors for '{stray[0]}' but no LoRA config for it")
+    for part, module in modules.items():
+        expected = expected_tensors(module, adapter.settings[part], f"{adapter.path} ({part})")
+        check_tensors(expected, adapter.tensors_of(part), adapter.path, part)
+    tensors = load_tensors(adapter)
+    for part, module in modules.items():
         prefix = f"{part}."
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        try:
-            attach_adapter(module, LoraConfig(**config))
-        except (TypeError, ValueError) as exc:
-            problem = Problem(str(path), f"adapter config for '{part}' is not a LoRA config "
-                              f"({exc})", "save the adapter again")  # fmt: skip
-            raise PlanError(problem) from None
-        result = set_peft_model_state_dict(module, state)
-        unexpected = getattr(result, "unexpected_keys", None) or []
-        if unexpected:
-            raise PlanError(Problem(str(path), f"{len(unexpected)} adapter weights for '{part}' "
-                                    "match no layer", "load it onto the same model"))  # fmt: skip
-        loaded.append(part)
-    return loaded
+        _attach_checked(module, adapter.settings[part], state, f"{adapter.path} ({part})")
+    return list(modules)
 
 
-def _configs_by_part(metadata: str, path: Path) -> dict[str, dict[str, Any]]:
-    """diffusers stores each part's LoraConfig flattened as '<part>.<field>' in one JSON."""
-    if not metadata or len(metadata) > _MAX_METADATA:
-        raise ModelSourceError(Problem(str(path), "no LoRA config in the file's metadata",
-                                       "save it with qconf.train.save_adapter"))  # fmt: skip
+def _weight_bearing_parts(pipeline: Any) -> dict[str, Any]:
+    """{name: module} of the pipeline's own parts that hold weights: the only names an adapter
+    file may use (never a getattr of a name from the file)."""
+    from torch import nn
+
     try:
-        flat = json.loads(metadata)
-    except (json.JSONDecodeError, RecursionError):
-        flat = None
-    if not isinstance(flat, dict):
-        raise ModelSourceError(Problem(str(path), "malformed LoRA metadata", "save it again"))
-    configs: dict[str, dict[str, Any]] = {}
-    for key, value in flat.items():
-        part, _, field = str(key).partition(".")
-        if field:
-            configs.setdefault(part, {})[field] = value
-    from peft import LoraConfig
+        components = dict(pipeline.components)
+    except (AttributeError, ValueError, TypeError):  # not a DiffusionPipeline, or a custom one
+        components = {}
+    return {name: part for name, part in components.items() if isinstance(part, nn.Module)}
 
-    known = set(LoraConfig.__dataclass_fields__)
-    return {part: {k: v for k, v in cfg.items() if k in known and k != "peft_type"}
-            for part, cfg in configs.items()}  # fmt: skip
+
+def _part_for(adapter: AdapterFile, parts: dict[str, Any], part: str, pipeline: Any) -> Any:
+    where = f"{adapter.path} ({part})"
+    if part not in parts:
+        raise refuse(where, f"is not a weight-bearing part of {type(pipeline).__name__} "
+                     f"(parts: {', '.join(parts) or 'none'})", "load it onto the pipeline it "
+                     "was made for")  # fmt: skip
+    module = parts[part]
+    if getattr(module, "peft_config", None):
+        raise refuse(where, "the pipeline's part already has a LoRA adapter",
+                     "load the adapter onto a freshly loaded pipeline")  # fmt: skip
+    return module
+
+
+def _attach_checked(
+    module: Any, settings: dict[str, Any], state: dict[str, Any], where: str
+) -> None:
+    """Add the adapter and load its weights. Everything was checked, so a failure here is peft
+    disagreeing with qconf's reading of the file: still one line, never a traceback."""
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+
+    try:
+        attach_adapter(module, LoraConfig(**settings))
+        result = set_peft_model_state_dict(module, state)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise refuse(where, f"peft could not load the adapter ({shown(str(exc), 120)})",
+                     "reload the pipeline; save the adapter again") from None  # fmt: skip
+    unexpected = getattr(result, "unexpected_keys", None) or []
+    if unexpected:
+        raise refuse(where, f"{len(unexpected)} adapter weights match no layer",
+                     "reload the pipeline; load the adapter onto the same model")  # fmt: skip

@@ -15,22 +15,29 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from qconf.errors import PlanError, Problem, QconfError
 from qconf.sensitivity import cache
+from qconf.sensitivity.cache import Psnr, Similarity
 from qconf.sensitivity.parts import Cell, Setting, measure_parts, psnr_of
 
-KIND = "tune-v1"
+KIND = "tune-v2"  # bump when the measurement or the entry's format changes
 MAX_COMBINATIONS = 2_000_000
+# Predictions whose own estimate is over the budget (cells that lied) skipped before giving up
+# on filling --measure: each costs a compose and an estimate.
+MAX_SKIPPED = 16
 
 
 @dataclass
 class Scores:
-    psnr: float  # inf: identical images
-    ssim: float
+    """A candidate's measured images (cached; the annotations bound what an entry may hold)."""
+
+    psnr: Psnr  # inf: identical images
+    ssim: Similarity
 
 
 @dataclass
@@ -111,12 +118,10 @@ def tuned_overrides(where: Setting, mapping: dict[str, str]) -> list[str]:
 def measure(where: Setting, candidates: list[Candidate],
             progress: Callable[[int, int, str], None] | None = None) -> None:  # fmt: skip
     """Load and run each candidate; PSNR/SSIM of its images against the unquantized ones."""
-    import qconf
 
     todo = []
     for candidate in candidates:
-        cfg = qconf.compose(candidate.overrides, config_dir=where.config_dir)
-        plan = qconf.validate(cfg, config_dir=where.config_dir)
+        plan = where.plan_of(candidate.overrides)
         resolved = plan.resolve()
         entries = {p: (e.entry.model_dump(mode="json") if e else None)
                    for p, e in resolved.components.items()}  # fmt: skip
@@ -135,7 +140,7 @@ def measure(where: Setting, candidates: list[Candidate],
         if progress is not None:
             progress(done, len(todo), candidate.label)
         candidate.psnr, candidate.ssim = _scores(_images(where, plan), reference)
-        cache.write(KIND, name, {"psnr": candidate.psnr, "ssim": candidate.ssim})
+        cache.write(KIND, name, {"psnr": candidate.psnr, "ssim": candidate.ssim}, Scores)
     if progress is not None:
         progress(len(todo), len(todo), "")
 
@@ -181,16 +186,7 @@ def tune(where: Setting, budget: int, options: list[str], *, parts: list[str] | 
     parts = all_parts  # parts not tried stay unquantized (they still count against the budget)
     allowed = _trainable_filter(where) if train else (lambda cell: True)
     ranked = search(cells, parts, unquantized, budget, allowed)
-    candidates = [
-        Candidate(
-            f"tuned #{i + 1}",
-            mapping,
-            tuned_overrides(where, mapping),
-            size,
-            predicted_psnr=psnr_of(mse),
-        )  # fmt: skip
-        for i, (mse, size, mapping) in enumerate(ranked[:measured])
-    ]
+    candidates = _predicted(where, ranked, budget, measured)
     if candidates:
         candidates += _with_skips(where, candidates[0], budget)
     candidates += _fitting_presets(where, budget, presets or [], train)
@@ -208,10 +204,44 @@ def tune(where: Setting, budget: int, options: list[str], *, parts: list[str] | 
     return Tuned(budget, cells, candidates)
 
 
+def _predicted(where: Setting, ranked: list[Choice], budget: int, count: int) -> list[Candidate]:
+    """The `count` best predictions whose whole plan the estimator puts within the budget. The
+    search adds up the cells' bytes (checked against the estimator when read from the cache);
+    the plan's own estimate has the last word, so no cached entry can put a candidate over."""
+    found: list[Candidate] = []
+    for mse, _, mapping in ranked[: count + MAX_SKIPPED]:
+        overrides = tuned_overrides(where, mapping)
+        size = _estimated(where, overrides)
+        if size > budget:
+            _over_budget_notice(mapping, size, budget)
+            continue
+        label = f"tuned #{len(found) + 1}"
+        found.append(Candidate(label, mapping, overrides, size, predicted_psnr=psnr_of(mse)))
+        if len(found) == count:
+            break
+    return found
+
+
+def _estimated(where: Setting, overrides: list[str]) -> int:
+    """Estimated weights of the whole plan `overrides` make."""
+    from qconf.estimate import estimate
+
+    return estimate(where.plan_of(overrides)).total_bytes
+
+
+def _over_budget_notice(mapping: dict[str, str], size: int, budget: int) -> None:
+    from qconf.text import safe
+    from qconf.units import human_bytes
+
+    plan = " ".join(mapping_overrides(mapping)) or "unquantized"
+    print(f"note: tune: {safe(plan)} is estimated {human_bytes(size)}, over "
+          f"{human_bytes(budget)}; the cached measurements it was chosen by do not match this "
+          "model — left out", file=sys.stderr)  # fmt: skip
+
+
 def _with_skips(where: Setting, best: Candidate, budget: int) -> list[Candidate]:
     """The best prediction, with the largest part's most sensitive layers kept unquantized for
     the bytes the budget has left (layers ranked by qconf.sensitivity.ranking)."""
-    import qconf
     from qconf.estimate import estimate
     from qconf.sensitivity.layers import largest_part
     from qconf.sensitivity.ranking import rank_layers
@@ -235,8 +265,7 @@ def _with_skips(where: Setting, best: Candidate, budget: int) -> list[Candidate]
         covered.update([layer, *info["also_skips"]])
     while names:  # the estimator has the last word on bytes
         overrides = [*best.overrides, f"quant.mapping.{part}.skip={_hydra_list(names)}"]
-        plan = qconf.validate(qconf.compose(overrides, config_dir=where.config_dir),
-                              config_dir=where.config_dir)  # fmt: skip
+        plan = where.plan_of(overrides)
         size = estimate(plan).total_bytes
         if size <= budget:
             label = f"{best.label} + {len(names)} layers of {part} kept"
@@ -250,12 +279,10 @@ def _hydra_list(names: list[str]) -> str:
 
 
 def _trainable_filter(where: Setting) -> Callable[[Cell], bool]:
-    import qconf
     from qconf.loading.trainable import train_problems
 
     def allowed(cell: Cell) -> bool:
-        plan = qconf.validate(where.cfg(f"quant.mapping.{cell.part}={cell.option}"),
-                              config_dir=where.config_dir)  # fmt: skip
+        plan = where.cfg(f"quant.mapping.{cell.part}={cell.option}")
         return not train_problems(plan.resolve(), [cell.part])
 
     return allowed
@@ -266,18 +293,19 @@ def _fitting_presets(where: Setting, budget: int, presets: list[str], train: boo
     """Built-in presets of this model's family (same pipeline class) that run here and fit."""
     import qconf
     from qconf.estimate import estimate
+    from qconf.plan.intake import intake
 
     found = []
     family = where.plan.resolve().parts.pipeline
     for name in presets:
         try:
             # The preset's family: the pipeline class of the model it was written for.
-            own = qconf.validate(qconf.compose([f"preset={name}"], config_dir=where.config_dir))
+            own = intake(overrides=[f"preset={name}"], config_dir=where.config_dir)  # no --plan
             if own.resolve().parts.pipeline != family:
                 continue
             # The user's overrides after the preset: their model wins over the preset's.
-            cfg = qconf.compose([f"preset={name}", *where.overrides], config_dir=where.config_dir)
-            plan = qconf.validate(cfg, config_dir=where.config_dir)
+            cfg = where.composed([f"preset={name}", *where.overrides])
+            plan = intake(cfg, config_dir=where.config_dir)
             if plan.model != where.plan.model:
                 continue
             qconf.check_environment(plan)

@@ -1,37 +1,84 @@
 """The tuned plan as a preset file in the user's config dir: `preset/<name>.yaml`, a delta on
 top of qconf's defaults like the built-in presets (the model as the user chose it, then the
-mapping), so `qconf run --config-dir DIR preset=<name>` loads exactly what tune measured."""
+mapping), so `qconf run --config-dir DIR preset=<name>` loads exactly what tune measured.
+
+The config dir is checked before the work and again when writing: the file is written into the
+real `preset` folder (no symbolic link followed from the config dir's own name down, a link
+swapped in meanwhile refused), as a temp file that becomes the preset only once the preset it
+is composes, validates and is estimated within the budget."""
 
 from __future__ import annotations
 
 import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from qconf.errors import PlanError, Problem
-from qconf.trust.userpath import write_text
 
 # Only what a command line may turn on (see the README's Safety section); a file may not.
 _TYPED_ONLY = ("model.allow_pickle", "model.trust_remote_code")
+WHERE = "--config-dir"
 
 
 def preset_path(config_dir: str, name: str, *, force: bool) -> Path:
-    """Where the preset goes; refused before any work if it exists (unless force)."""
+    """Where the preset goes; refused before any work if it exists (unless force), or if the
+    config dir, its preset folder or the file is a symbolic link."""
     from qconf.trust.userpath import output_folder
 
-    target = output_folder(config_dir, "--config-dir") / "preset" / f"{name}.yaml"
-    output_folder(target.parent, "--config-dir")
-    if target.parent.is_symlink():
-        raise PlanError(Problem(str(target.parent), "is a symbolic link", "pick another folder"))
+    target = output_folder(config_dir, WHERE) / "preset" / f"{name}.yaml"
+    output_folder(target.parent, WHERE)
+    for path in (target.parent.parent, target.parent, target):
+        if path.is_symlink():
+            fix = "qconf writes only into real folders: pick another"
+            raise PlanError(Problem(str(path), "is a symbolic link", fix))
     if target.exists() and not force:
         raise PlanError(Problem(str(target), "already exists",
                                 "pick another --name, or add --force to replace it"))  # fmt: skip
     return target
 
 
-def write_preset(target: Path, where: Any, tuned: Any) -> Path:
+def write_preset(target: Path, where: Any, tuned: Any, *, force: bool = True) -> Path:
+    """Write the winner as `target` (from `preset_path`), all or nothing; refused (nothing
+    written) if a folder on the way became a symbolic link, if `target` appeared meanwhile
+    (unless force), or if the written preset's own estimate is over the budget."""
+    from qconf.trust.userpath import real_folder, replace_in
+
+    text = preset_text(where, tuned)
+    config_dir = target.parent.parent
+    check = partial(check_budget, config_dir=config_dir, typed=_typed_only(where),
+                    budget=tuned.budget)  # fmt: skip
+    with real_folder(config_dir, [target.parent.name], WHERE) as folder:
+        return replace_in(folder, target.name, text.encode(), WHERE, overwrite=force,
+                          replace_link=False, check=check)  # fmt: skip
+
+
+def check_budget(temp: Path, *, config_dir: Path, typed: list[str], budget: int) -> None:
+    """The preset file `temp` (in `config_dir`/preset), composed, validated and estimated as
+    `qconf run --config-dir DIR preset=NAME` would: a PlanError if over `budget`. Tune chose
+    it from cached measurements, which anyone who can write the cache could have forged."""
+    import qconf
+    from qconf.estimate import estimate
+    from qconf.units import human_bytes
+
+    preset = temp.name.removesuffix(".yaml")
+    cfg = qconf.compose([f"preset={preset}", *typed], config_dir=config_dir)
+    size = estimate(qconf.validate(cfg, config_dir=config_dir)).total_bytes
+    if size > budget:
+        what = (f"the tuned preset's own estimate is {human_bytes(size)}, over the budget; "
+                "nothing written (a cached measurement does not match this model)")  # fmt: skip
+        fix = "point QCONF_CACHE at a folder only you write, or empty its sensitivity/ folder"
+        raise PlanError(Problem(f"budget={human_bytes(budget)}", what, fix))
+
+
+def _typed_only(where: Any) -> list[str]:
+    """The user's overrides that only a command line may give (kept out of the file)."""
+    return [o for o in where.overrides if o.split("=", 1)[0].lstrip("+~") in _TYPED_ONLY]
+
+
+def preset_text(where: Any, tuned: Any) -> str:
     from qconf.units import human_bytes
 
     winner = tuned.winner
@@ -50,11 +97,7 @@ def write_preset(target: Path, where: Any, tuned: Any) -> Path:
     if model:
         data["model"] = model
     data["quant"] = {"mapping": mapping}
-    text = "\n".join(lines) + "\n" + yaml.safe_dump(data, sort_keys=False)
-    from qconf.trust.userpath import make_folder
-
-    make_folder(target.parent, "--config-dir")
-    return write_text(target, text, "--name")
+    return "\n".join(lines) + "\n" + yaml.safe_dump(data, sort_keys=False)
 
 
 def _model_delta(where: Any) -> tuple[list[Any], dict[str, Any]]:

@@ -1,0 +1,338 @@
+"""`qconf run`: the main job, a Hydra app (run folders, -m multirun, sweepers work as usual).
+
+Loads the pipeline with the plan, generates one image (settings under `run:`), and writes
+image.png, plan.yaml (the resolved plan) and report.json into Hydra's output folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qconf.cli.common import USER_ERROR
+from qconf.errors import PlanError, Problem, QconfError
+from qconf.plan.compose import (
+    CONFIG_NAME,
+    SEARCH_OVERRIDES,
+    check_override_sizes,
+    primary_dir,
+    rewrite_overrides,
+    secondary_dirs,
+    user_config_dirs,
+)
+from qconf.plan.hydra_node import is_hydra_override as is_hydra_key
+from qconf.plan.planfile import plan_file_overrides
+from qconf.quiet import no_progress_bars
+from qconf.text import safe
+from qconf.trust.userpath import atomic_output
+from qconf.trust.yamlsafe import bounded_omegaconf
+
+# Hydra flags that take a value (everything else starting with '-' is a switch).
+_VALUE_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--cfg",
+                "-c", "--package", "-p", "--info", "-i", "--experimental-rerun",
+                "--shell-completion", "-sc", "--plan"}  # fmt: skip
+_HELP_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c",
+               "--shell-completion", "-sc"}  # fmt: skip
+PICKLE_FLAG = "--trust-pickled-config"
+MAX_JOBS = 1000  # a sweep is checked job by job before any starts
+
+
+@dataclass
+class _Sweep:
+    """What the pre-check found: every job's overrides (as Hydra will name them) -> its plan."""
+
+    config_dir: str | None
+    config_name: str
+    plan_file: str | None = None
+    plans: dict[tuple[str, ...], Any] = field(default_factory=dict)
+    typed: dict[tuple[str, ...], list[str]] = field(default_factory=dict)  # as the user typed
+    failed: list[str] = field(default_factory=list)
+    quiet: bool = False  # jobs print no per-part report (`qconf compare` prints one table)
+
+
+@dataclass
+class Launch:
+    """A checked `qconf run` command line, ready for Hydra."""
+
+    hydra_argv: list[str]
+    config_path: Path
+    sweep: _Sweep
+    jobs: list[list[str]]  # each job's typed overrides (one job without -m)
+
+
+def main(argv: list[str]) -> int:
+    return launch(prepare(argv))
+
+
+def prepare(argv: list[str], *, extra_overrides: tuple[str, ...] = (), quiet: bool = False
+            ) -> Launch:  # fmt: skip
+    """Parse a `qconf run` command line and check every job's plan (PlanError if any fails).
+    `extra_overrides` come after the typed ones (qconf compare's baseline, its sweep dir)."""
+    flags, overrides = split_argv(argv)
+    overrides = [*overrides, *extra_overrides]
+    config_dir = _take(flags, "--config-dir", "-cd")
+    config_name = _take(flags, "--config-name", "-cn") or CONFIG_NAME
+    plan_file = _take(flags, "--plan")
+    _refuse_unsupported(flags)
+    check_override_sizes(overrides)
+    user_dirs = user_config_dirs(config_dir)
+    # Hydra composes each job from the plan file's overrides, then the typed ones; qconf's
+    # checks keep them apart (a file may not turn on what only typing may).
+    from_file = plan_file_overrides(plan_file) if plan_file is not None else []
+    rewritten = rewrite_overrides([*from_file, *overrides], user_dirs)
+    sweep = _Sweep(config_dir, config_name, plan_file, quiet=quiet)
+    jobs: list[list[str]] = []
+    if not _HELP_FLAGS & set(flags):
+        # Every job's plan is checked before Hydra starts: a user error exits 2 with no run
+        # folder, and a sweep never dies halfway on a plan it could have refused up front.
+        jobs = _preflight(overrides, rewritten, multirun=bool({"-m", "--multirun"} & set(flags)),
+                          sweep=sweep)  # fmt: skip
+    search = [item for d in secondary_dirs(user_dirs) for item in ("--config-dir", str(d))]
+    hydra_argv = [*flags, *search, *rewritten, *SEARCH_OVERRIDES]
+    return Launch(hydra_argv, primary_dir(user_dirs), sweep, jobs)
+
+
+def launch(checked: Launch) -> int:
+    code = _hydra_run(checked.hydra_argv, checked.config_path, checked.sweep)
+    return USER_ERROR if checked.sweep.failed else code
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    flags: list[str] = []
+    overrides: list[str] = []
+    items = iter(argv)
+    for item in items:
+        if item.startswith("-") and "=" in item and item.split("=", 1)[0] in _VALUE_FLAGS:
+            flags += item.split("=", 1)  # --config-dir=DIR
+        elif item.startswith("-") and "=" not in item:
+            flags.append(item)
+            if item in _VALUE_FLAGS:
+                flags.append(next(items, ""))
+        else:
+            overrides.append(item)
+    return flags, overrides
+
+
+def _take(flags: list[str], *names: str) -> str | None:
+    """Remove a flag and its value from `flags`; the value (last one wins, as in Hydra)."""
+    value = None
+    while any(name in flags[:-1] for name in names):
+        i = next(i for i, flag in enumerate(flags[:-1]) if flag in names)
+        value = flags[i + 1]
+        del flags[i : i + 2]
+    return value
+
+
+def _refuse_unsupported(flags: list[str]) -> None:
+    if "--config-path" in flags or "-cp" in flags:
+        raise PlanError(
+            Problem("--config-path", "not supported by qconf run", "use --config-dir DIR")
+        )
+    if "--experimental-rerun" in flags and PICKLE_FLAG not in flags:
+        raise PlanError(
+            Problem(
+                "--experimental-rerun",
+                "loads a pickled config file, and unpickling can run any code",
+                f"re-run with the overrides in .hydra/overrides.yaml, or add {PICKLE_FLAG} "
+                "if you made that file yourself",
+            )
+        )
+    if PICKLE_FLAG in flags:
+        flags.remove(PICKLE_FLAG)
+
+
+def _preflight(overrides: list[str], rewritten: list[str], *, multirun: bool,
+               sweep: _Sweep) -> list[list[str]]:  # fmt: skip
+    from qconf.loading.environment import check_environment
+    from qconf.plan.intake import compose_plan, intake
+
+    jobs = _jobs(overrides, multirun)
+    hydra_jobs = _jobs(rewritten, multirun)
+    if len(jobs) != len(hydra_jobs):  # a plan file cannot sweep; this is a bug if reached
+        raise RuntimeError("sweep split differs between typed and rewritten overrides")
+    hydra_overrides = [o for o in overrides if is_hydra_override(o)]
+    problems: list[Problem] = []
+    for number, (job, hydra_job) in enumerate(zip(jobs, hydra_jobs, strict=True)):
+        try:
+            cfg = compose_plan(
+                [*job, *hydra_overrides],
+                config_dir=sweep.config_dir,
+                config_name=sweep.config_name,
+                plan_file=sweep.plan_file,
+            )
+            plan = intake(cfg, config_dir=sweep.config_dir)
+            check_environment(plan.resolve())
+        except QconfError as exc:
+            prefix = f"job {number} ({' '.join(job)}): " if len(jobs) > 1 else ""
+            problems += [Problem(prefix + p.where, p.what, p.fix) for p in exc.problems]
+            continue
+        sweep.plans[_task_key(hydra_job)] = plan
+        sweep.typed[_task_key(hydra_job)] = job
+    if problems:
+        raise PlanError(problems)
+    return jobs
+
+
+def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of each job, split as Hydra's basic sweeper splits a sweep."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    task = [o for o in overrides if not is_hydra_override(o)]
+    if not multirun:
+        return [task]
+    try:
+        parsed = OverridesParser.create().parse_overrides(task)
+        count = 1
+        for override in parsed:
+            if override.is_sweep_override():
+                count *= _sweep_length(override)
+        if count > MAX_JOBS:
+            raise PlanError(Problem("-m", f"the sweep has {count:,} jobs (more than {MAX_JOBS})",
+                                    "sweep fewer values, or run it in parts"))  # fmt: skip
+        return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except HydraException as exc:
+        raise PlanError(
+            Problem("override", f"cannot expand the sweep ({_first_line(exc)})",
+                    "list the values: key=a,b or key=range(0,4); glob() is not supported")
+        ) from None  # fmt: skip
+
+
+def _sweep_length(override: Any) -> int:
+    from hydra.core.override_parser.types import RangeSweep
+
+    value = override.value()
+    if isinstance(value, RangeSweep):
+        start, stop, step = value.start or 0, value.stop, value.step or 1
+        return max(0, int((stop - start) / step) + (1 if (stop - start) % step else 0))
+    return len(list(override.sweep_iterator()))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def is_hydra_override(override: str) -> bool:
+    """An override of Hydra's own node (hydra.*, hydra/launcher=...), not of the plan."""
+    return is_hydra_key(override.lstrip("+~").split("=", 1)[0])
+
+
+def _task_key(overrides: list[str]) -> tuple[str, ...]:
+    return tuple(o for o in overrides if not is_hydra_override(o))
+
+
+def _hydra_run(argv: list[str], config_path: Path, sweep: _Sweep) -> int:
+    import hydra
+
+    def job(cfg: Any) -> None:
+        generate(cfg, sweep)
+
+    task: Callable[[], None] = hydra.main(
+        config_path=str(config_path), config_name=sweep.config_name, version_base=None
+    )(job)
+    saved = sys.argv
+    sys.argv = ["qconf run", *argv]
+    try:
+        with bounded_omegaconf():
+            task()
+    except SystemExit as exc:  # Hydra exits on its own errors (after printing them)
+        return int(exc.code or 0) if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def generate(cfg: Any, sweep: _Sweep) -> None:
+    """One Hydra job: load, generate, write the three files atomically. A user error (say, a
+    hub model not in the cache) is one line on stderr and exit 2, with no half-written job
+    folder left behind."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from qconf.cli.quiet import quiet_library_noise
+
+    quiet_library_noise()  # again: launchers run jobs in fresh processes (joblib, submitit)
+    hydra_cfg = HydraConfig.get()
+    out = Path(hydra_cfg.runtime.output_dir)
+    task = list(hydra_cfg.overrides.task)
+    try:
+        # The plan checked before launch; launchers in other processes get the same mapping
+        # (pickled with this function). Never recomposed from Hydra's view of the job.
+        plan = sweep.plans.get(_task_key(task))
+        if plan is None:
+            unchecked = Problem("hydra.overrides.task", "this job was not checked before launch",
+                                "run it without sweeper plugins that add jobs")  # fmt: skip
+            raise PlanError(unchecked)
+        _generate(plan, out, sweep.typed.get(_task_key(task), []), quiet=sweep.quiet)
+    except QconfError as exc:
+        for line in exc.lines:
+            print(f"error: {safe(line)}", file=sys.stderr)
+        sweep.failed.append(" ".join(task))
+        _remove_job_folder(out)
+
+
+def _generate(plan: Any, out: Path, overrides: list[str], *, quiet: bool = False) -> None:
+    import yaml
+
+    from qconf.cli.tables import print_report
+    from qconf.loading.loader import load
+    from qconf.loading.out_of_memory import out_of_memory_as_error
+    from qconf.run.generate import generate, measure_peak
+
+    if quiet:  # qconf compare shows one progress bar over the sweep instead
+        no_progress_bars()
+    with measure_peak() as peak:
+        with out_of_memory_as_error("loading"):
+            loaded = load(plan)
+        if quiet:
+            loaded.pipeline.set_progress_bar_config(disable=True)
+        with out_of_memory_as_error("generating"):
+            images = generate(loaded.pipeline, plan.run)
+    peak_bytes, peak_kind = peak.on(loaded.pipeline.device)
+    names = image_names(len(images))
+    for name, generated in zip(names, images, strict=True):
+        _write_atomic(out / name, lambda f, g=generated: g.image.save(f, format="PNG"))
+    plan_text = yaml.safe_dump(loaded.resolved.to_json(), sort_keys=False)
+    _write_atomic(out / "plan.yaml", lambda f: f.write(plan_text.encode()))
+    run = {
+        "overrides": overrides,  # the job's, as typed (Hydra records qconf's rewritten form)
+        "images": [
+            {"file": name, "prompt": g.prompt, "seed": g.seed, "seconds": round(g.seconds, 4)}
+            for name, g in zip(names, images, strict=True)
+        ],
+        "seconds_per_image": round(sum(g.seconds for g in images) / len(images), 4),
+        "peak_memory_bytes": peak_bytes,
+        "peak_memory_kind": peak_kind,
+    }
+    report_text = json.dumps({**loaded.report.to_json(), "run": run}, indent=2)
+    # report.json last: its presence marks a finished job (compare's progress counts it).
+    _write_atomic(out / "report.json", lambda f: f.write(report_text.encode()))
+    if not quiet:
+        print_report(loaded.report)
+        print(f"wrote {safe(str(out / names[0]))}{' ...' if len(names) > 1 else ''}, "
+              "plan.yaml, report.json")  # fmt: skip
+
+
+def image_names(count: int) -> list[str]:
+    """image.png for one image; image-000.png, image-001.png ... for several."""
+    return ["image.png"] if count == 1 else [f"image-{i:03d}.png" for i in range(count)]
+
+
+def _remove_job_folder(out: Path) -> None:
+    """Remove a failed job's folder if it holds only what Hydra put there (.hydra, the log)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    own = {hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log"}
+    if out.is_dir() and {p.name for p in out.iterdir()} <= own:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _write_atomic(target: Path, write: Callable[[Any], None]) -> None:
+    """Write through a temporary file that replaces `target` (permissions from the umask)."""
+    with atomic_output(target, "qconf run") as temp, open(temp, "wb") as handle:
+        write(handle)
