@@ -1155,3 +1155,849 @@ def test_adapter_file_must_be_a_regular_file_under_the_cap(
     truncated.mkdir()
     (truncated / name).write_bytes(b"\xff" * 8 + b"{}")
     _assert_adapter_refused(adapter_pipeline, truncated, "bad header length")
+
+
+# --- the intake: plan files, model folders, containers (issue 20) ---
+
+
+def _evil_pipeline_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny-flux copy whose model_index names its own pipeline file; importing it makes the
+    marker file."""
+    import json
+    import shutil
+
+    from qconf.source.tiny import tiny_pipeline_path
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_path("tiny-flux"), folder)
+    marker = tmp_path / "marker"
+    (folder / "pipeline_evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+        "from diffusers import FluxPipeline as EvilPipeline\n"
+    )
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = ["pipeline_evil", "EvilPipeline"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder, marker
+
+
+@pytest.mark.parametrize("command", ["validate", "show", "estimate", "sensitivity", "tune"])
+def test_a_plan_file_cannot_trust_remote_code_for_any_command(
+    command: str, tmp_path: Path, qconf_cache: Path
+) -> None:
+    folder, marker = _evil_pipeline_folder(tmp_path)
+    plan = write(
+        tmp_path / "plan.yaml",
+        f"model:\n  source: {folder}\n  trust_remote_code: true\n  allow_pickle: true\n",
+    )
+    extra = ["budget=1GiB"] if command == "tune" else []
+    result = run_cli(command, "--plan", str(plan), *extra, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "model.trust_remote_code" in result.stderr and "plan file" in result.stderr
+    assert all(line.startswith("error: ") for line in result.stderr.strip().splitlines())
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "plan.yaml"]
+
+
+def _auto_map_folder(tmp_path: Path) -> tuple[Path, Path]:
+    import json
+    import shutil
+
+    from qconf.source.tiny import tiny_pipeline_path
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_path("tiny-flux"), folder)
+    marker = tmp_path / "marker"
+    (folder / "text_encoder" / "evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+    )
+    config_file = folder / "text_encoder" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}
+    config_file.write_text(json.dumps(config))
+    return folder, marker
+
+
+def test_estimate_folder_applies_the_model_folder_checks(tmp_path: Path, qconf_cache: Path) -> None:
+    folder, marker = _auto_map_folder(tmp_path)
+    result = subprocess.run(
+        [*QCONF, "estimate", "--folder", str(folder), "model=tiny-flux"],
+        capture_output=True, text=True, cwd=tmp_path, input="y\ny\n", timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--folder" in result.stderr and "auto_map" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not marker.exists()
+    # typed, the flag is the user's own choice: then the folder is read (no prompt, no hang)
+    result = run_cli("estimate", "--folder", str(folder), "model=tiny-flux",
+                     "model.trust_remote_code=true", cwd=tmp_path)  # fmt: skip
+    assert "auto_map" not in result.stderr
+
+
+def _fifo(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("name", ["model_index.json", "transformer/config.json",
+                                  "transformer/diffusion_pytorch_model.safetensors",
+                                  "vae/extra.bin"])  # fmt: skip
+@pytest.mark.parametrize("command", ["validate", "estimate", "load"])
+def test_special_files_in_a_model_folder_end_quickly(
+    name: str, command: str, tmp_path: Path, qconf_cache: Path
+) -> None:
+    import shutil
+
+    from qconf.source.tiny import tiny_pipeline_path
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_path("tiny-flux"), folder)
+    _fifo(folder / name)
+    result = run_cli(command, f"model.source={folder}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "not a regular file" in result.stderr
+
+
+def test_a_fifo_in_the_hub_cache_ends_quickly(tmp_path: Path) -> None:
+    snapshot = tmp_path / "hub" / "models--evil--model" / "snapshots" / "abc"
+    _fifo(snapshot / "model_index.json")
+    for command in ("validate", "estimate"):
+        result = run_cli(command, "model.source=evil/model", cwd=tmp_path,
+                         env={"HF_HUB_CACHE": str(tmp_path / "hub")})  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert "not a regular file" in result.stderr
+
+
+def test_a_model_index_with_hundreds_of_parts_is_refused_before_reading_them(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    index = {"_class_name": "FluxPipeline", "_diffusers_version": "0.42.1"}
+    index.update({f"part_{i}": ["diffusers", "AutoencoderKL"] for i in range(800)})
+    (folder / "model_index.json").write_text(json.dumps(index))
+    result = run_cli("estimate", f"model.source={folder}", cwd=tmp_path)
+    assert result.returncode == 2 and "800 parts" in result.stderr
+
+
+def test_a_folder_with_too_many_entries_is_refused(tmp_path: Path, qconf_cache: Path) -> None:
+    import shutil
+
+    from qconf.source.model import MAX_FOLDER_ENTRIES
+    from qconf.source.tiny import tiny_pipeline_path
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_path("tiny-flux"), folder)
+    for i in range(MAX_FOLDER_ENTRIES + 1):
+        (folder / "vae" / f"f{i}").touch()
+    with pytest.raises(qconf.QconfError, match="more than"):
+        qconf.intake(model={"source": str(folder)})
+
+
+SECRET = "hunter2-never-on-disk"
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        lambda cfg: {"model": cfg.model, "quant": cfg.quant},
+        lambda cfg: {"model": cfg.model, "quant": {"mapping": cfg.quant.mapping}},
+        lambda cfg: {"model": OmegaConf.create({"source": "tiny-flux"}), "run": cfg.run},
+        lambda cfg: cfg,
+    ],
+)
+def test_environment_values_never_enter_a_plan_whatever_the_container(
+    shape: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QCONF_SECRET", SECRET)
+    cfg = OmegaConf.create(
+        {
+            "model": {"source": "tiny-flux", "pipeline": "${oc.env:QCONF_SECRET}"},
+            "quant": {"mapping": {"transformer": "${oc.env:QCONF_SECRET}"}},
+            "run": {"prompt": "${oc.env:QCONF_SECRET}"},
+        }
+    )
+    with pytest.raises(qconf.PlanError) as caught:
+        qconf.intake(shape(cfg))  # type: ignore[operator]
+    assert SECRET not in str(caught.value)
+    assert "oc.env" in str(caught.value)
+    with pytest.raises(qconf.PlanError):
+        qconf.load(model=cfg.model, quant=cfg.quant)
+
+
+def test_load_as_a_hydra_target_takes_the_same_intake(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QCONF_SECRET", SECRET)
+    node = OmegaConf.create({"source": "tiny-flux", "torch_dtype": "${oc.env:QCONF_SECRET}"})
+    with pytest.raises(qconf.PlanError, match="oc.env"):
+        qconf.load_pipeline(model=node)
+
+
+def test_the_source_is_read_once_per_load(tmp_path: Path, qconf_cache: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """model_index.json and each part's config.json are read by qconf once per load."""
+    import shutil
+
+    from qconf.source import files
+    from qconf.source.tiny import tiny_pipeline_path
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_path("tiny-flux"), folder)
+    reads: list[str] = []
+    original = files.read_regular
+
+    def counting(path: Path | str, *args: object, **kwargs: object) -> bytes:
+        reads.append(str(path))
+        return original(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files, "read_regular", counting)
+    with qconf.quiet():
+        qconf.load(model={"source": str(folder)}, quant={"mapping": {"transformer": "int8wo"}})
+    assert reads.count(str(folder / "model_index.json")) == 1
+    configs = [r for r in reads if r.endswith("config.json")]
+    assert len(configs) == len(set(configs)), configs
+
+
+# --- compare DIR (issue 20) ---
+# A run folder given to `qconf compare DIR` is someone else's: every hostile shape ends in one
+# `error:` line with exit code 2 (or is shown as text), quickly, and leaves no compare.* behind.
+
+
+def _cmp_png(path: Path, size: tuple[int, int] = (16, 16), colour: int = 40) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (colour, 20, 30)).save(path)
+    return path
+
+
+def _cmp_report(images: list[dict[str, object]], overrides: list[str] | None = None,
+                **changes: object) -> dict[str, object]:  # fmt: skip
+    report: dict[str, object] = {
+        "load_seconds": 0.5,
+        "components": {
+            "transformer": {"backend": "torchao", "bytes": 100, "bytes_unquantized": 200}
+        },  # fmt: skip
+        "total_bytes": 100,
+        "total_bytes_unquantized": 200,
+        "run": {
+            "overrides": overrides,
+            "images": images,
+            "seconds_per_image": 0.1,
+            "peak_memory_bytes": 1000,
+            "peak_memory_kind": "rss",
+        },  # fmt: skip
+    }
+    report.update(changes)
+    return report
+
+
+def _cmp_run(
+    sweep: Path,
+    name: str,
+    overrides: list[str] | None = None,
+    images: int = 1,
+    size: tuple[int, int] = (16, 16),
+    prompt: str = "a cat",
+    **changes: object,
+) -> Path:
+    """A hand-made `qconf run` folder: report.json and its PNGs (no pipeline is loaded)."""
+    import json
+
+    folder = sweep / name
+    listed = []
+    for index in range(images):
+        _cmp_png(folder / f"image-{index:03d}.png", size, colour=40 + len(name))
+        listed.append({"file": f"image-{index:03d}.png", "prompt": prompt, "seed": index,
+                       "seconds": 0.1})  # fmt: skip
+    report = _cmp_report(listed, [f"quant.mapping.transformer=opt{name}"] if overrides is None
+                         else overrides, **changes)  # fmt: skip
+    (folder / "report.json").write_text(json.dumps(report))
+    return folder
+
+
+def _cmp_sweep(tmp_path: Path, runs: int = 2, **kwargs: object) -> Path:
+    sweep = tmp_path / "sweep"
+    _cmp_run(sweep, "baseline", [], **kwargs)  # type: ignore[arg-type]
+    for index in range(runs):
+        _cmp_run(sweep, str(index), **kwargs)  # type: ignore[arg-type]
+    return sweep
+
+
+def _cmp_outputs(sweep: Path) -> list[str]:
+    return sorted(p.name for p in sweep.iterdir() if p.name.startswith(("compare", "pareto")))
+
+
+def _cmp_refused(sweep: Path, capsys: pytest.CaptureFixture[str], *message: str) -> str:
+    """`qconf compare sweep` in this process: exit 2, one error line holding `message`, in
+    seconds, and no compare.* / pareto.png written."""
+    capsys.readouterr()
+    started = time.monotonic()
+    code = main(["compare", str(sweep)])
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert all(part in err for part in message), err
+    assert elapsed < 20, elapsed
+    assert _cmp_outputs(sweep) == []
+    return err
+
+
+def _cmp_ok(sweep: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    capsys.readouterr()
+    started = time.monotonic()
+    code = main(["compare", str(sweep)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert time.monotonic() - started < 30
+    return err
+
+
+def test_compare_refuses_one_colour_image_bombs_from_the_header(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = _cmp_sweep(tmp_path, size=(4096, 4096))  # ~50 KB files, 200 MB each decoded
+    assert (sweep / "0" / "image-000.png").stat().st_size < 200_000
+    _cmp_refused(sweep, capsys, "is 4096x4096 pixels", "qconf compare compares images of")
+
+
+def test_compare_refuses_a_png_header_past_pils_bomb_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    sweep = _cmp_sweep(tmp_path)
+    header = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 2, 0, 0, 0)  # 3.6 G pixels claimed
+    (sweep / "0" / "image-000.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    )  # fmt: skip
+    _cmp_refused(sweep, capsys, "image-000.png", "not a readable PNG", "DecompressionBomb")
+
+
+def test_compare_bounds_the_pixels_of_the_whole_sweep_before_decoding(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qconf.compare.folders import MAX_TOTAL_PIXELS
+
+    sweep = tmp_path / "sweep"
+    one = _cmp_png(tmp_path / "big.png", (2048, 2048)).read_bytes()  # at the per-image limit
+    count = MAX_TOTAL_PIXELS // (2048 * 2048) + 1
+    _cmp_run(sweep, "baseline", [], images=1)
+    _cmp_run(sweep, "0", images=count)
+    for index in range(count):
+        (sweep / "0" / f"image-{index:03d}.png").write_bytes(one)
+    _cmp_refused(sweep, capsys, "pixels, over qconf compare's limit")
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ("runs", "run folders, over qconf compare's limit"),
+        ("images", "images, over"),
+        ("entries", "entries"),
+        ("parts", "distinct part names"),
+    ],  # fmt: skip
+)
+def test_compare_counts_runs_images_and_entries_before_reading_images(
+    shape: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from qconf.compare.folders import MAX_ENTRIES, MAX_IMAGES, MAX_PARTS, MAX_RUNS
+
+    sweep = _cmp_sweep(tmp_path)
+    if shape == "runs":  # folders with a report: counted before any report is read
+        for index in range(MAX_RUNS + 1):
+            write(sweep / str(100 + index) / "report.json", "{}")
+    elif shape == "images":  # reports listing images that do not exist: never opened
+        listed = [{"file": f"image-{i:03d}.png", "prompt": "p", "seed": i, "seconds": 0.1}
+                  for i in range(256)]  # fmt: skip
+        for index in range(MAX_IMAGES // 256 + 1):
+            write(sweep / str(10 + index) / "report.json", json.dumps(_cmp_report(listed)))
+    elif shape == "entries":
+        for index in range(MAX_ENTRIES + 1):
+            (sweep / f"junk-{index}").touch()
+    else:
+        for index in range(MAX_PARTS // 50 + 1):
+            parts = {f"part{index}_{n}": {"backend": None, "bytes": 1, "bytes_unquantized": 1}
+                     for n in range(50)}  # fmt: skip
+            _cmp_run(sweep, str(10 + index), components=parts)
+    _cmp_refused(sweep, capsys, message)
+
+
+def test_compare_cuts_long_labels_once_and_bounds_the_markdown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from qconf.compare.folders import MAX_LABEL
+
+    sweep = _cmp_sweep(tmp_path, images=4, prompt="p" * 9_000)
+    for index in range(2):
+        _cmp_run(sweep, str(index), [f"x={'y' * 9_000}{index}"] * 50, images=4,
+                 prompt="p" * 9_000)  # fmt: skip
+    _cmp_ok(sweep, capsys)
+    markdown = (sweep / "compare.md").read_text()
+    assert len(markdown) < 60_000  # 3 runs x 6 rows x (label + prompt), each cut to 300
+    runs = json.loads((sweep / "compare.json").read_text())["runs"]
+    assert all(len(run["label"]) <= MAX_LABEL for run in runs)
+    assert runs[1]["label"].endswith("…")
+
+
+def test_compare_grid_shows_a_bounded_corner_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from qconf.compare.figures import DPI, MAX_GRID_COLUMNS, MAX_GRID_ROWS
+
+    sweep = _cmp_sweep(tmp_path, runs=MAX_GRID_ROWS + 2, images=MAX_GRID_COLUMNS + 3, size=(8, 8))
+    err = _cmp_ok(sweep, capsys)
+    assert f"the first {MAX_GRID_ROWS} of {MAX_GRID_ROWS + 3} plans" in err
+    assert f"the first {MAX_GRID_COLUMNS} of {MAX_GRID_COLUMNS + 3} prompt/seed" in err
+    assert "compare.png shows the first" in (sweep / "compare.md").read_text()
+    with Image.open(sweep / "compare.png") as grid:
+        assert grid.width <= (2.2 + 1.9 * MAX_GRID_COLUMNS) * DPI + 1
+        assert grid.height <= (0.9 + 1.9 * MAX_GRID_ROWS) * DPI + 1
+
+
+HOSTILE_MARKDOWN = ("_x_ __b__ *e* ~~y~~ http://evil.example www.evil.example a@b.example "
+                    "<b>x</b> &lt; [l](http://u) ![i](http://i) | `c` \\| # $x$ :+1:")  # fmt: skip
+
+
+def test_compare_markdown_renders_nothing_from_the_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("linkify_it")  # markdown-it's GitHub-like autolinks
+    from markdown_it import MarkdownIt
+
+    sweep = tmp_path / "sweep"
+    _cmp_run(sweep, "baseline", [], prompt=HOSTILE_MARKDOWN)
+    parts = {HOSTILE_MARKDOWN[:100]: {"backend": HOSTILE_MARKDOWN[:100], "bytes": 1,
+                                      "bytes_unquantized": 1}}  # fmt: skip
+    run = {"overrides": [HOSTILE_MARKDOWN], "seconds_per_image": 0.1, "peak_memory_bytes": 1,
+           "peak_memory_kind": "*k* <i>", "images": [{"file": "image-000.png",
+           "prompt": HOSTILE_MARKDOWN, "seed": 0, "seconds": 0.1}]}  # fmt: skip
+    _cmp_run(sweep, "0", [HOSTILE_MARKDOWN], prompt=HOSTILE_MARKDOWN, components=parts, run=run)
+    _cmp_ok(sweep, capsys)
+    html = MarkdownIt("gfm-like").render((sweep / "compare.md").read_text())
+    for tag in ("<a ", "<em>", "<strong>", "<s>", "<del>", "<img", "<b>", "<i>", "<h3", "<h4"):
+        assert tag not in html, tag
+    assert html.count("<code>") == 1  # the reference's folder name, written by qconf
+    for table in html.split("<table>")[1:]:  # every row keeps its columns: no `|` got through
+        head, body = table.split("</thead>")[0], table.split("<tbody>")[1].split("</tbody>")[0]
+        header = head.count("<th>") + head.count("<th ")
+        rows = body.split("<tr>")[1:]
+        assert rows and all(row.count("<td") == header for row in rows)
+    assert "http://evil.example www.evil.example a@b.example" in html  # shown as text
+
+
+def test_markdown_text_escapes_every_inline_construct() -> None:
+    from qconf.text import markdown_text
+
+    assert markdown_text("_a_ ~~b~~") == "\\_a\\_ \\~\\~b\\~\\~"
+    assert markdown_text("http://x www.y WWW.z a@b") == "http\\://x www\\.y WWW\\.z a\\@b"
+    assert markdown_text("<b>|`c`|&amp;") == "\\<b\\>\\|\\`c\\`\\|\\&amp;"
+    assert markdown_text("\x1b[31m\n") == "\\\\x1b\\[31m\\\\n"
+
+
+@pytest.mark.parametrize("kind", ["report", "image", "overrides", "folder"])
+def test_compare_refuses_links_out_of_the_folder(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    sweep = _cmp_sweep(tmp_path)
+    secret = tmp_path / "secret"
+    _cmp_run(secret, "0", ["SECRET=1"], prompt="SECRET")
+    write(secret / "0" / ".hydra" / "overrides.yaml", "- SECRET=1\n")
+    target = {"report": ("0/report.json", secret / "0" / "report.json"),
+              "image": ("0/image-000.png", secret / "0" / "image-000.png"),
+              "overrides": ("0/.hydra/overrides.yaml", secret / "0" / ".hydra" / "overrides.yaml"),
+              "folder": ("1", secret / "0")}[kind]  # fmt: skip
+    if kind == "overrides":  # the record is read when the report has no overrides
+        report = json.loads((sweep / "0" / "report.json").read_text())
+        report["run"]["overrides"] = None
+        (sweep / "0" / "report.json").write_text(json.dumps(report))
+        (sweep / "0" / ".hydra").mkdir()
+    link = sweep / target[0]
+    if link.is_dir():
+        import shutil
+
+        shutil.rmtree(link)
+    else:
+        link.unlink(missing_ok=True)
+    link.symlink_to(target[1])
+    _cmp_refused(sweep, capsys, "leads outside the sweep folder through a link")
+
+
+def test_compare_follows_links_that_stay_inside_the_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = _cmp_sweep(tmp_path)
+    image = sweep / "1" / "image-000.png"
+    image.unlink()
+    image.symlink_to(sweep / "baseline" / "image-000.png")
+    _cmp_ok(sweep, capsys)
+    assert _cmp_outputs(sweep) == ["compare.json", "compare.md", "compare.png", "pareto.png"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("name", ["0/report.json", "0/image-000.png"])
+def test_compare_refuses_fifos_without_blocking(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = _cmp_sweep(tmp_path)
+    (sweep / name).unlink()
+    os.mkfifo(sweep / name)
+    _cmp_refused(sweep, capsys, "not a regular file")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("0/report.json", b" " * (4 * 2**20 + 1), "over qconf's limit"),
+        ("0/report.json", b'{"load_seconds": "\xff\xfe"}', "not UTF-8"),
+        ("0/report.json", b"[" * 100_000, "nested too deeply"),
+        ("0/image-000.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "not a readable PNG"),
+        ("0/image-000.png", b"\0" * (24 * 2**20 + 1), "over qconf's limit"),
+        ("0/.hydra/overrides.yaml", b"- a\n" * 20_000, "over qconf's limit"),
+    ],
+    ids=["huge-report", "not-utf8", "deep-json", "garbage-png", "huge-png", "huge-overrides"],
+)
+def test_compare_refuses_malformed_files_in_one_line(
+    name: str, content: bytes, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    sweep = _cmp_sweep(tmp_path)
+    if "overrides" in name:
+        report = json.loads((sweep / "0" / "report.json").read_text())
+        report["run"]["overrides"] = None
+        (sweep / "0" / "report.json").write_text(json.dumps(report))
+    path = sweep / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(content)
+    _cmp_refused(sweep, capsys, name.split("/")[-1], message)
+
+
+def test_compare_shows_control_characters_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    sweep = _cmp_sweep(tmp_path)
+    report = json.loads((sweep / "0" / "report.json").read_text())
+    report["run"]["overrides"] = None  # the label comes from Hydra's record: not UTF-8
+    report["run"]["peak_memory_kind"] = "\x1b[2J"
+    report["run"]["images"][0]["prompt"] = "a \u202e cat\n"
+    report["components"] = {"t\x1b": report["components"]["transformer"]}
+    (sweep / "0" / "report.json").write_text(json.dumps(report))
+    write(sweep / "0" / ".hydra" / "overrides.yaml", "")
+    (sweep / "0" / ".hydra" / "overrides.yaml").write_bytes(b"- \xff\xfe\n")
+    _cmp_ok(sweep, capsys)
+    markdown = (sweep / "compare.md").read_text(encoding="utf-8")
+    assert "\\\\x1b" in markdown and "\\\\u202e" in markdown
+    assert not any(char in markdown for char in "\x1b\u202e")
+    assert "job 0" in markdown  # the unreadable record falls back to the folder name
+
+
+def test_compare_refuses_lone_surrogates_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    sweep = _cmp_sweep(tmp_path)
+    report = json.loads((sweep / "0" / "report.json").read_text())
+    report["components"] = {"t\ud800": report["components"]["transformer"]}
+    (sweep / "0" / "report.json").write_text(json.dumps(report))
+    _cmp_refused(sweep, capsys, "report.json", "valid string")
+
+
+def test_compare_writes_all_outputs_or_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = _cmp_sweep(tmp_path)
+    (sweep / "pareto.png").mkdir()  # the last output cannot be written
+    capsys.readouterr()
+    assert main(["compare", str(sweep)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert _cmp_outputs(sweep) == ["pareto.png"]  # compare.md and .json were not written
+    (sweep / "pareto.png").rmdir()
+    outside = write(tmp_path / "yours.md", "keep")
+    (sweep / "compare.md").symlink_to(outside)  # a planted link is replaced, not followed
+    _cmp_ok(sweep, capsys)
+    assert outside.read_text() == "keep" and not (sweep / "compare.md").is_symlink()
+
+
+def test_compare_of_a_hostile_folder_runs_in_a_fresh_process_without_traceback(
+    tmp_path: Path,
+) -> None:
+    sweep = _cmp_sweep(tmp_path, size=(4096, 4096))
+    result = run_cli("compare", str(sweep), cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: ") and "4096x4096" in result.stderr
+
+
+# --- estimate bounds and sizes (issue 20) ---
+
+
+def _est_folder(tmp_path: Path, name: str = "pipe") -> Path:
+    """tiny-flux as config files only: model_index.json and each part's config.json."""
+    import shutil
+
+    from qconf.source.tiny import tiny_pipeline_path
+
+    source, folder = tiny_pipeline_path("tiny-flux"), tmp_path / name
+    folder.mkdir()
+    shutil.copy(source / "model_index.json", folder)
+    for config in source.glob("*/config.json"):
+        (folder / config.parent.name).mkdir()
+        shutil.copy(config, folder / config.parent.name)
+    return folder
+
+
+def _est_edit(file: Path, **values: object) -> None:
+    import json
+
+    data = json.loads(file.read_text())
+    data.update(values)
+    file.write_text(json.dumps(data))
+
+
+def _est_one_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    capsys.readouterr()
+    started = time.monotonic()
+    code = main(args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert time.monotonic() - started < 30
+    return lines[0]
+
+
+@pytest.fixture
+def _est_nothing_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The static checks refuse before any module is built."""
+    from qconf.estimate import sources
+
+    def built(*_: object) -> None:
+        raise AssertionError("a module was built")
+
+    monkeypatch.setattr(sources, "_on_meta", built)
+
+
+@pytest.mark.parametrize(
+    ("part", "key", "value", "said"),
+    [
+        ("transformer", "num_layers", 200_000, "over qconf's limit of 256"),
+        ("transformer", "num_layers", True, "not a whole number"),
+        ("transformer", "num_single_layers", 2.0, "not a whole number"),
+        ("transformer", "joint_attention_dim", -5, "negative"),
+        ("transformer", "joint_attention_dim", 10**30, "over qconf's limit"),
+        ("transformer", "joint_attention_dim", 10**200, "about 10^200"),
+        ("transformer", "patch_size", 0, "not a positive size"),
+        ("text_encoder", "hidden_size", "768", "not a whole number"),
+        ("text_encoder", "hidden_size", 1e9, "not a whole number"),
+        ("text_encoder", "vocab_size", 0, "not a positive size"),
+        ("text_encoder", "num_attention_heads", -1, "negative"),
+        ("vae", "block_out_channels", [32, -64], "negative"),
+        ("vae", "block_out_channels", [32] * 300, "lists 300 values"),
+        ("text_encoder_2", "num_heads", 100_000, "over qconf's limit"),
+        ("text_encoder_2", "some_seed", 2**60, "over qconf's limit"),
+    ],
+)
+def test_estimate_refuses_config_values_before_building(
+    part: str,
+    key: str,
+    value: object,
+    said: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    _est_nothing_built: None,
+) -> None:
+    folder = _est_folder(tmp_path)
+    _est_edit(folder / part / "config.json", **{key: value})
+    line = _est_one_error(["estimate", "--folder", str(folder), "model=tiny-flux"], capsys)
+    assert f"{folder / part / 'config.json'} ({key})" in line and said in line, line
+
+
+def test_estimate_refuses_implied_layers_and_parameters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], _est_nothing_built: None
+) -> None:
+    folder = _est_folder(tmp_path)
+    # each count in range, together more layers than a part builds
+    _est_edit(folder / "transformer" / "config.json", num_layers=256, num_single_layers=256,
+              num_refiner_layers=256)  # fmt: skip
+    line = _est_one_error(["estimate", "--folder", str(folder), "model=tiny-flux"], capsys)
+    assert "transformer/config.json" in line and "layer counts add up to 768" in line
+    # each width in range, together a model of 1e14 parameters
+    _est_edit(folder / "transformer" / "config.json", num_layers=200, num_single_layers=0,
+              num_refiner_layers=0, joint_attention_dim=2**20,
+              pooled_projection_dim=2**20)  # fmt: skip
+    line = _est_one_error(["estimate", "--folder", str(folder), "model=tiny-flux"], capsys)
+    assert "transformer/config.json" in line and "parameters" in line
+
+
+def test_pipeline_layer_total_and_part_count_are_bounded(tmp_path: Path) -> None:
+    from qconf.errors import ModelSourceError
+    from qconf.estimate.limits import MAX_PARTS, check_part_count, check_pipeline_configs
+
+    deep = {"num_hidden_layers": 200, "hidden_size": 64}
+    check_pipeline_configs({f"p{i}": deep for i in range(5)}, tmp_path)  # 1000 layers
+    with pytest.raises(ModelSourceError, match="add up to 1,200"):
+        check_pipeline_configs({f"p{i}": deep for i in range(6)}, tmp_path)
+    with pytest.raises(ModelSourceError, match="model_index.json: lists 800 parts"):
+        check_part_count(800, tmp_path)
+    check_part_count(MAX_PARTS, tmp_path)
+
+
+def test_a_model_index_with_800_parts_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], _est_nothing_built: None
+) -> None:
+    folder = _est_folder(tmp_path)
+    _est_edit(folder / "model_index.json",
+              **{f"vae_{i}": ["diffusers", "AutoencoderKL"] for i in range(800)})  # fmt: skip
+    line = _est_one_error(["estimate", "--folder", str(folder), "model=tiny-flux"], capsys)
+    assert "model_index.json" in line and "800" in line
+
+
+def test_every_shipped_snapshot_and_tiny_pipeline_is_within_the_bounds() -> None:
+    from qconf.estimate.limits import check_folder
+    from qconf.estimate.snapshots import shipped
+    from qconf.source.tiny import tiny_pipeline_path
+
+    for folder in shipped().values():
+        check_folder(folder)
+    check_folder(tiny_pipeline_path("tiny-flux"))  # config files and weights
+
+
+def test_check_folder_reads_configs_through_the_bounded_reader(tmp_path: Path) -> None:
+    from qconf.errors import ModelSourceError
+    from qconf.estimate.limits import MAX_CONFIG_BYTES, check_folder
+
+    folder = _est_folder(tmp_path)
+    config = folder / "vae" / "config.json"
+    config.unlink()
+    os.mkfifo(config)  # a library's open() would wait for a writer forever
+    with pytest.raises(ModelSourceError, match="not a regular file"):
+        check_folder(folder)
+    config.unlink()
+    config.write_text('{"a": "' + "x" * MAX_CONFIG_BYTES + '"}')
+    with pytest.raises(ModelSourceError, match="over qconf's limit"):
+        check_folder(folder)
+
+
+def _est_safetensors(file: Path, shape: list[int]) -> None:
+    import json
+    import struct
+
+    header = {"transformer_blocks.0.attn.to_q.weight": {"dtype": "F32", "shape": shape,
+                                                       "data_offsets": [0, 0]}}  # fmt: skip
+    text = json.dumps(header).encode()
+    file.write_bytes(struct.pack("<Q", len(text)) + text)
+
+
+@pytest.mark.parametrize(("shape", "said"), [([0, 64], "cannot be"), ([64], "cannot be"),
+                                             ([-1, 64], "malformed")])  # fmt: skip
+def test_a_hostile_safetensors_shape_is_one_line(
+    shape: list[int], said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _est_folder(tmp_path)
+    _est_safetensors(folder / "transformer" / "diffusion_pytorch_model.safetensors", shape)
+    line = _est_one_error(["estimate", "--folder", str(folder), "model=tiny-flux",
+                           "quant.mapping.transformer=int8wo"], capsys)  # fmt: skip
+    assert "transformer" in line and said in line, line
+
+
+def test_safetensors_files_and_header_bytes_are_bounded(tmp_path: Path) -> None:
+    import struct
+
+    from qconf.errors import ModelSourceError
+    from qconf.estimate.limits import MAX_HEADER_BYTES, MAX_SHARDS, check_weight_headers
+
+    part = tmp_path / "transformer"
+    part.mkdir()
+    for i in range(MAX_SHARDS + 1):
+        _est_safetensors(part / f"model-{i:05d}-of-99999.safetensors", [64, 64])
+    with pytest.raises(ModelSourceError, match=f"holds {MAX_SHARDS + 1} .safetensors files"):
+        check_weight_headers(part)
+    for file in list(part.iterdir())[2:]:
+        file.unlink()
+    check_weight_headers(part)
+    for file in part.iterdir():  # two headers that claim 40 MiB each (read: 8 bytes)
+        file.write_bytes(struct.pack("<Q", MAX_HEADER_BYTES * 5 // 8))
+    with pytest.raises(ModelSourceError, match="headers hold over"):
+        check_weight_headers(part)
+
+
+def test_the_build_itself_is_capped_for_what_key_names_do_not_show(tmp_path: Path) -> None:
+    import torch
+
+    from qconf.errors import ModelSourceError
+    from qconf.estimate.limits import pipeline_budget
+    from qconf.estimate.sources import meta_model
+
+    folder = _est_folder(tmp_path)
+    with pipeline_budget(50), pytest.raises(ModelSourceError, match="registers over 50"):
+        meta_model(folder, "vae", "diffusers", "AutoencoderKL", torch.float32)
+    with pipeline_budget():  # the real one is well inside the cap
+        meta_model(folder, "vae", "diffusers", "AutoencoderKL", torch.float32)
+
+
+def test_a_huge_layer_count_ends_quickly_in_a_fresh_process(tmp_path: Path) -> None:
+    folder = _est_folder(tmp_path)
+    _est_edit(folder / "transformer" / "config.json", num_layers=200_000)
+    result = run_cli("estimate", "--folder", str(folder), "model=tiny-flux", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "num_layers" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("16GiB", 16 * 2**30), ("16 gib", 16 * 2**30), ("16G", 16 * 2**30), ("16", 16 * 2**30),
+     ("16GB", 16 * 10**9), ("16B", 16), ("16KB", 16_000), ("16KiB", 16_384),
+     ("1.5MB", 1_500_000), ("1.9MiB", int(1.9 * 2**20)), (".5G", 2**29), ("2TB", 2 * 10**12)],
+)  # fmt: skip
+def test_a_size_with_a_unit_means_that_unit(text: str, size: int) -> None:
+    from qconf.estimate.presets import parse_size
+
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["16XB", "16iB", "16bib", "nan", "inf", "-inf", "1e400", "1e3", "", " ", "-1", "-5GiB", "0",
+     "0.0GiB", "0.1B", "+1G", "1,5G", "16 G B", "٣", "9" * 30, "1" * 100],
+)  # fmt: skip
+def test_a_size_that_is_not_one_is_a_plan_error(text: str) -> None:
+    from qconf.errors import PlanError
+    from qconf.estimate.presets import parse_size
+
+    with pytest.raises(PlanError) as caught:
+        parse_size(text, "--fits")
+    assert len(caught.value.lines) == 1 and caught.value.lines[0].startswith("--fits: ")
+    assert len(caught.value.lines[0]) < 200
+
+
+@pytest.mark.parametrize("size", ["-5GiB", "16XB", "0", "nan", "1e400", "16 B B"])
+def test_fits_and_budget_refuse_a_bad_size_in_one_line(
+    size: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _est_one_error(["list", "presets", f"--fits={size}"], capsys)
+    assert line.startswith("error: --fits: "), line
+    pytest.importorskip("torchmetrics")
+    pytest.importorskip("matplotlib")
+    line = _est_one_error(["tune", f"budget={size}", "model=tiny-flux"], capsys)
+    assert line.startswith("error: budget: "), line

@@ -52,10 +52,12 @@ def grid_shape(comparison: Comparison) -> tuple[int, int]:
 def grid_note(comparison: Comparison) -> str:
     """What the grid leaves out, in words ('' when it shows everything)."""
     rows, columns = grid_shape(comparison)
-    if (rows, columns) == (len(comparison.rows), len(comparison.columns)):
-        return ""
-    return (f"compare.png shows the first {rows} of {len(comparison.rows)} plans and "
-            f"{columns} of {len(comparison.columns)} prompt/seed columns")  # fmt: skip
+    cut = []
+    if rows < len(comparison.rows):
+        cut.append(f"the first {rows} of {len(comparison.rows)} plans")
+    if columns < len(comparison.columns):
+        cut.append(f"the first {columns} of {len(comparison.columns)} prompt/seed columns")
+    return f"compare.png shows {' and '.join(cut)}" if cut else ""
 
 
 def grid_png(comparison: Comparison) -> bytes:

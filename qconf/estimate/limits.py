@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import re
 import struct
 import threading
@@ -35,6 +36,7 @@ from qconf.source.files import (
     open_regular,
     parse_json,
     part_safetensors,
+    read_json,
     read_regular,
 )
 
@@ -72,33 +74,38 @@ MAX_HEADER_BYTES = 64 * 2**20
 
 @dataclass(frozen=True)
 class Rule:
-    """What a key may hold. `strict`: only a whole number or null (the key is a size in every
-    model); otherwise a bool or float is a flag or factor of some model and left alone, and -1
-    is the usual "unset"."""
+    """What a size or count key may hold: a whole number from `low` to `high`, or null. A
+    `strict` key is a size or count in every model; elsewhere a bool or float is some model's
+    flag or factor (`freeze_text_layers: true`, `min_depth: 0.001`) and -1 its "unset"."""
 
+    low: int
     high: int
-    word: str
+    word: str  # "size" or "count", for messages
     strict: bool
 
 
-# Keys by name (lower-cased), first match wins. Layer counts also add up to a part's layers.
+# Keys by name (lower-cased). Layer counts also add up to the layers a part builds.
 _LAYERS = re.compile(r"(^|_)(layers|depth)$|layers_per_block$|^n_layers?$")
-_STRICT = re.compile(
-    r"^(num|n)_|^(hidden_size|intermediate_size|vocab_size|d_model|d_ff|d_kv|head_dim|depth|"
-    r"attention_head_dim|in_channels|out_channels|latent_channels|block_out_channels|"
-    r"(transformer_)?layers_per_block|patch_size|sample_size|cross_attention_dim|"
-    r"joint_attention_dim|pooled_projection_dim|ffn_dim)$"
+# The widths every model names: a positive whole number (zero builds nothing real).
+_WIDTHS = re.compile(
+    r"^(hidden_size|intermediate_size|vocab_size|d_model|d_ff|d_kv|attention_head_dim|"
+    r"in_channels|out_channels|latent_channels|block_out_channels|patch_size|sample_size|"
+    r"cross_attention_dim|joint_attention_dim|pooled_projection_dim|ffn_dim)$"
 )
-_RULES = (
+# head_dim 0 is some models' "derived" (GLM's MLA attention)
+_STRICT = re.compile(
+    r"^(num|n)_|^(depth|head_dim|(transformer_)?layers_per_block)$|" + _WIDTHS.pattern
+)
+_RULES = (  # first match wins: (pattern, highest, word)
     (re.compile(r"experts$"), MAX_EXPERTS, "count"),
     (
         re.compile(r"(^|_)(layers|depth|blocks|heads)$|layers_per_block$|^n_(layer|head)s?$"),
         MAX_COUNT,
         "count",
-    ),  # fmt: skip
+    ),
     (re.compile(r"max_position_embeddings$|^n_positions$|^n_ctx$"), MAX_SIZE, "size"),
     (_STRICT, MAX_DIM, "size"),
-    (re.compile(r"(^|_)(dim|dims|channels|features)$|._size$|^(d|n)_"), MAX_SIZE, "size"),
+    (re.compile(r"(^|_)(dim|dims|channels|features)$|._size$|^d_"), MAX_SIZE, "size"),
 )
 # Sizes that are not a layer's width (they do not multiply into the parameter figure).
 _NOT_WIDTH = re.compile(r"vocab|patch|kernel|sample|image|window|^num_|position|stride|group")
@@ -119,7 +126,15 @@ def _error(where: str | Path, what: str, fix: str) -> ModelSourceError:
 
 
 def _refuse(where: str | Path, key: str, what: str, fix: str) -> ModelSourceError:
+    key = key if len(key) <= 60 else key[:57] + "..."  # a key may be as long as the file
     return _error(f"{where} ({key})", what, fix)
+
+
+def _number(value: int) -> str:
+    """`value` for a message: a huge one by its magnitude (a 4,000-digit number is one line)."""
+    if abs(value) < 10**15:
+        return f"{value:,}"
+    return f"about {'-' if value < 0 else ''}10^{int(math.log10(abs(value)))}"
 
 
 def _shown(value: Any) -> str:
@@ -132,7 +147,8 @@ def _rule(key: str) -> Rule | None:
     name = key.lower()
     for pattern, high, word in _RULES:
         if pattern.search(name):
-            return Rule(high, word, bool(_STRICT.search(name)))
+            low = 1 if _WIDTHS.search(name) else 0
+            return Rule(low, high, word, bool(_STRICT.search(name)))
     return None
 
 
@@ -144,10 +160,15 @@ def _check_number(value: Any, where: str | Path, key: str, rule: Rule) -> None:
         # a bool is an int to Python, and 1e3 or "768" would reach the library as a size
         raise _refuse(where, key, f"is {_shown(value)}, not a whole number ({rule.word})", fix)
     if value < 0 and (rule.strict or value != -1):
-        raise _refuse(where, key, f"is {value:,}, a negative {rule.word}", fix)
+        raise _refuse(where, key, f"is {_number(value)}, a negative {rule.word}", fix)
+    if 0 <= value < rule.low:
+        raise _refuse(where, key, f"is {value}, not a positive {rule.word}", fix)
     if value > rule.high:
         raise _refuse(
-            where, key, f"is {value:,}, over qconf's limit of {rule.high:,} for a {rule.word}", fix
+            where,
+            key,
+            f"is {_number(value)}, over qconf's limit of {rule.high:,} for a {rule.word}",
+            fix,
         )
 
 
@@ -175,52 +196,46 @@ def _flat_ints(value: Any) -> list[int]:
     return [value] if isinstance(value, int) and not isinstance(value, bool) else []
 
 
-def _layers_of(config: Mapping[str, Any]) -> int:
-    """Layers one (sub-)config builds: its layer counts added up. Lists count only for
+def _layer_count(name: str, value: Any) -> int:
+    """Layers the count key `name` adds to a (sub-)config. Lists add up only for
     `*layers_per_block` (per block); other layer lists are indices (`llama_layers`)."""
-    total = 0
-    for key, value in config.items():
-        name = str(key).lower()
-        if not _LAYERS.search(name) or name.startswith("max_"):
-            continue  # max_window_layers says how many of the layers slide, not more layers
-        if isinstance(value, list) and name.endswith("layers_per_block"):
-            total += sum(_flat_ints(value))
-        elif isinstance(value, int) and not isinstance(value, bool):
-            total += value
-    return total
+    if not _LAYERS.search(name) or name.startswith("max_"):
+        return 0  # max_window_layers says how many of the layers slide, not more layers
+    if isinstance(value, list):
+        return sum(_flat_ints(value)) if name.endswith("layers_per_block") else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _params_of(config: Mapping[str, Any], layers: int) -> int:
+def _params_of(config: Mapping[str, Any], layers: int, widths: list[int]) -> int:
     """A rough parameter figure for one (sub-)config: layers x the two widest sizes x 4 (a block
     holds a few matrices of those sides), plus a vocabulary embedding."""
-    widths = [n for key, value in config.items() if _is_width(str(key)) for n in _flat_ints(value)]
     heads = next((config[k] for k in _HEADS if isinstance(config.get(k), int)), 0)
     head_dim = next((config[k] for k in _HEAD_DIMS if isinstance(config.get(k), int)), 0)
-    widths.append(heads * head_dim)  # e.g. Flux names its width only as heads x head dim
-    first, second = sorted([1, 1, *widths])[-2:][::-1]
+    # e.g. Flux names its width only as heads x head dim
+    first, second = sorted([1, 1, heads * head_dim, *widths])[-2:][::-1]
     vocab = config.get("vocab_size")
     vocab = vocab if isinstance(vocab, int) and not isinstance(vocab, bool) else 0
     return max(layers, 1) * first * second * 4 + vocab * first
 
 
-def _is_width(key: str) -> bool:
-    rule = _rule(key)
-    return rule is not None and rule.word == "size" and not _NOT_WIDTH.search(key.lower())
-
-
 def _walk(config: Mapping[str, Any], where: str | Path, prefix: str = "") -> ConfigSize:
-    """Check every key of `config` and its sub-configs (text_config, vision_config, ...)."""
-    layers = params = 0
+    """Check every key of `config` and its sub-configs (text_config, vision_config, ...); each
+    key's rule is looked up once (a config may have 100,000 keys)."""
+    layers = params = own_layers = 0
+    widths: list[int] = []
     for key, value in config.items():
-        shown = f"{prefix}{key}"
-        rule = _rule(str(key))
+        name, shown = str(key).lower(), f"{prefix}{key}"
+        rule = _rule(name)
         if rule is not None:
             _check_sizes(value, where, shown, rule)
+            own_layers += _layer_count(name, value) if rule.word == "count" else 0
+            if rule.word == "size" and not _NOT_WIDTH.search(name):
+                widths += _flat_ints(value)
         elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
             raise _refuse(
                 where,
                 shown,
-                f"is {value:,}, over qconf's limit of {MAX_INT:,}",
+                f"is {_number(value)}, over qconf's limit of {MAX_INT:,}",
                 "fix the value in config.json",
             )
         # sub-configs: a mapping, or a list of them (per-block settings)
@@ -229,8 +244,8 @@ def _walk(config: Mapping[str, Any], where: str | Path, prefix: str = "") -> Con
             if isinstance(sub, dict):
                 inner = _walk(sub, where, f"{shown}.")
                 layers, params = layers + inner.layers, params + inner.params
-    own = _layers_of(config)
-    return ConfigSize(layers + own, params + _params_of(config, own))
+    own_params = _params_of(config, own_layers, widths)
+    return ConfigSize(layers + own_layers, params + own_params)
 
 
 def check_part_config(config: Mapping[str, Any], where: str | Path) -> ConfigSize:
@@ -241,15 +256,13 @@ def check_part_config(config: Mapping[str, Any], where: str | Path) -> ConfigSiz
     if size.layers > MAX_PART_LAYERS:
         raise _error(
             str(where),
-            f"its layer counts add up to {size.layers:,} "
-            f"(qconf builds up to {MAX_PART_LAYERS} per part)",
+            f"its layer counts add up to {size.layers:,} (qconf builds up to {MAX_PART_LAYERS})",
             "fix the layer counts in config.json",
         )
     if size.params > MAX_IMPLIED_PARAMS:
         raise _error(
             str(where),
-            f"its sizes imply about {size.params:.1e} "
-            f"parameters (qconf estimates up to "
+            f"its sizes imply about {size.params:.1e} parameters (qconf estimates up to "
             f"{MAX_IMPLIED_PARAMS:.0e})",
             "fix the sizes in config.json",
         )
@@ -278,9 +291,8 @@ def check_pipeline_configs(configs: Mapping[str, Mapping[str, Any] | None], wher
     if layers > MAX_PIPELINE_LAYERS:
         raise _error(
             str(where),
-            f"its parts' layer counts add up to "
-            f"{layers:,} (qconf builds up to {MAX_PIPELINE_LAYERS} "
-            "per pipeline)",
+            f"its parts' layer counts add up to {layers:,} (qconf builds up to "
+            f"{MAX_PIPELINE_LAYERS} per pipeline)",
             "fix the layer counts in the parts' config.json",
         )
 
@@ -325,8 +337,6 @@ _PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 def check_folder(folder: Path) -> None:
     """All the bounds above for the pipeline folder `folder`, before anything is built: the
     parts model_index.json lists, each part's config.json, each part's safetensors headers."""
-    from qconf.source.files import read_json
-
     index = read_json(folder / "model_index.json", "model_index.json")
     names = [k for k, v in index.items() if isinstance(v, list) and not k.startswith("_")]
     check_part_count(len(names), folder)  # before any part's file is opened
@@ -344,11 +354,8 @@ def check_folder(folder: Path) -> None:
 
 @dataclass
 class _Budget:
-    limit: int
-    left: int = -1
-
-    def __post_init__(self) -> None:
-        self.left = self.limit
+    limit: int  # registrations allowed
+    used: int = 0
 
 
 _BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("qconf_build_budget")
@@ -378,13 +385,12 @@ def counted_build(where: str | Path) -> Iterator[None]:
     def charge(*_: Any) -> None:
         if threading.get_ident() != owner:
             return  # another thread's modules are not this build's
-        budget.left -= 1
-        if budget.left < 0:
+        budget.used += 1
+        if budget.used > budget.limit:
             raise _error(
                 str(where),
-                f"building it registers over "
-                f"{budget.limit:,} modules and tensors (qconf's limit "
-                "for an estimate)",
+                f"building it registers over {budget.limit:,} modules and tensors (qconf's "
+                "limit for an estimate)",
                 "fix the sizes in config.json",
             )
 

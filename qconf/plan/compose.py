@@ -51,7 +51,10 @@ def compose(
         overrides = [*plan_file_overrides(plan_file), *overrides]
     rewritten = rewrite_overrides(list(overrides), user_dirs)
     cfg = _compose(user_dirs, config_name, [*rewritten, *SEARCH_OVERRIDES], overrides)
-    problems = _hydra_problems(cfg, rewritten, overrides) + _trust_problems(cfg, typed)
+    # Only a user's tree can hold a file qconf does not trust; with none, every file composed is
+    # qconf's own (or an installed Hydra plugin's), so the hydra node needs no second compose.
+    problems = _hydra_problems(cfg, rewritten, overrides) if user_dirs else []
+    problems += _trust_problems(cfg, typed)
     if problems:
         raise PlanError(problems)
     OmegaConf.set_struct(cfg, False)

@@ -71,7 +71,7 @@ def open_source(source: str, pipeline: str | None) -> tuple[ModelSource | None, 
         found = tiny_parts(source)
     elif kind == "folder":
         folder = user_path(source, "model.source")
-        if not (folder / "model_index.json").is_file():
+        if not os.path.lexists(folder / "model_index.json"):  # a FIFO there: read_folder says
             return None, [
                 Problem(
                     "model.source",

@@ -59,13 +59,13 @@ def check_budget(temp: Path, *, config_dir: Path, typed: list[str], budget: int)
     """The preset file `temp` (in `config_dir`/preset), composed, validated and estimated as
     `qconf run --config-dir DIR preset=NAME` would: a PlanError if over `budget`. Tune chose
     it from cached measurements, which anyone who can write the cache could have forged."""
-    import qconf
     from qconf.estimate import estimate
+    from qconf.plan.intake import intake
     from qconf.units import human_bytes
 
     preset = temp.name.removesuffix(".yaml")
-    cfg = qconf.compose([f"preset={preset}", *typed], config_dir=config_dir)
-    size = estimate(qconf.validate(cfg, config_dir=config_dir)).total_bytes
+    plan = intake(overrides=[f"preset={preset}", *typed], config_dir=config_dir)
+    size = estimate(plan).total_bytes
     if size > budget:
         what = (f"the tuned preset's own estimate is {human_bytes(size)}, over the budget; "
                 "nothing written (a cached measurement does not match this model)")  # fmt: skip
