@@ -2001,3 +2001,11 @@ def test_fits_and_budget_refuse_a_bad_size_in_one_line(
     pytest.importorskip("matplotlib")
     line = _est_one_error(["tune", f"budget={size}", "model=tiny-flux"], capsys)
     assert line.startswith("error: budget: "), line
+
+
+def test_compare_refuses_a_sweep_it_could_not_gather_before_any_job(tmp_path: Path) -> None:
+    result = run_cli("compare", "model=tiny-flux", "quant.mapping.transformer=int8wo,int4wo",
+                     "run.height=4096", "run.width=4096", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "16,777,216 pixels per image" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no job ran, no folder was made

@@ -68,6 +68,7 @@ def _run_and_gather(argv: list[str]) -> int:
         )
     launches.append(sweep)
     total = sum(len(item.jobs) for item in launches)
+    _check_gatherable(sweep, total)
     from qconf.trust.userpath import make_folder
 
     make_folder(sweep_dir, _SWEEP_DIR)  # every job checked: now the folder may exist
@@ -168,6 +169,27 @@ def _check_one_model_and_run(sweep: Any) -> None:
         fix = ("give several prompts or seeds as one list, e.g. 'run.seed=[0,1]' "
                "(run.seed=0,1 would sweep them as separate plans)")  # fmt: skip
         problems.append(Problem("run", what, fix))
+    if problems:
+        raise PlanError(problems)
+
+
+def _check_gatherable(sweep: Any, jobs: int) -> None:
+    """What the jobs will write stays inside the bounds `qconf compare DIR` reads with
+    (qconf.compare.folders, .metrics): refused before the first job, not after the last."""
+    from qconf.compare.folders import MAX_IMAGES, MAX_RUNS, MAX_TOTAL_PIXELS
+    from qconf.compare.metrics import MAX_PIXELS
+
+    run = next(iter(sweep.sweep.plans.values())).run  # one run setting for all (checked)
+    pixels = run.height * run.width
+    images = jobs * len(run.images())
+    problems = [
+        Problem("qconf compare", f"the sweep makes {count:,} {what}, over the {limit:,} it "
+                "can compare", "sweep fewer plans, prompts or seeds, or smaller images")
+        for count, limit, what in ((jobs, MAX_RUNS, "runs"), (images, MAX_IMAGES, "images"),
+                                   (pixels, MAX_PIXELS, "pixels per image"),
+                                   (images * pixels, MAX_TOTAL_PIXELS, "pixels in all"))
+        if count > limit
+    ]  # fmt: skip
     if problems:
         raise PlanError(problems)
 

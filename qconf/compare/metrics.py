@@ -76,9 +76,7 @@ def _with_png(path: Path, size: tuple[int, int] | None, action: Callable[[Any], 
                 with Image.open(handle, formats=["PNG"]) as image:
                     _check_size(path, image.size, size)
                     return action(image)
-        except ModelSourceError:
-            raise
-        except MemoryError:
+        except (ModelSourceError, MemoryError):  # ours, or the machine's: not the file's
             raise
         except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError,
             # EOFError, struct.error, zlib.error... on a malformed file: all mean "not a PNG"

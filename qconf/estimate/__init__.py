@@ -6,7 +6,8 @@ shapes (no tensor data is read). Every tensor is then counted the way today's li
 allocate it: the load dtype, the modules a library keeps in fp32, the layers a backend leaves
 alone (non-Linear layers, skip lists, transformers' default keys, `_keep_in_fp32_modules`) and,
 for a quantized layer, the backend's byte model (`BYTE_MODELS` in byte_models.py, keyed by
-registry key).
+registry key). A model folder is untrusted: its counts and sizes are bounded before anything is
+built, and the build itself is capped (limits.py).
 
 The byte models and the layer rules were read off real loads of the tiny pipelines with
 torch 2.13, diffusers 0.42.1, transformers 5.24, torchao 0.18, bitsandbytes 0.50.2 and

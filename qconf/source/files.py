@@ -6,18 +6,15 @@ anyone uses it; a malformed file is a ModelSourceError whose `where` is the file
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import stat
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from qconf.errors import ModelSourceError, Problem
 from qconf.trust.bounds import MAX_JSON_DEPTH, depth
+from qconf.trust.reading import bad_file, open_regular, read_regular
 
 MAX_JSON_BYTES = 16 * 2**20  # configs are kilobytes; a safetensors header of a big model ~10 MB
 LIBRARIES = ("diffusers", "transformers")
@@ -26,61 +23,10 @@ _CLASS = re.compile(r"[A-Z][A-Za-z0-9_]*")
 _PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def bad_file(path: Path | str, what: str, fix: str = "") -> ModelSourceError:
-    return ModelSourceError(Problem(str(path), what, fix or "fix or replace the file"))
-
-
 def _type_name(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", type(None): "null"}.get(
         type(value), f"a {type(value).__name__}"
     )
-
-
-@contextlib.contextmanager
-def open_regular(
-    path: Path | str, what: str, max_bytes: int | None = None, *, follow_symlinks: bool = True
-) -> Iterator[Any]:
-    """A binary handle on `path` only if it is a regular file (a FIFO, socket or device would
-    block or never end), checked on the open descriptor (no swap in between) and, with
-    `max_bytes`, no larger than that. Every file from outside qconf is opened through here."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    if not follow_symlinks:
-        flags |= getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise bad_file(
-            path, f"cannot read {what} ({exc.strerror or exc})", "check the path"
-        ) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise bad_file(
-                path,
-                f"{what} is not a regular file (a folder, FIFO, socket or device)",
-                "replace it with a plain file",
-            )
-        if max_bytes is not None and info.st_size > max_bytes:
-            raise bad_file(path, f"{what} is {info.st_size:,} bytes, over qconf's limit of "
-                           f"{max_bytes:,}")  # fmt: skip
-        os.set_blocking(fd, True)
-        handle = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with handle:
-        yield handle
-
-
-def read_regular(
-    path: Path | str, what: str, max_bytes: int, *, follow_symlinks: bool = True
-) -> bytes:
-    """All bytes of a regular file of at most `max_bytes` (see open_regular)."""
-    with open_regular(path, what, max_bytes, follow_symlinks=follow_symlinks) as handle:
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:  # grew after the check
-        raise bad_file(path, f"{what} is over qconf's limit of {max_bytes:,} bytes")
-    return data
 
 
 def parse_json(text: str | bytes, where: Path | str, what: str) -> Any:

@@ -10,6 +10,7 @@ counted once per use) and refuses it past fixed limits, before anything is built
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,10 +95,13 @@ def bounded(loader_class: type) -> type:
 
 
 def _file_size(stream: Any) -> int | None:
+    """Size of a file stream; a stream that is not a regular file counts as too large (Hydra
+    opened it, and reading a FIFO or device would never end)."""
     try:
-        return os.fstat(stream.fileno()).st_size
+        info = os.fstat(stream.fileno())
     except (AttributeError, OSError, ValueError):
         return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else MAX_BYTES + 1
 
 
 BoundedSafeLoader = bounded(yaml.SafeLoader)
@@ -110,10 +114,12 @@ def load_yaml_text(text: str) -> Any:
     return yaml.load(text, Loader=BoundedSafeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-def load_yaml_file(path: Path) -> Any:
-    if path.stat().st_size > MAX_BYTES:
-        raise YAMLLimitError(f"larger than {MAX_BYTES // 1024} KiB")
-    return load_yaml_text(path.read_text(encoding="utf-8"))
+def load_yaml_file(path: Path, what: str = "the YAML file") -> Any:
+    """A YAML file from outside: a regular file of at most MAX_BYTES (qconf.trust.reading),
+    then parsed with the limits above."""
+    from qconf.trust.reading import read_regular
+
+    return load_yaml_text(read_regular(path, what, MAX_BYTES).decode("utf-8"))
 
 
 @contextmanager
