@@ -142,7 +142,8 @@ def test_config_values_a_model_cannot_be_built_with(capsys, flux: Path) -> None:
     config["num_layers"] = "many"
     _write(flux / "transformer" / "config.json", config)
     errors = fails(capsys, "estimate", f"model.source={flux}")
-    assert "FluxTransformer2DModel cannot be built from it" in errors[0]
+    assert "config.json (num_layers): is 'many', not a whole number" in errors[0]
+
 
 
 def _truncate(file: Path, keep: int) -> None:

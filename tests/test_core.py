@@ -1089,7 +1089,9 @@ def test_save_pipeline_stages_beside_the_target(tmp_path: Path) -> None:
 def test_library_versions_skip_what_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     import qconf.loading.saving
 
-    monkeypatch.setattr(qconf.loading.saving, "_VERSIONED", ("qconf", "no-such-distribution", "torch"))
+    monkeypatch.setattr(
+        qconf.loading.saving, "_VERSIONED", ("qconf", "no-such-distribution", "torch")
+    )
     assert list(library_versions())[:2] == ["qconf", "torch"]
 
 

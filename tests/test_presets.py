@@ -351,7 +351,8 @@ def test_readme_preset_table_is_current(table: str) -> None:
     if section is None:
         pytest.skip(f"README.md has no {START_MARKER} ... {END_MARKER} section yet")
     assert section.strip() == table, (
-        "README preset table is stale: run `python -m qconf.estimate.preset_table --write README.md`"
+        "README preset table is stale: run "
+        "`python -m qconf.estimate.preset_table --write README.md`"
     )
 
 

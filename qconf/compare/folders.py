@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qconf.errors import ModelSourceError, Problem
-from qconf.source.files import parse_json, read_regular
+from qconf.source.files import parse_json
+from qconf.trust.reading import read_regular
 from qconf.trust.yamlsafe import MAX_BYTES as MAX_YAML_BYTES
 from qconf.trust.yamlsafe import load_yaml_text
 

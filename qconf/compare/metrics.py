@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from qconf.errors import BackendUnavailableError, ModelSourceError, Problem
-from qconf.source.files import open_regular
+from qconf.trust.reading import open_regular
 
 SSIM_KERNEL = 11  # torchmetrics' default Gaussian window; smaller images use an odd size that fits
 # Per image: SSIM needs ~700 bytes and ~1.5 us of a small CPU per pixel, so 2048x2048 is ~3 GB

@@ -31,14 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from qconf.errors import ModelSourceError, Problem
-from qconf.source.files import (
-    MAX_PARTS,
-    open_regular,
-    parse_json,
-    part_safetensors,
-    read_json,
-    read_regular,
-)
+from qconf.source.files import MAX_PARTS, parse_json, part_safetensors, read_json
+from qconf.trust.reading import open_regular, read_regular
 
 # A part's config.json: the largest shipped one (Qwen2.5-VL's) is 3 KB.
 MAX_CONFIG_BYTES = 2 * 2**20

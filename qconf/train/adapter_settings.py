@@ -96,7 +96,10 @@ def _is_default(value: Any, default: Any) -> bool:
 
 
 def _number(value: Any, where: str, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # An int is finite (and math.isfinite overflows on one of 400 digits): compared as it is.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, float) or not math.isfinite(value):
         raise refuse(where, f"is {shown(value)}, not a finite number ({what})")
     return value
 
