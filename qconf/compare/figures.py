@@ -11,7 +11,7 @@ from qconf.compare.folders import MAX_LABEL
 from qconf.trust.userpath import atomic_output
 
 if TYPE_CHECKING:
-    from qconf.compare import Comparison, Row
+    from qconf.compare.results import Comparison, Row
 
 CELL_INCHES = 1.9
 DPI = 110

@@ -14,7 +14,7 @@ from qconf.trust.userpath import write_text
 from qconf.units import human_bytes
 
 if TYPE_CHECKING:
-    from qconf.compare import Comparison, Row
+    from qconf.compare.results import Comparison, Row
 
 
 def comparison_json(comparison: Comparison) -> dict[str, Any]:

@@ -17,14 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from qconf.errors import ModelSourceError, Problem
-from qconf.source.files import (
-    MAX_JSON_BYTES,
-    open_regular,
-    parse_json,
-    read_regular,
-    safetensors_header,
-)
+from qconf.source.files import MAX_JSON_BYTES, parse_json, safetensors_header
 from qconf.train.adapter_settings import MAX_NAME, lora_settings, refuse, shown
+from qconf.trust.reading import open_regular, read_regular
 
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LoRA weight name
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the per-part LoraConfigs

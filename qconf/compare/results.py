@@ -1,0 +1,45 @@
+"""What a comparison holds: one row per run with its image scores (filled by qconf.compare's
+gather, read by the tables and figures; this module imports neither)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qconf.compare.folders import RunFolder
+
+Scores = dict[tuple[str, int], tuple[float, float]]  # (run name, image index) -> (PSNR, SSIM)
+
+
+@dataclass
+class ImageScore:
+    file: str  # relative to the sweep folder
+    prompt: str
+    seed: int
+    seconds: float
+    psnr: float | None  # dB against the reference image of the same prompt and seed
+    ssim: float | None
+
+
+@dataclass
+class Row:
+    run: RunFolder
+    label: str
+    images: list[ImageScore]
+    psnr: float | None = None  # mean over the images the reference also has
+    ssim: float | None = None
+    pareto: bool = False  # no other run is both smaller and closer to the reference
+
+    @property
+    def deviation(self) -> float | None:
+        """1 - mean SSIM: 0 for images identical to the reference."""
+        return None if self.ssim is None else 1.0 - self.ssim
+
+
+@dataclass
+class Comparison:
+    sweep: Path
+    reference: str  # folder name of the reference run
+    rows: list[Row]
+    columns: list[tuple[str, int]]  # (prompt, seed) of each image column
+    unfinished: list[str] = field(default_factory=list)  # job folders without a report
