@@ -11,9 +11,7 @@ folder twice gives the same tables.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from qconf.compare.folders import BASELINE, ImageRecord, RunFolder, run_folders, short
 from qconf.compare.results import Comparison, ImageScore, Row, Scores

@@ -94,7 +94,8 @@ def read(kind: str, name: str, shape: Any, max_bytes: int = MAX_ENTRY_BYTES) -> 
     work: the measurement would be written there."""
     from pydantic import TypeAdapter, ValidationError
 
-    from qconf.source.files import parse_json, read_regular
+    from qconf.source.files import parse_json
+    from qconf.trust.reading import read_regular
 
     path = entry_path(kind, name)
     if not _folders_present(kind) or not _entry_present(path):
