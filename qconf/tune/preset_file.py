@@ -101,10 +101,14 @@ def preset_text(where: Any, tuned: Any) -> str:
 
 
 def _model_delta(where: Any) -> tuple[list[Any], dict[str, Any]]:
-    """`override /model: X` if the user picked a model option, and the model keys they set."""
+    """`override /model: X` if the user picked a model option, and the model keys they set
+    (typed, or in their --plan file; the values are the validated plan's)."""
+    from qconf.plan.planfile import plan_file_overrides
+
     defaults: list[Any] = []
     model: dict[str, Any] = {}
-    for override in where.overrides:
+    from_file = plan_file_overrides(where.plan_file) if where.plan_file else []
+    for override in [*from_file, *where.overrides]:
         key = override.split("=", 1)[0].lstrip("+~")
         if key == "model":
             defaults = [{"override /model": override.split("=", 1)[1]}]
