@@ -78,7 +78,7 @@ def _model_option(name: str) -> str:
 @pytest.fixture
 def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU pre-flight is what these tests check: on a GPU machine, pretend there is none."""
-    from qconf import environment
+    from qconf.loading import environment
 
     if environment.cuda_available():
         monkeypatch.setattr(environment, "cuda_available", lambda: False)

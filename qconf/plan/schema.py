@@ -243,20 +243,21 @@ class Plan(StrictModel):
 def validate(cfg: Any, *, config_dir: str | Path | None = None) -> Plan:
     """Check a composed config (DictConfig or dict) and return the Plan, or raise PlanError
     listing every problem. Pure: reads config files and model_index.json, never weights."""
+    too_deep = PlanError(
+        Problem(
+            "plan",
+            f"values are nested more than {MAX_PLAN_DEPTH} levels deep",
+            "a plan is a few levels deep: check the nested values you wrote",
+        )
+    )
+    if depth(cfg) > MAX_PLAN_DEPTH:  # plain containers, before anything walks them recursively
+        raise too_deep
     try:
         data = _plain(cfg)
-    except RecursionError:  # a Python container that holds itself
-        raise PlanError(
-            Problem("plan", "values are nested too deeply (or hold themselves)", "pass plain data")
-        ) from None
-    if depth(data) > MAX_PLAN_DEPTH:  # before anything walks it recursively
-        raise PlanError(
-            Problem(
-                "plan",
-                f"values are nested more than {MAX_PLAN_DEPTH} levels deep",
-                "a plan is a few levels deep: check the nested values you wrote",
-            )
-        )
+    except RecursionError:  # a container that holds itself through an OmegaConf node
+        raise too_deep from None
+    if depth(data) > MAX_PLAN_DEPTH:
+        raise too_deep
     unsafe = target_problems(data)
     if unsafe:  # before anything else reads the config
         raise PlanError(unsafe)
