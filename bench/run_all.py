@@ -22,6 +22,7 @@ from rich.table import Table
 HERE = Path(__file__).resolve().parent
 BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     # name: (script, full-run flags, --quick flags)
+    "structure": ("bench_structure.py", [], []),
     "validate": ("bench_validate.py", [], ["--runs", "3"]),
     "load": ("bench_load.py", [], ["--runs", "5"]),
     "bytes": ("bench_bytes.py", [], []),

@@ -53,7 +53,7 @@ def lora_estimate(
 
     from qconf.estimate.limits import check_folder, pipeline_budget
     from qconf.estimate.sources import estimate_source, meta_model
-    from qconf.train import DEFAULT_TARGETS
+    from qconf.loading.trainable import DEFAULT_TARGETS
 
     resolved = plan.resolve()
     root, found = estimate_source(plan, folder)

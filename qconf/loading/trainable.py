@@ -12,6 +12,12 @@ from collections.abc import Iterable
 from qconf.errors import PlanError, Problem
 from qconf.plan.resolve import ResolvedPlan
 
+# Attention projections: what diffusers' LoRA training scripts target by default.
+DEFAULT_TARGETS = {
+    "diffusers": ("to_q", "to_k", "to_v", "to_out.0"),
+    "transformers": ("q", "k", "v", "o", "q_proj", "k_proj", "v_proj", "out_proj"),
+}
+
 
 def train_problems(resolved: ResolvedPlan, parts: Iterable[str] | None = None) -> list[Problem]:
     """Problems training with `parts` (default: every quantized part) under this plan."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qconf.errors import BackendUnavailableError, PlanError, Problem
+from qconf.loading.trainable import DEFAULT_TARGETS
 from qconf.train.adapter_file import (
     ADAPTER_FILE,
     AdapterFile,
@@ -31,12 +32,6 @@ from qconf.train.adapter_settings import refuse, shown
 
 __all__ = ["ADAPTER_FILE", "DEFAULT_TARGETS", "add_lora", "attach_adapter", "load_adapter",
            "lora_parameters", "save_adapter"]  # fmt: skip
-
-# Attention projections: what diffusers' LoRA training scripts target by default.
-DEFAULT_TARGETS = {
-    "diffusers": ("to_q", "to_k", "to_v", "to_out.0"),
-    "transformers": ("q", "k", "v", "o", "q_proj", "k_proj", "v_proj", "out_proj"),
-}
 
 
 def _peft() -> Any:
