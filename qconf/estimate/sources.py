@@ -61,7 +61,8 @@ def _meta_model(
     file = folder / name / "config.json"
     # shape, size and depth checked before a library reads the file; its counts and sizes
     # bounded before anything is built (a part built without estimate()'s folder check too)
-    check_part_config(read_part_config(folder / name), file)
+    checked = read_part_config(folder / name)
+    check_part_config(checked, file)
     module = _library_module(library)
     cls = getattr(module, class_name, None) if module is not None else None
     if cls is None:
@@ -76,11 +77,15 @@ def _meta_model(
     # except in qconf's own snapshots, which keep the hub's keys verbatim.
     quiet = config_notices_off() if is_shipped(folder) else contextlib.nullcontext()
     with _config_values(file, class_name), quiet, counted_build(file):
+        # Built from the dict qconf read and checked, never from the file again: no swap in
+        # between, and an `auto_map` in it is never resolved (no remote-code prompt).
         if library == "diffusers":
-            config = cls.load_config(folder, subfolder=name)
+            config = dict(checked)
             return config, _on_meta(lambda: cls.from_config(config))
-        config = module.AutoConfig.from_pretrained(folder, subfolder=name)
-        return _transformers_meta(cls, config, dtype)
+        model_type = checked.get("model_type")
+        known = isinstance(model_type, str) and model_type in module.CONFIG_MAPPING
+        config_class = module.CONFIG_MAPPING[model_type] if known else cls.config_class
+        return _transformers_meta(cls, config_class.from_dict(dict(checked)), dtype)
 
 
 @contextlib.contextmanager
