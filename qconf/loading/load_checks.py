@@ -49,9 +49,19 @@ def _check_classes(parts: PipelineParts) -> None:
                 "upgrade diffusers, or fix _class_name",
             )
         )
+    bases = {"diffusers": diffusers.ModelMixin, "transformers": transformers.PreTrainedModel}
     for name, part in parts.parts.items():
         module = libraries.get(part.library)
-        if module is not None and getattr(module, part.class_name, None) is None:
+        found = getattr(module, part.class_name, None) if module is not None else None
+        if part.weights and isinstance(found, type) and not issubclass(found, bases[part.library]):
+            raise ModelSourceError(
+                Problem(
+                    f"{parts.origin}/model_index.json ({name})",
+                    f"'{part.class_name}' is not a {part.library} model class",
+                    f"name the part's model class (a {bases[part.library].__name__})",
+                )
+            )
+        if module is not None and found is None:
             raise ModelSourceError(
                 Problem(
                     f"{parts.origin}/model_index.json ({name})",

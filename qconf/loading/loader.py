@@ -81,7 +81,9 @@ def load(
             pipeline = DiffusionPipeline.from_pretrained(
                 source, quantization_config=config, dtype=dtype, **safety, **ready_parts
             )
-    except OSError as exc:  # missing files, hub unreachable (offline), not in the cache
+    except (OSError, ValueError) as exc:
+        # OSError: missing files, hub unreachable (offline), not in the cache; ValueError:
+        # diffusers refusing what the folder holds (a class it cannot load, a bad index)
         if out_of_memory_cause(exc) is not None:  # diffusers wraps a failed read in OSError
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from qconf.errors import ModelSourceError, PlanError, Problem
+from qconf.loading.load_checks import check_folder
 from qconf.loading.loader import (
     _load_gguf_parts,
     _transformers_default_skips,
@@ -33,6 +34,7 @@ def part_config(cfg: Any, part: str) -> Any:
     from qconf.loading.environment import check_environment
 
     check_environment(resolved)
+    check_folder(resolved, plan.source.local_folder())
     skips = _transformers_default_skips(resolved, plan.source.load_path())
     return resolved_part.build(skips.get(part, ()))
 
@@ -47,6 +49,7 @@ def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
     check_environment(resolved)
     if train:
         check_trainable(resolved, [part])
+    check_folder(resolved, plan.source.local_folder())
     source = plan.source.load_path()
 
     import torch
@@ -70,7 +73,7 @@ def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
                 **{dtype_key: dtype},
                 **load_safety(plan),
             )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # see qconf.loading.loader.load
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(
             Problem(f"model.source ({part})", f"cannot load '{plan.model.source}': {first}",

@@ -59,7 +59,47 @@ def compose(
         raise PlanError(problems)
     OmegaConf.set_struct(cfg, False)
     cfg.pop("hydra")
+    cfg._set_flag(COMPOSED_FLAG, True)  # its trust flags were checked above (see qconf.intake)
     return cfg
+
+
+COMPOSED_FLAG = "qconf_composed"
+
+
+def app_trust_problems(model: Any, source: str) -> list[Problem]:
+    """Trust flags in a config node a user's Hydra app composed from its own files (not by
+    qconf.compose, which checks them itself): inside a running Hydra app only its typed
+    overrides may turn them on. Outside one, a node is the Python caller's own making."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.is_config(model) or model._get_flag(COMPOSED_FLAG):
+        return []
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    typed = {
+        flag
+        for flag in TRUST_FLAGS
+        for override in _typed_app_overrides()
+        if override[0].split(".")[-1] == flag.split(".")[1] and override[1] is True
+    }
+    written = OmegaConf.to_container(model, resolve=False) if OmegaConf.is_dict(model) else {}
+    return trust_problems(written, typed, source)
+
+
+def _typed_app_overrides() -> list[tuple[str, Any]]:
+    """(key, value) of what was typed on the running Hydra app's command line."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    typed = []
+    for text in HydraConfig.get().overrides.task:
+        override = parser.parse_override(text)
+        if not override.is_delete():
+            typed.append((override.key_or_group, override.value()))
+    return typed
 
 
 MAX_OVERRIDE_CHARS = 10_000
@@ -80,22 +120,47 @@ TRUST_FLAGS = ("model.allow_pickle", "model.trust_remote_code")
 
 
 def _trust_problems(cfg: Any, typed: Sequence[str]) -> list[Problem]:
+    """A trust flag that is anything but false/absent, unless typed as true: a file may not
+    turn it on, and "anything" includes `"true"`, `1`, `yes` and interpolations (read as
+    written, never resolved here)."""
+    from omegaconf import OmegaConf
+
+    model = cfg.get("model") if OmegaConf.is_dict(cfg) else None
+    written = OmegaConf.to_container(model, resolve=False) if OmegaConf.is_dict(model) else {}
+    return trust_problems(written, typed_trust_flags(typed), "a config or plan file")  # type: ignore[arg-type]
+
+
+def typed_trust_flags(typed: Sequence[str]) -> set[str]:
+    """The trust flags that `typed` overrides set to true (a boolean true)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
-    typed_true = set()
+    found = set()
     for text in typed:
         override = parser.parse_override(text)
-        if override.key_or_group in TRUST_FLAGS and override.value() is True:
-            typed_true.add(override.key_or_group)
+        key = override.key_or_group
+        if key in TRUST_FLAGS and not override.is_delete() and override.value() is True:
+            found.add(key)
+    return found
+
+
+def trust_problems(model: Any, typed: set[str], source: str) -> list[Problem]:
+    """Trust flags of the `model` section (plain data as written) that `source` turned on."""
+    if not isinstance(model, dict):
+        return []
     problems = []
     for flag in TRUST_FLAGS:
-        section, key = flag.split(".")
-        if cfg.get(section, {}).get(key) is True and flag not in typed_true:
+        value = model.get(flag.split(".")[1])
+        if value not in (None, False) and flag not in typed:
             problems.append(
                 Problem(
                     flag,
-                    "turned on by a config or plan file; it lets the model run code",
+                    (
+                        f"turned on by {source}"
+                        if value is True
+                        else f"set to {str(value)[:40]!r} by {source}"
+                    )
+                    + "; it lets the model run code",
                     f"type {flag}=true on the command line if you trust this model",
                 )
             )
@@ -162,7 +227,8 @@ def _compose(user_dirs: tuple[Path, ...], config_name: str, hydra_overrides: lis
         raise PlanError(
             Problem("config", "nested too deeply", "flatten the value or the file")
         ) from None
-    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+    except (HydraException, OmegaConfBaseException, ValueError, AttributeError, TypeError) as exc:
+        # AttributeError/TypeError: Hydra on a file of the wrong shape (`hydra: null`)
         yaml_error = _yaml_cause(exc)
         if yaml_error is not None:
             raise PlanError(_yaml_problem(yaml_error)) from None

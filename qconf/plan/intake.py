@@ -10,6 +10,7 @@ container (a DictConfig node inside a plain dict included)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,21 @@ def intake(
     elif overrides or plan_file is not None or fields:
         raise PlanError(Problem("plan", "a composed config was given together with overrides",
                                 "compose the overrides into it, or pass one of them"))  # fmt: skip
+    problems = _app_problems(cfg)
+    if problems:
+        raise PlanError(problems)
     return validate(cfg, config_dir=config_dir)
+
+
+def _app_problems(cfg: Any) -> list[Problem]:
+    """A `model` node from a user's Hydra app config (`qconf.load_pipeline(model=cfg.model)`,
+    `qconf.intake(cfg)`) is file content: see qconf.plan.compose.app_trust_problems."""
+    from collections.abc import Mapping
+
+    from qconf.plan.compose import app_trust_problems
+
+    model = cfg.get("model") if isinstance(cfg, Mapping) or hasattr(cfg, "_get_flag") else None
+    return app_trust_problems(model, "the app's config files")
 
 
 def compose_plan(
@@ -87,11 +102,12 @@ def take_folder(plan: Plan, folder: str | Path, where: str = "--folder") -> Mode
     and checked exactly as validation checks `model.source` (custom code, auto_map, pickles,
     special files, sizes), under the plan's own trust flags."""
     path = user_path(folder, where)
-    source, problems = open_source(str(path), plan.model.pipeline)
-    if source is None or source.kind != "folder":
-        raise PlanError(
-            problems or [Problem(where, f"'{folder}' is not a folder", "give a pipeline folder")]
-        )
+    if not path.is_dir():
+        raise PlanError(Problem(where, f"'{folder}' is not a folder", "give a pipeline folder"))
+    # absolute: a folder named like a built-in (`tiny-flux`) or a hub id is still this folder
+    source, problems = open_source(os.path.abspath(path), plan.model.pipeline)
+    if source is None:
+        raise PlanError([Problem(f"{where} ({p.where})", p.what, p.fix) for p in problems])
     problems = source_problems(plan.model, source.parts)
     if problems:
         raise PlanError([Problem(f"{where} ({p.where})", p.what, p.fix) for p in problems])

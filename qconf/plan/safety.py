@@ -12,6 +12,7 @@ exactly what it checked."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
@@ -113,8 +114,19 @@ def safe_instantiate(cfg: Any, *args: Any, **kwargs: Any) -> Any:
     by the exact object it resolves to. What is checked is what gets instantiated."""
     from hydra.utils import instantiate
 
-    data, call_args, call_kwargs = plain(cfg), plain(list(args)), plain(kwargs)
-    unsafe = [
+    from qconf.plan.compose import app_trust_problems
+
+    unsafe = app_trust_problems(_model_node(cfg), "the config given to safe_instantiate")
+    try:
+        with no_environment_reads():
+            data, call_args, call_kwargs = plain(cfg), plain(list(args)), plain(kwargs)
+    except Exception as exc:
+        read = next((e for e in _chain(exc) if isinstance(e, EnvironmentRead)), None)
+        if read is None:
+            raise
+        raise PlanError(Problem("config", str(read), "write the value itself")) from None
+    unsafe += _loader_write_problems(data)
+    unsafe += [
         _refusal(where, target)
         for where, target in _targets({"cfg": data, "args": call_args, "kwargs": call_kwargs}, "")
         if not (isinstance(target, str) and target in allowed_targets())
@@ -134,6 +146,58 @@ def safe_instantiate(cfg: Any, *args: Any, **kwargs: Any) -> Any:
     if unsafe:
         raise PlanError(unsafe)
     return instantiate(data, *call_args, **{"_convert_": "all", **call_kwargs})
+
+
+# What a loader call may do besides loading: write. Only the Python caller says where.
+_WRITE_KEYS = ("save", "force", "max_shard_size")
+
+
+def _loader_write_problems(data: Any, path: str = "cfg") -> list[Problem]:
+    """`save:`/`force:` beside a loader `_target_` in a config: a file may not set where qconf
+    writes (pass them as keyword arguments to safe_instantiate, or call qconf.save)."""
+    problems = []
+    if isinstance(data, Mapping):
+        if data.get("_target_") in LOADERS or _is_loader(data.get("_target_")):
+            problems += [
+                Problem(f"{path}.{key}", "a config file may not say where qconf writes",
+                        f"pass {key}=... to safe_instantiate (or call qconf.save) instead")
+                for key in _WRITE_KEYS if key in data
+            ]  # fmt: skip
+        for key, value in data.items():
+            problems += _loader_write_problems(value, f"{path}.{key}")
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            problems += _loader_write_problems(value, f"{path}[{i}]")
+    return problems
+
+
+def _is_loader(target: Any) -> bool:
+    if not isinstance(target, str) or not target.startswith("qconf"):
+        return False
+    from hydra._internal.utils import _locate
+
+    try:
+        found = _locate(target)
+    except Exception:  # not a name that resolves: target_problems says so
+        return False
+    return any(found is _locate(name) for name in LOADERS)
+
+
+def _model_node(cfg: Any) -> Any:
+    """The `model:` node a loader config carries (where the trust flags are), if any."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_dict(cfg) and "model" in cfg:
+        return cfg._get_node("model")
+    return None
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    for _ in range(10):  # OmegaConf wraps a resolver's error once or twice
+        if exc is None:
+            return
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def _strings(data: Any, path: str) -> Iterator[tuple[str, str]]:
@@ -160,36 +224,116 @@ def check_interpolation_count(data: Any) -> None:
             Problem("config", f"{count} interpolations (${{...}}); at most {MAX_INTERPOLATIONS}",
                     "write values instead of references")
         )  # fmt: skip
+    check_interpolation_size(data)
+
+
+# `${a}${a}` over a chain of keys multiplies: 30 references can still make a small file resolve
+# to gigabytes when each refers to the one before. The resolved size is bounded from the
+# written values before anything is resolved.
+MAX_RESOLVED_CHARS = 1_000_000
+_REFERENCE = re.compile(r"\$\{([^${}]*)\}")
+
+
+def check_interpolation_size(data: Any) -> None:
+    """Refuse, before resolving, a plan whose interpolations would resolve to more than
+    MAX_RESOLVED_CHARS characters (an upper bound computed from the written values)."""
+    strings = {_dotted(path): value for path, value in _strings(data, "")}
+    sizes: dict[str, int] = {}
+
+    def size(path: str, seen: frozenset[str]) -> int:
+        if path in sizes:
+            return sizes[path]
+        if path in seen or len(seen) > 64:  # a reference loop: OmegaConf refuses it too
+            return MAX_RESOLVED_CHARS + 1
+        if path not in strings:  # a container, a number, or nothing: its strings, if any
+            inner = [key for key in strings if key.startswith(path + ".")] if path else []
+            return sum(size(key, seen | {path}) for key in inner[:1000]) + 32
+        value = strings[path]
+        total = len(value)
+        for reference in _REFERENCE.findall(value):
+            total += size(_target(path, reference), seen | {path})
+            if total > MAX_RESOLVED_CHARS:
+                break
+        sizes[path] = total
+        return total
+
+    for path in list(strings):
+        if size(path, frozenset()) > MAX_RESOLVED_CHARS:
+            raise PlanError(
+                Problem(
+                    path or "config",
+                    f"its interpolations (${{...}}) would resolve to more "
+                    f"than {MAX_RESOLVED_CHARS:,} characters",
+                    "write values instead of references",
+                )  # fmt: skip
+            )
+
+
+def _dotted(path: str) -> str:
+    return re.sub(r"\[(\d+)\]", r".\1", path)
+
+
+def _target(path: str, reference: str) -> str:
+    """The dotted path a reference written at `path` points to (`oc.select`'s first argument;
+    `.x`/`..x` relative to the key's parent)."""
+    name, _, args = reference.partition(":")
+    if args:
+        if name.strip() != "oc.select":
+            return ""  # another resolver: only its written text counts (see no_environment_reads)
+        reference = args.split(",")[0]
+    reference = _dotted(reference.strip())
+    if not reference.startswith("."):
+        return reference
+    dots = len(reference) - len(reference.lstrip("."))
+    parent = path.split(".")[:-dots] if dots else path.split(".")
+    return ".".join([*parent, reference.lstrip(".")]).strip(".")
 
 
 class EnvironmentRead(Exception):
-    """Raised by the stand-in `oc.env` resolver while qconf resolves a plan."""
+    """Raised by the stand-in resolvers while qconf resolves a plan: `oc.env` (a value from
+    the environment) or any resolver outside the plan's own pure ones."""
 
-    def __init__(self, variable: str) -> None:
-        super().__init__(f"reads environment variable '{variable}'")
+    def __init__(self, variable: str, resolver: str = "oc.env") -> None:
+        if resolver in ENVIRONMENT_RESOLVERS:
+            text = f"reads environment variable '{variable}'"
+        else:
+            text = f"calls resolver '{resolver}', which qconf does not run inside a plan"
+        super().__init__(text)
         self.variable = variable
+        self.resolver = resolver
+
+
+ENVIRONMENT_RESOLVERS = ("oc.env", "env")
+# Resolvers that only rearrange the plan's own values (OmegaConf's built-ins); every other one
+# (oc.env, a resolver an app registered) could bring in a value from outside the plan.
+PURE_RESOLVERS = frozenset({"oc.select", "oc.dict.keys", "oc.dict.values", "oc.decode",
+                            "oc.create", "oc.deprecated"})  # fmt: skip
 
 
 @contextmanager
 def no_environment_reads() -> Iterator[None]:
-    """While resolving a plan, `${oc.env:...}` raises instead of reading the environment:
-    qconf writes resolved plans into saved folders and run folders, and a secret read from the
-    environment would land there in clear."""
-    from omegaconf import OmegaConf
+    """While resolving a plan, only OmegaConf's pure resolvers run: `${oc.env:...}` (and any
+    resolver an app registered) raises EnvironmentRead instead. qconf writes resolved plans
+    into saved folders and run folders, and a secret read from outside the plan would land
+    there in clear. Everything that may resolve a plan (converting containers, pydantic
+    iterating a ListConfig) runs inside this."""
     from omegaconf.basecontainer import BaseContainer
 
-    names = ("oc.env", "env")
-    saved = {name: BaseContainer._resolvers.get(name) for name in names}
-
-    def refuse(key: str, default: Any = None) -> Any:
-        raise EnvironmentRead(str(key))
-
-    for name in names:
-        OmegaConf.register_new_resolver(name, refuse, replace=True)
+    saved = dict(BaseContainer._resolvers)
+    names = set(saved) | set(ENVIRONMENT_RESOLVERS)
+    for name in names - PURE_RESOLVERS:
+        BaseContainer._resolvers[name] = _refusing(name)
     try:
         yield
     finally:
-        for name, resolver in saved.items():
-            BaseContainer._resolvers.pop(name, None)
-            if resolver is not None:
-                BaseContainer._resolvers[name] = resolver
+        BaseContainer._resolvers.clear()
+        BaseContainer._resolvers.update(saved)
+
+
+def _refusing(name: str) -> Any:
+    """A resolver in OmegaConf's internal calling form that refuses to run."""
+
+    def refuse(config: Any, parent: Any, node: Any, args: Any, args_str: Any) -> Any:
+        raise EnvironmentRead(str(args_str[0]) if args_str else "", name)
+
+    return refuse

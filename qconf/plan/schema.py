@@ -4,6 +4,7 @@ defaults are filled in resolve."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -11,6 +12,7 @@ from pydantic import (
     BeforeValidator,
     Field,
     PrivateAttr,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     model_validator,
@@ -31,6 +33,7 @@ from qconf.plan.checks import (
 from qconf.plan.conftree import backend_options
 from qconf.plan.messages import PlanProblems, did_you_mean, problems_from_errors
 from qconf.plan.safety import (
+    ENVIRONMENT_RESOLVERS,
     EnvironmentRead,
     check_interpolation_count,
     no_environment_reads,
@@ -71,10 +74,10 @@ class ModelSpec(StrictModel):
     torch_dtype: FloatDType | None = Field(
         "bfloat16", description="Load dtype; null = library default (bfloat16 for torchao plans)."
     )
-    allow_pickle: bool = Field(
+    allow_pickle: StrictBool = Field(
         False, description="Also load pickle weights (.bin/.ckpt); they can run code. Trust first."
     )
-    trust_remote_code: bool = Field(
+    trust_remote_code: StrictBool = Field(
         False, description="Allow parts whose code ships with the model (runs that code)."
     )
     device_map: Literal["balanced", "cuda", "cpu"] | None = Field(
@@ -169,7 +172,11 @@ class Plan(StrictModel):
     @property
     def source(self) -> ModelSource:
         """model.source resolved and checked (opened once, by validation)."""
-        if self._source is None:
+        opened = self._source
+        if opened is None or (opened.given, opened.pipeline_asked) != (
+            self.model.source,
+            self.model.pipeline,
+        ):  # never opened, or a copy with another model (`plan.model_copy(update=...)`)
             found, problems = open_source(self.model.source, self.model.pipeline)
             if found is None:
                 raise PlanError(problems)
@@ -252,21 +259,26 @@ def validate(cfg: Any, *, config_dir: str | Path | None = None) -> Plan:
     )
     if depth(cfg) > MAX_PLAN_DEPTH:  # plain containers, before anything walks them recursively
         raise too_deep
-    try:
-        data = _plain(cfg)
-    except RecursionError:  # a container that holds itself through an OmegaConf node
-        raise too_deep from None
-    if depth(data) > MAX_PLAN_DEPTH:
-        raise too_deep
-    unsafe = target_problems(data)
-    if unsafe:  # before anything else reads the config
-        raise PlanError(unsafe)
     extra = (user_path(config_dir, "--config-dir").resolve(),) if config_dir is not None else ()
     context: dict[str, Any] = {"options": backend_options(extra), "sources": {}}
-    try:
-        plan = Plan.model_validate(data, context=context)
-    except ValidationError as exc:
-        raise PlanError(problems_from_errors(exc.errors(), root=Plan)) from None
+    # Everything that may resolve an interpolation (converting nodes, pydantic iterating a
+    # ListConfig or a generator over one) runs with only OmegaConf's pure resolvers.
+    with no_environment_reads():
+        try:
+            data = _plain(cfg)
+        except RecursionError:  # a container that holds itself through an OmegaConf node
+            raise too_deep from None
+        except EnvironmentRead as exc:
+            raise PlanError(_outside_value("config", exc)) from None
+        if depth(data) > MAX_PLAN_DEPTH:
+            raise too_deep
+        unsafe = target_problems(data)
+        if unsafe:  # before anything else reads the config
+            raise PlanError(unsafe)
+        try:
+            plan = Plan.model_validate(data, context=context)
+        except ValidationError as exc:
+            raise PlanError(problems_from_errors(exc.errors(), root=Plan)) from None
     plan._source = context["sources"].get((plan.model.source, plan.model.pipeline), (None,))[0]
     return plan
 
@@ -290,10 +302,10 @@ def _plain(cfg: Any) -> Any:
         return cfg.model_dump(mode="json")
     if type(cfg).__module__.startswith("omegaconf"):
         return _container(cfg)
-    if isinstance(cfg, dict):
+    if isinstance(cfg, Mapping):  # dict, MappingProxyType, UserDict, ...
         return {key: _plain(value) for key, value in cfg.items()}
-    if isinstance(cfg, (list, tuple)):
-        return [_plain(value) for value in cfg]
+    if isinstance(cfg, Iterable) and not isinstance(cfg, (str, bytes, bytearray)):
+        return [_plain(value) for value in cfg]  # lists, tuples, sets, generators
     return cfg
 
 
@@ -303,8 +315,7 @@ def _container(cfg: Any) -> Any:
 
     check_interpolation_count(OmegaConf.to_container(cfg, resolve=False))
     try:
-        with no_environment_reads():
-            return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except RecursionError:
         raise PlanError(
             Problem("plan", "values are nested too deeply", "check the nested values")
@@ -313,17 +324,22 @@ def _container(cfg: Any) -> Any:
         key = str(getattr(exc, "full_key", None) or "config")
         cause = _environment_read(exc)
         if cause is not None:
-            raise PlanError(
-                Problem(
-                    key,
-                    f"{cause} (${{oc.env:...}})",
-                    "plans are written into saved and run folders, so qconf never resolves "
-                    "environment variables; put the value itself on the command line",
-                )
-            ) from None
+            raise PlanError(_outside_value(key, cause)) from None
         raise PlanError(
             Problem(key, str(exc).splitlines()[0], "set the value (e.g. model=tiny-flux)")
         ) from None
+
+
+def _outside_value(key: str, cause: EnvironmentRead) -> Problem:
+    environment = cause.resolver in ENVIRONMENT_RESOLVERS
+    shown = "${oc.env:...}" if environment else f"${{{cause.resolver}:...}}"
+    return Problem(
+        key,
+        f"{cause} ({shown})",
+        "plans are written into saved and run folders, so qconf never resolves "
+        + ("environment variables" if environment else "resolvers an app registered")
+        + "; put the value itself on the command line",
+    )
 
 
 def _environment_read(exc: BaseException | None) -> EnvironmentRead | None:

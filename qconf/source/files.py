@@ -16,11 +16,12 @@ from typing import Any
 from qconf.trust.bounds import MAX_JSON_DEPTH, depth
 from qconf.trust.reading import bad_file, open_regular, read_regular
 
+MAX_CONFIG_BYTES = 2 * 2**20  # model_index.json / config.json: kilobytes in every real model
 MAX_JSON_BYTES = 16 * 2**20  # configs are kilobytes; a safetensors header of a big model ~10 MB
 LIBRARIES = ("diffusers", "transformers")
-_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-_CLASS = re.compile(r"[A-Z][A-Za-z0-9_]*")
-_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MODULE = re.compile(r"(?=.{1,100}$)[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_CLASS = re.compile(r"[A-Z][A-Za-z0-9_]{0,99}")
+_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
 
 
 def _type_name(value: Any) -> str:
@@ -29,9 +30,11 @@ def _type_name(value: Any) -> str:
     )
 
 
-def parse_json(text: str | bytes, where: Path | str, what: str) -> Any:
+def parse_json(
+    text: str | bytes, where: Path | str, what: str, max_bytes: int = MAX_JSON_BYTES
+) -> Any:
     """JSON from untrusted text: bounded size and depth; invalid JSON names line and column."""
-    if len(text) > MAX_JSON_BYTES:
+    if len(text) > max_bytes:
         raise bad_file(where, f"{what} is {len(text):,} bytes, over qconf's limit")
     try:
         data = json.loads(text)
@@ -50,10 +53,12 @@ def parse_json(text: str | bytes, where: Path | str, what: str) -> Any:
     return data
 
 
-def read_json(path: Path, what: str = "the file") -> dict[str, Any]:
+def read_json(
+    path: Path, what: str = "the file", max_bytes: int = MAX_JSON_BYTES
+) -> dict[str, Any]:
     """A JSON object (mapping) from `path`, size and depth bounded."""
-    text = read_regular(path, what, MAX_JSON_BYTES)
-    data = parse_json(text, path, what)
+    text = read_regular(path, what, max_bytes)
+    data = parse_json(text, path, what, max_bytes)
     if not isinstance(data, dict):
         raise bad_file(path, f"{what} holds {_type_name(data)}, expected a JSON object")
     return data
@@ -66,7 +71,7 @@ def read_model_index(path: Path) -> tuple[str, dict[str, tuple[str, str] | None]
     """(pipeline class, {part: (library, class) or None for an absent part}, `_class_name` as
     written) of model_index.json, every entry checked: a part is a [library, class] pair of
     names, or [null, null]."""
-    index = read_json(path, "model_index.json")
+    index = read_json(path, "model_index.json", MAX_CONFIG_BYTES)
     listed = sum(isinstance(v, list) and not k.startswith("_") for k, v in index.items())
     if listed > MAX_PARTS:
         raise bad_file(path, f"lists {listed} parts (a pipeline has at most {MAX_PARTS})",
@@ -102,7 +107,9 @@ def read_model_index(path: Path) -> tuple[str, dict[str, tuple[str, str] | None]
                 'write e.g. ["diffusers", "AutoencoderKL"], or [null, null] for an absent part',
             )
         library, class_name = value
-        custom = (folder / name / f"{library}.py").is_file() or (folder / f"{library}.py").is_file()
+        custom = _MODULE.fullmatch(library) is not None and (
+            (folder / name / f"{library}.py").is_file() or (folder / f"{library}.py").is_file()
+        )
         if not _MODULE.fullmatch(library) or (library not in LIBRARIES and not custom):
             raise bad_file(
                 where,
@@ -121,7 +128,7 @@ def read_part_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
         return {}
-    config = read_json(path, "config.json")
+    config = read_json(path, "config.json", MAX_CONFIG_BYTES)
     if "quantization_config" in config:
         block = config["quantization_config"]
         method = block.get("quant_method") if isinstance(block, dict) else None

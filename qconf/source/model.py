@@ -9,6 +9,7 @@ it is scanned for entries a library would hang on (FIFOs, sockets, devices) and 
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qconf.errors import ModelSourceError, Problem
+from qconf.source.files import read_json
 from qconf.source.parts import (
     TINY_PIPELINES,
     PipelineParts,
@@ -27,6 +29,7 @@ from qconf.source.parts import (
     tiny_parts,
 )
 from qconf.source.table import load_table
+from qconf.trust.reading import bad_file, on_pseudo_filesystem
 from qconf.trust.userpath import user_path
 
 MAX_FOLDER_ENTRIES = 10_000  # files and folders looked at in one pipeline folder (two levels)
@@ -38,6 +41,7 @@ class ModelSource:
     kind: SourceKind  # "tiny" | "folder" | "hub"
     parts: PipelineParts
     folder: Path | None = None  # the local pipeline folder (a folder, a hub snapshot in cache)
+    pipeline_asked: str | None = None  # model.pipeline as the plan says it
 
     def local_folder(self) -> Path | None:
         """The folder the pipeline loads from on this machine (None: a hub id not in the local
@@ -103,7 +107,7 @@ def open_source(source: str, pipeline: str | None) -> tuple[ModelSource | None, 
                 f"set model.pipeline={found.pipeline} or null",
             )
         ]
-    return ModelSource(source, kind, found, folder), []
+    return ModelSource(source, kind, found, folder, pipeline), []
 
 
 def read_folder(folder: Path) -> PipelineParts:
@@ -114,8 +118,10 @@ def read_folder(folder: Path) -> PipelineParts:
 
 def check_folder_entries(folder: Path) -> None:
     """Refuse a pipeline folder holding an entry a library would block on or never finish
-    reading (FIFO, socket, device, a link to one), or more entries than a pipeline has. Looks
-    at the folder and each part folder (where libraries read), following links as they do."""
+    reading (FIFO, socket, device, a kernel file, a link to one), a JSON file larger than any
+    config, a weight index pointing outside its part folder, or more entries than a pipeline
+    has. Looks at the folder and each part folder (where libraries read), following links as
+    they do."""
     seen = 0
     for path in _entries(folder):
         seen += 1
@@ -128,40 +134,83 @@ def check_folder_entries(folder: Path) -> None:
                 )  # fmt: skip
             )
         try:
-            mode = os.stat(path).st_mode
+            info = os.stat(path)
         except OSError:
-            continue  # a dangling link: the library reports it if it reads it
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            continue  # a dangling link or a loop: the library reports it if it reads it
+        if stat.S_ISDIR(info.st_mode):
+            continue
+        if not stat.S_ISREG(info.st_mode) or on_pseudo_filesystem(path):
             raise ModelSourceError(
                 Problem(
                     str(path),
-                    "is not a regular file or folder (a FIFO, socket or device)",
+                    "is not a regular file (a FIFO, socket, device or kernel file)",
                     "remove it from the model folder",
                 )  # fmt: skip
             )
+        if path.suffix == ".json" and info.st_size > MAX_LIBRARY_JSON_BYTES:
+            raise ModelSourceError(
+                Problem(
+                    str(path),
+                    f"is {info.st_size:,} bytes; no config or index is that large "
+                    f"(qconf's limit: {MAX_LIBRARY_JSON_BYTES:,})",
+                    "replace the file",
+                )  # fmt: skip
+            )
+        if path.name.endswith(".index.json"):
+            check_weight_index(path)
+
+
+# The libraries read these themselves (scheduler and tokenizer configs, weight indexes): a big
+# tokenizer.json is ~35 MB.
+MAX_LIBRARY_JSON_BYTES = 64 * 2**20
+
+
+def check_weight_index(index: Path) -> None:
+    """A sharded checkpoint's index may name only weight files beside it: a name with a path in
+    it would make the library read (or block on) a file outside the model folder."""
+    data = read_json(index, "the weight index", MAX_LIBRARY_JSON_BYTES)
+    weight_map = data.get("weight_map", {})
+    if not isinstance(weight_map, dict):
+        raise bad_file(index, "weight_map is not a mapping", "re-save the model")
+    for file in set(weight_map.values()):
+        plain = isinstance(file, str) and file == os.path.basename(file) and file not in (".", "..")
+        if not plain or not file.endswith((".safetensors", ".bin")):
+            raise bad_file(index, f"weight_map names '{str(file)[:80]}', not a weight file beside "
+                           "the index", "re-save the model")  # fmt: skip
+        target = index.parent / file
+        if target.exists() and not target.is_file():
+            raise bad_file(target, "is not a regular file", "remove it from the model folder")
 
 
 def _entries(folder: Path) -> Iterator[Path]:
     """The folder's entries, then those of its sub-folders (each listing cut past the bound)."""
     try:
-        top = list(os.scandir(folder))
+        with os.scandir(folder) as listing:
+            top = list(itertools.islice(listing, MAX_FOLDER_ENTRIES + 1))
     except OSError as exc:
         raise ModelSourceError(
             Problem(str(folder), f"cannot list it ({exc.strerror or exc})", "check the path")
         ) from None
-    for entry in top[: MAX_FOLDER_ENTRIES + 1]:
+    for entry in top:
         yield Path(entry.path)
-    for entry in top[: MAX_FOLDER_ENTRIES + 1]:
-        if entry.is_dir() and not entry.name.startswith("."):
-            try:
-                children = os.scandir(entry.path)
-            except OSError:
-                continue
-            with children:
-                for index, child in enumerate(children):
-                    if index > MAX_FOLDER_ENTRIES:
-                        break
-                    yield Path(child.path)
+    for entry in top:
+        if entry.name.startswith(".") or not _is_dir(entry):
+            continue
+        try:
+            children = os.scandir(entry.path)
+        except OSError:
+            continue
+        with children:
+            yield from (
+                Path(child.path) for child in itertools.islice(children, MAX_FOLDER_ENTRIES + 1)
+            )
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a link loop, a name too long: not a part folder
+        return False
 
 
 __all__ = ["TINY_PIPELINES", "ModelSource", "open_source"]

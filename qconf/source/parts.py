@@ -107,14 +107,19 @@ def from_model_index(path: Path) -> PipelineParts:
         parts[name] = Part(
             name, library, class_name, weights, **_folder_facts(path.parent / name, library)
         )
-    return PipelineParts(pipeline, parts, str(path.parent), _custom_pipeline(raw_class, pipeline))
+    return PipelineParts(
+        pipeline, parts, str(path.parent), _custom_pipeline(raw_class, pipeline, path.parent)
+    )
 
 
-def _custom_pipeline(raw: object, pipeline: str) -> str | None:
-    """diffusers runs a pipeline file named by `_class_name: [file, class]`, and looks up a
-    class it does not have on the hub: both are code shipped with the model."""
+def _custom_pipeline(raw: object, pipeline: str, folder: Path) -> str | None:
+    """diffusers runs a pipeline file named by `_class_name: [file, class]`, one named
+    `None.py` at the top of the folder (its lookup of `custom_pipeline=None`), and looks up a
+    class it does not have on the hub: all are code shipped with the model."""
     if isinstance(raw, list):
         return f"model_index.json names a pipeline file '{raw[0]}' (code shipped with the model)"
+    if (folder / "None.py").exists():
+        return "the folder holds None.py, which diffusers runs as the pipeline's own code"
     if pipeline not in load_table():
         return f"'{pipeline}' is not a diffusers pipeline class (it would be looked up as code)"
     return None

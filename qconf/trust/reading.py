@@ -28,6 +28,9 @@ def open_regular(
     """A binary handle on `path` only if it is a regular file (a FIFO, socket or device would
     block or never end), checked on the open descriptor (no swap in between) and, with
     `max_bytes`, no larger than that. Every file from outside qconf is opened through here."""
+    if on_pseudo_filesystem(path):
+        raise bad_file(path, f"{what} is a kernel file (/proc, /sys, /dev), not a regular file",
+                       "replace it with a plain file")  # fmt: skip
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     if not follow_symlinks:
         flags |= getattr(os, "O_NOFOLLOW", 0)
@@ -55,6 +58,18 @@ def open_regular(
         raise
     with handle:
         yield handle
+
+
+# Files there say they are regular yet block or never end (/proc/kmsg, /sys/.../trigger).
+_PSEUDO_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def on_pseudo_filesystem(path: Path | str) -> bool:
+    try:
+        real = os.path.realpath(path)
+    except (OSError, ValueError):
+        return False  # open() reports it
+    return any(real == root or real.startswith(root + os.sep) for root in _PSEUDO_ROOTS)
 
 
 def read_regular(

@@ -16,6 +16,9 @@ from pathlib import Path
 
 from qconf.errors import PlanError, Problem
 
+MAX_NAME_BYTES = 255  # NAME_MAX and PATH_MAX on Linux
+MAX_PATH_BYTES = 4096
+
 
 def user_path(text: str | os.PathLike[str], where: str) -> Path:
     """`text` as a Path, `~` and `~user` expanded; an unknown user or a NUL byte is a PlanError
@@ -25,6 +28,12 @@ def user_path(text: str | os.PathLike[str], where: str) -> Path:
         raise PlanError(Problem(where, "empty path", "give a path"))
     if "\0" in raw:
         raise PlanError(Problem(where, "the path contains a NUL byte", "give a plain path"))
+    longest = max((len(os.fsencode(part)) for part in raw.split(os.sep)), default=0)
+    if len(os.fsencode(raw)) > MAX_PATH_BYTES or longest > MAX_NAME_BYTES:
+        raise PlanError(
+            Problem(where, f"'{raw[:40]}...' is longer than a path can be here",
+                    f"at most {MAX_NAME_BYTES} bytes per name and {MAX_PATH_BYTES} in all")
+        )  # fmt: skip
     expanded = os.path.expanduser(raw)
     if expanded.startswith("~"):
         user = expanded[1:].split(os.sep, 1)[0]
