@@ -2012,3 +2012,197 @@ def test_compare_refuses_a_sweep_it_could_not_gather_before_any_job(tmp_path: Pa
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "16,777,216 pixels per image" in result.stderr
     assert list(tmp_path.iterdir()) == []  # no job ran, no folder was made
+
+
+# --- found by the attack review of the intake (issue 20) ---
+
+
+@pytest.mark.parametrize("value", ['"true"', "1", "yes", "on", "1.0", "'${oc.decode:\"1\"}'"])
+def test_a_file_cannot_turn_on_trust_with_a_truthy_value(value: str, tmp_path: Path) -> None:
+    plan = write(
+        tmp_path / "plan.yaml", f"model:\n  source: tiny-flux\n  trust_remote_code: {value}\n"
+    )
+    conf = tmp_path / "conf"
+    write(conf / "preset" / "evil.yaml",
+          f"# @package _global_\nmodel:\n  allow_pickle: {value}\n")  # fmt: skip
+    for call in (
+        lambda: qconf.intake(plan_file=plan),
+        lambda: qconf.intake(overrides=["preset=evil"], config_dir=conf),
+    ):
+        with pytest.raises(qconf.PlanError, match="it lets the model run code"):
+            call()
+
+
+def test_typed_trust_must_be_a_boolean() -> None:
+    with pytest.raises(qconf.PlanError, match="trust_remote_code"):
+        qconf.intake(model={"source": "tiny-flux", "trust_remote_code": "yes"})
+
+
+@pytest.fixture
+def hydra_app(tmp_path: Path):  # noqa: ANN201 - a running Hydra app's composed config
+    """A user's Hydra app whose config file turns trust on and says where to save."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    conf = tmp_path / "app"
+    write(conf / "app.yaml", "model:\n  source: tiny-flux\n  trust_remote_code: true\n"
+          "pipe:\n  _target_: qconf.load_pipeline\n  save: " + str(tmp_path / "saved") +
+          "\n  model:\n    source: tiny-flux\n    trust_remote_code: true\n")  # fmt: skip
+    with initialize_config_dir(str(conf), version_base=None):
+        cfg = compose("app", return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        yield cfg
+        HydraConfig.instance().cfg = None
+
+
+def test_a_hydra_apps_config_files_cannot_turn_on_trust(hydra_app, tmp_path: Path) -> None:  # noqa: ANN001
+    with pytest.raises(qconf.PlanError, match="the app's config files"):
+        qconf.intake(model=hydra_app.model)
+    with pytest.raises(qconf.PlanError, match="the app's config files"):
+        qconf.load_pipeline(model=hydra_app.model)
+    with pytest.raises(qconf.PlanError) as caught:
+        qconf.safe_instantiate(hydra_app.pipe)
+    assert "may not say where qconf writes" in str(caught.value)
+    assert "trust_remote_code" in str(caught.value)
+    assert not (tmp_path / "saved").exists()
+
+
+def test_safe_instantiate_never_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QCONF_SECRET", SECRET)
+    model = {"source": "tiny-flux", "pipeline": "${oc.env:QCONF_SECRET}"}
+    cfg = OmegaConf.create({"_target_": "qconf.load_pipeline", "model": model})
+    with pytest.raises(qconf.PlanError) as caught:
+        qconf.safe_instantiate(cfg)
+    assert SECRET not in str(caught.value) and "QCONF_SECRET" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        lambda node: __import__("types").MappingProxyType({"mapping": {"transformer": node}}),
+        lambda node: __import__("collections").UserDict({"mapping": {"transformer": node}}),
+        lambda node: {"mapping": {"transformer": {"backend": "torchao", "kwargs": {
+            "quant_type": {"name": "Int8WeightOnlyConfig"}}, "skip": (s for s in node.skip)}}},
+    ],
+)  # fmt: skip
+def test_environment_values_never_enter_through_odd_containers(
+    shape: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QCONF_SECRET", SECRET)
+    node = OmegaConf.create({"backend": "torchao", "kwargs": {"quant_type": {
+        "name": "Int8WeightOnlyConfig"}}, "skip": ["${oc.env:QCONF_SECRET}"]})  # fmt: skip
+    with pytest.raises(qconf.PlanError) as caught:
+        qconf.intake(model={"source": "tiny-flux"}, quant=shape(node))  # type: ignore[operator]
+    assert SECRET not in str(caught.value)
+
+
+def test_an_apps_own_resolvers_do_not_run_inside_a_plan() -> None:
+    OmegaConf.register_new_resolver("qconf_test_getenv", lambda name: SECRET, replace=True)
+    cfg = OmegaConf.create({"model": {"source": "tiny-flux"},
+                            "run": {"prompt": "${qconf_test_getenv:X}"}})  # fmt: skip
+    with pytest.raises(qconf.PlanError, match="resolver 'qconf_test_getenv'"):
+        qconf.intake(cfg)
+    assert OmegaConf.create({"a": "${qconf_test_getenv:X}"}).a == SECRET  # restored afterwards
+
+
+def test_interpolation_chains_are_bounded_before_resolving(tmp_path: Path) -> None:
+    lines = ["run:", "  k0: " + "x" * 6000]
+    lines += [f"  k{i}: '" + ("${run.k" + str(i - 1) + "}") * 3 + "'" for i in range(1, 10)]
+    plan = write(tmp_path / "plan.yaml", "model:\n  source: tiny-flux\n" + "\n".join(lines) + "\n")
+    started = time.monotonic()
+    with pytest.raises(qconf.PlanError, match="would resolve to more than"):
+        qconf.intake(plan_file=plan)
+    assert time.monotonic() - started < 10
+
+
+def _copy_tiny(tmp_path: Path) -> Path:
+    import shutil
+
+    from qconf.source.tiny import tiny_pipeline_path
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_path("tiny-flux"), folder)
+    return folder
+
+
+def test_a_weight_index_may_not_point_outside_its_folder(tmp_path: Path, qconf_cache: Path) -> None:
+    import json
+
+    folder = _copy_tiny(tmp_path)
+    outside = _fifo(tmp_path / "outside.safetensors")
+    weights = folder / "text_encoder" / "model.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(weights, "pt") as handle:
+        keys = list(handle.keys())
+    weights.unlink()
+    index = {"metadata": {}, "weight_map": dict.fromkeys(keys, str(outside))}
+    (folder / "text_encoder" / "model.safetensors.index.json").write_text(json.dumps(index))
+    for command in ("validate", "load"):
+        result = run_cli(command, f"model.source={folder}", cwd=tmp_path)
+        assert result.returncode == 2 and "weight_map names" in result.stderr, result.stderr
+
+
+def test_kernel_files_are_refused(tmp_path: Path, qconf_cache: Path) -> None:
+    folder = _copy_tiny(tmp_path)
+    (folder / "vae" / "config.json").unlink()
+    (folder / "vae" / "config.json").symlink_to("/proc/self/status")
+    result = run_cli("validate", f"model.source={folder}", cwd=tmp_path)
+    assert result.returncode == 2 and "kernel file" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "attack",
+    ["loop", "long source", "long library", "model null", "hydra null", "automodel", "none.py"],
+)
+def test_odd_files_and_names_end_in_one_line(
+    attack: str, tmp_path: Path, qconf_cache: Path
+) -> None:
+    import json
+
+    folder = _copy_tiny(tmp_path)
+    args = [f"model.source={folder}"]
+    index_file = folder / "model_index.json"
+    index = json.loads(index_file.read_text())
+    if attack == "loop":
+        (folder / "junk").symlink_to(folder / "junk")
+    elif attack == "long source":
+        args = ["model.source=" + "a" * 300]
+    elif attack == "long library":
+        index["vae"] = ["l" * 300, "AutoencoderKL"]
+    elif attack == "model null":
+        write(tmp_path / "conf" / "preset" / "evil.yaml", "# @package _global_\nmodel: null\n")
+        args = ["--config-dir", str(tmp_path / "conf"), "preset=evil"]
+    elif attack == "hydra null":
+        write(tmp_path / "conf" / "preset" / "evil.yaml", "# @package _global_\nhydra: null\n")
+        args = ["--config-dir", str(tmp_path / "conf"), "preset=evil"]
+    elif attack == "automodel":
+        index["text_encoder"] = ["transformers", "AutoModel"]
+        args += ["quant.mapping.text_encoder=int8wo", "quant.mapping.text_encoder.skip=[x]"]
+    elif attack == "none.py":
+        (folder / "None.py").write_text("import pathlib\npathlib.Path('marker').touch()\n")
+    index_file.write_text(json.dumps(index))
+    result = run_cli("load", *args, cwd=tmp_path)
+    if attack == "loop":  # a link loop beside the parts is nothing a library reads
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode == 2, result.stderr
+    assert all(line.startswith("error: ") for line in result.stderr.strip().splitlines())
+    assert not (tmp_path / "marker").exists()
+
+
+def test_a_copied_plan_reopens_its_source(tmp_path: Path, qconf_cache: Path) -> None:
+    folder = _copy_tiny(tmp_path)
+    plan = qconf.intake(model={"source": "tiny-flux"})
+    copy = plan.model_copy(update={"model": plan.model.model_copy(update={"source": str(folder)})})
+    assert copy.source.folder == folder and plan.source.kind == "tiny"
+
+
+def test_estimate_folder_named_like_a_built_in(tmp_path: Path, qconf_cache: Path) -> None:
+    import shutil
+
+    from qconf.source.tiny import tiny_pipeline_path
+
+    shutil.copytree(tiny_pipeline_path("tiny-sd"), tmp_path / "tiny-flux")
+    result = run_cli("estimate", "--folder", "tiny-flux", "model=tiny-sd", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr

@@ -268,8 +268,13 @@ def validate(cfg: Any, *, config_dir: str | Path | None = None) -> Plan:
             data = _plain(cfg)
         except RecursionError:  # a container that holds itself through an OmegaConf node
             raise too_deep from None
-        except EnvironmentRead as exc:
-            raise PlanError(_outside_value("config", exc)) from None
+        except Exception as exc:  # OmegaConf wraps a refused resolver in its own errors
+            cause = _environment_read(exc)
+            if cause is None:
+                raise
+            raise PlanError(
+                _outside_value(str(getattr(exc, "full_key", "") or "config"), cause)
+            ) from None
         if depth(data) > MAX_PLAN_DEPTH:
             raise too_deep
         unsafe = target_problems(data)
@@ -279,6 +284,11 @@ def validate(cfg: Any, *, config_dir: str | Path | None = None) -> Plan:
             plan = Plan.model_validate(data, context=context)
         except ValidationError as exc:
             raise PlanError(problems_from_errors(exc.errors(), root=Plan)) from None
+        except Exception as exc:  # a refused resolver met while pydantic iterated a node
+            cause = _environment_read(exc)
+            if cause is None:
+                raise
+            raise PlanError(_outside_value("config", cause)) from None
     plan._source = context["sources"].get((plan.model.source, plan.model.pipeline), (None,))[0]
     return plan
 
