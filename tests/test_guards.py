@@ -131,11 +131,14 @@ def test_custom_part_code_in_the_tiny_cache_does_not_run(
     )
     plan = qconf.compose(["model.source=tiny-sd"])
     qconf.validate(plan)
-    with pytest.raises(ValueError, match="custom code in evil_encoder.py"):
+    with pytest.raises(qconf.ModelSourceError, match="evil_encoder"):
         qconf.load(plan)
+    # qconf never writes code into its cache: trust does not make a changed cache loadable
+    with pytest.raises(qconf.ModelSourceError, match="the cached tiny pipeline was changed"):
+        qconf.load(qconf.compose(["model.source=tiny-sd", "model.trust_remote_code=true"]))
     assert not marker.exists()
-    # Trusted, the same code does run: the folder really carries code the guard kept out.
-    qconf.load(qconf.compose(["model.source=tiny-sd", "model.trust_remote_code=true"]))
+    # Loaded as a trusted folder, the same code does run: the folder really carries code.
+    qconf.load(qconf.compose([f"model.source={folder}", "model.trust_remote_code=true"]))
     assert marker.read_text() == "ran"
 
 

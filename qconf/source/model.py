@@ -49,13 +49,30 @@ class ModelSource:
         if self.kind == "tiny":
             from qconf.source.tiny import tiny_pipeline_path
 
-            return tiny_pipeline_path(self.given)
+            return _checked_cache_folder(tiny_pipeline_path(self.given))
         return self.folder
 
     def load_path(self) -> str:
         """What `from_pretrained` receives: the local folder, else the hub id."""
         folder = self.local_folder()
         return str(folder) if folder is not None else self.given
+
+
+def _checked_cache_folder(folder: Path) -> Path:
+    """A built tiny pipeline in qconf's cache: the cache may be shared, so the folder gets the
+    checks of any model folder, and code in it (which qconf never writes) is refused."""
+    parts = read_folder(folder)
+    reasons = [parts.custom_code] + [p.custom_code for p in parts.parts.values()]
+    reason = next((r for r in reasons if r), None)
+    if reason is not None:
+        raise ModelSourceError(
+            Problem(
+                str(folder),
+                f"the cached tiny pipeline was changed: {reason}",
+                "delete the folder; qconf builds it again",
+            )  # fmt: skip
+        )
+    return folder
 
 
 def open_source(source: str, pipeline: str | None) -> tuple[ModelSource | None, list[Problem]]:
