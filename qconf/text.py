@@ -6,6 +6,7 @@ character CommonMark/GFM would read as markup is backslash-escaped."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 # C0 and C1 control characters and DEL; tabs and newlines too (one problem = one line).
@@ -17,9 +18,24 @@ _CONTROL = re.compile(
 
 
 def safe(text: Any) -> str:
-    """`text` as a string with every control character written as an escape (\\x1b, \\n)."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode(),
-                        str(text))  # fmt: skip
+    """`text` as a string with every control character written as an escape (\\x1b, \\n):
+    the ranges above, and every character Unicode calls a control, a format character (bidi
+    marks, tags, soft hyphens), a surrogate, private-use, or a line/paragraph separator."""
+    shown = _CONTROL.sub(_escaped, str(text))
+    if shown.isascii():
+        return shown
+    return "".join(_escaped_char(c) if unicodedata.category(c) in _HIDDEN else c for c in shown)
+
+
+_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return _escaped_char(match.group())
+
+
+def _escaped_char(char: str) -> str:
+    return char.encode("unicode_escape", "backslashreplace").decode()
 
 
 def markup(text: Any) -> str:

@@ -132,7 +132,7 @@ def models_table(extra: tuple[Path, ...]):  # noqa: ANN201
 def _comment(path: Path) -> str:
     lines = [
         line.lstrip("# ").strip()
-        for line in path.read_text().splitlines()
+        for line in _text(path).splitlines()
         if line.startswith("#") and not line.startswith("# @package")
     ]
     return " ".join(lines)
@@ -149,3 +149,12 @@ TABLES = {
     "presets": presets_table,
     "models": models_table,
 }
+
+
+def _text(path: Path) -> str:
+    """A config file's text through the bounded reader (a FIFO or device in a --config-dir is
+    an error line, never a hang), undecodable bytes shown as replacement characters."""
+    from qconf.trust.reading import read_regular
+    from qconf.trust.yamlsafe import MAX_BYTES
+
+    return read_regular(path, "the config file", MAX_BYTES).decode("utf-8", errors="replace")

@@ -66,7 +66,18 @@ def check_can_save(resolved: ResolvedPlan, target: str | Path, *, force: bool) -
     except PlanError as exc:
         problems += exc.problems
     else:
-        if path.is_dir() and any(path.iterdir()) and not force:
+        source = (
+            resolved.plan.source.local_folder() if resolved.plan.source.kind != "tiny" else None
+        )
+        if source is not None and (path == source.resolve() or path in source.resolve().parents):
+            problems.append(
+                Problem(
+                    "--save",
+                    f"'{target}' is the model folder (or holds it)",
+                    "save into another folder: the original would be replaced",
+                )  # fmt: skip
+            )
+        elif path.is_dir() and any(path.iterdir()) and not force:
             problems.append(
                 Problem(
                     "--save", f"'{target}' exists and is not empty", "pass --force to replace it"
@@ -105,7 +116,19 @@ def save_target(target: str | Path) -> Path:
     existing = next(p for p in (real, *real.parents) if p.exists())
     if not existing.is_dir():
         raise PlanError(Problem(where, f"'{existing}' is a file, not a folder", "fix the path"))
+    # the save is written beside DIR and renamed onto it: that folder must take new files
+    beside = real.parent if real.parent.exists() else existing
+    if not os.access(beside, os.W_OK | os.X_OK) or _read_only(beside):
+        raise PlanError(Problem(where, f"cannot write in '{beside}' (read-only or no permission)",
+                                "pick a folder you can write to"))  # fmt: skip
     return real
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 _SHARD_SIZE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
@@ -187,7 +210,11 @@ def _save_lock(path: Path) -> Iterator[None]:
     whose process is gone is stale and taken over."""
     lock = path.parent / f"{_hidden(path)}lock"
     mine = path.parent / f"{_hidden(path)}lock-{os.getpid()}-{threading.get_ident()}"
-    mine.write_text(str(os.getpid()))
+    try:
+        mine.write_text(str(os.getpid()))
+    except OSError as exc:  # a read-only file system, a folder we may not write in
+        raise PlanError(Problem("--save", f"cannot write in '{path.parent}' ({exc.strerror})",
+                                "pick a folder you can write to")) from None  # fmt: skip
     try:
         for _ in range(3):
             try:
@@ -205,8 +232,22 @@ def _save_lock(path: Path) -> Iterator[None]:
         lock.unlink(missing_ok=True)
 
 
+def _marker_text(marker: Path) -> str:
+    """A lock marker's text; anything but a small regular file (a FIFO, a link to a device)
+    reads as no owner, so it is moved aside like a stale marker, never read."""
+    from qconf.errors import QconfError
+    from qconf.trust.reading import read_regular
+
+    try:
+        return read_regular(marker, "the lock file", 64, follow_symlinks=False).decode(
+            "utf-8", errors="replace"
+        )
+    except (QconfError, OSError):
+        return ""
+
+
 def _take_over_if_stale(lock: Path, path: Path) -> None:
-    owner = _pid_in(lock.read_text(errors="replace") if lock.exists() else "")
+    owner = _pid_in(_marker_text(lock))
     if owner is None or not _alive(owner):
         # Move the stale marker aside (only one process can), then check it was the stale one.
         aside = lock.with_name(f"{lock.name}-stale-{os.getpid()}-{threading.get_ident()}")
@@ -214,7 +255,7 @@ def _take_over_if_stale(lock: Path, path: Path) -> None:
             os.rename(lock, aside)
         except FileNotFoundError:
             return
-        moved = _pid_in(aside.read_text(errors="replace"))
+        moved = _pid_in(_marker_text(aside))
         if moved is None or not _alive(moved):
             aside.unlink(missing_ok=True)
             return

@@ -243,7 +243,9 @@ def check_interpolation_size(data: Any) -> None:
     def size(path: str, seen: frozenset[str]) -> int:
         if path in sizes:
             return sizes[path]
-        if path in seen or len(seen) > 64:  # a reference loop: OmegaConf refuses it too
+        if path in seen:  # a reference loop: OmegaConf refuses it with its own message
+            return 0
+        if len(seen) > 64:
             return MAX_RESOLVED_CHARS + 1
         if path not in strings:  # a container, a number, or nothing: its strings, if any
             inner = [key for key in strings if key.startswith(path + ".")] if path else []
@@ -321,8 +323,10 @@ def no_environment_reads() -> Iterator[None]:
 
     saved = dict(BaseContainer._resolvers)
     names = set(saved) | set(ENVIRONMENT_RESOLVERS)
+    from omegaconf import OmegaConf
+
     for name in names - PURE_RESOLVERS:
-        BaseContainer._resolvers[name] = _refusing(name)
+        OmegaConf.register_new_resolver(name, _refusing(name), replace=True, use_cache=False)
     try:
         yield
     finally:
@@ -331,9 +335,9 @@ def no_environment_reads() -> Iterator[None]:
 
 
 def _refusing(name: str) -> Any:
-    """A resolver in OmegaConf's internal calling form that refuses to run."""
+    """A resolver that refuses to run (OmegaConf reports it with the key being resolved)."""
 
-    def refuse(config: Any, parent: Any, node: Any, args: Any, args_str: Any) -> Any:
-        raise EnvironmentRead(str(args_str[0]) if args_str else "", name)
+    def refuse(*args: Any) -> Any:
+        raise EnvironmentRead(str(args[0]) if args else "", name)
 
     return refuse

@@ -133,6 +133,7 @@ class QuantSpec(StrictModel):
 
 
 MAX_RUN_IMAGES = 256  # prompts x seeds of one job (bounded work)
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]  # what torch.Generator.manual_seed takes
 
 
 class RunSpec(StrictModel):
@@ -140,11 +141,11 @@ class RunSpec(StrictModel):
     and/or seeds makes one image per (prompt, seed): what `qconf compare` puts side by side."""
 
     prompt: str | Annotated[list[str], Field(min_length=1)] = "a photo of a cat wearing a tiny hat"
-    steps: int = Field(2, ge=1)
-    height: int = Field(32, ge=8)
-    width: int = Field(32, ge=8)
-    guidance_scale: float = 3.5
-    seed: int | Annotated[list[int], Field(min_length=1)] = 0
+    steps: int = Field(2, ge=1, le=1000)
+    height: int = Field(32, ge=8, le=16384)
+    width: int = Field(32, ge=8, le=16384)
+    guidance_scale: float = Field(3.5, allow_inf_nan=False, ge=-1000, le=1000)
+    seed: Seed | Annotated[list[Seed], Field(min_length=1)] = 0
 
     @model_validator(mode="after")
     def _bounded(self) -> RunSpec:
@@ -268,6 +269,8 @@ def validate(cfg: Any, *, config_dir: str | Path | None = None) -> Plan:
             data = _plain(cfg)
         except RecursionError:  # a container that holds itself through an OmegaConf node
             raise too_deep from None
+        except PlanError:
+            raise
         except Exception as exc:  # OmegaConf wraps a refused resolver in its own errors
             cause = _environment_read(exc)
             if cause is None:
@@ -284,6 +287,8 @@ def validate(cfg: Any, *, config_dir: str | Path | None = None) -> Plan:
             plan = Plan.model_validate(data, context=context)
         except ValidationError as exc:
             raise PlanError(problems_from_errors(exc.errors(), root=Plan)) from None
+        except PlanError:
+            raise
         except Exception as exc:  # a refused resolver met while pydantic iterated a node
             cause = _environment_read(exc)
             if cause is None:

@@ -47,6 +47,9 @@ def user_path(text: str | os.PathLike[str], where: str) -> Path:
 def _writable_target(path: Path, where: str) -> None:
     if path.is_dir():
         raise PlanError(Problem(where, f"'{path}' is a folder", "give a file name inside it"))
+    if (path.exists() or path.is_symlink()) and not path.is_file():
+        # a device, FIFO or socket (/dev/null): replacing it would remove a system file
+        raise PlanError(Problem(where, f"'{path}' is not a regular file", "give a file path"))
     parent = path.parent
     if not parent.is_dir():
         raise PlanError(
