@@ -1855,7 +1855,7 @@ def test_estimate_refuses_implied_layers_and_parameters(
 
 def test_pipeline_layer_total_and_part_count_are_bounded(tmp_path: Path) -> None:
     from qconf.errors import ModelSourceError
-    from qconf.estimate.limits import MAX_PARTS, check_part_count, check_pipeline_configs
+    from qconf.source.limits import MAX_PARTS, check_part_count, check_pipeline_configs
 
     deep = {"num_hidden_layers": 200, "hidden_size": 64}
     check_pipeline_configs({f"p{i}": deep for i in range(5)}, tmp_path)  # 1000 layers
@@ -1877,8 +1877,8 @@ def test_a_model_index_with_800_parts_is_one_line(
 
 
 def test_every_shipped_snapshot_and_tiny_pipeline_is_within_the_bounds() -> None:
-    from qconf.estimate.limits import check_folder
     from qconf.estimate.snapshots import shipped
+    from qconf.source.limits import check_folder
     from qconf.source.tiny import tiny_pipeline_path
 
     for folder in shipped().values():
@@ -1888,7 +1888,7 @@ def test_every_shipped_snapshot_and_tiny_pipeline_is_within_the_bounds() -> None
 
 def test_check_folder_reads_configs_through_the_bounded_reader(tmp_path: Path) -> None:
     from qconf.errors import ModelSourceError
-    from qconf.estimate.limits import MAX_CONFIG_BYTES, check_folder
+    from qconf.source.limits import MAX_CONFIG_BYTES, check_folder
 
     folder = _est_folder(tmp_path)
     config = folder / "vae" / "config.json"
@@ -1928,7 +1928,7 @@ def test_safetensors_files_and_header_bytes_are_bounded(tmp_path: Path) -> None:
     import struct
 
     from qconf.errors import ModelSourceError
-    from qconf.estimate.limits import MAX_HEADER_BYTES, MAX_SHARDS, check_weight_headers
+    from qconf.source.limits import MAX_HEADER_BYTES, MAX_SHARDS, check_weight_headers
 
     part = tmp_path / "transformer"
     part.mkdir()
@@ -1949,8 +1949,8 @@ def test_the_build_itself_is_capped_for_what_key_names_do_not_show(tmp_path: Pat
     import torch
 
     from qconf.errors import ModelSourceError
-    from qconf.estimate.limits import pipeline_budget
     from qconf.estimate.sources import meta_model
+    from qconf.source.limits import pipeline_budget
 
     folder = _est_folder(tmp_path)
     with pipeline_budget(50), pytest.raises(ModelSourceError, match="registers over 50"):

@@ -79,6 +79,7 @@ def prepare(argv: list[str], *, extra_overrides: tuple[str, ...] = (), quiet: bo
     plan_file = _take(flags, "--plan")
     _refuse_unsupported(flags)
     check_override_sizes(overrides)
+    _check_output_dirs(overrides)
     user_dirs = user_config_dirs(config_dir)
     # Hydra composes each job from the plan file's overrides, then the typed ones; qconf's
     # checks keep them apart (a file may not turn on what only typing may).
@@ -125,6 +126,17 @@ def _take(flags: list[str], *names: str) -> str | None:
         value = flags[i + 1]
         del flags[i : i + 2]
     return value
+
+
+def _check_output_dirs(overrides: list[str]) -> None:
+    """A typed run or sweep folder Hydra cannot create is one line now, not a traceback from
+    Hydra after the plan was checked (a file in the path, a read-only folder)."""
+    from qconf.trust.userpath import output_folder
+
+    for text in overrides:
+        key, _, value = text.partition("=")
+        if key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
+            output_folder(value.strip("'\""), key.lstrip("+"))
 
 
 def _refuse_unsupported(flags: list[str]) -> None:

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.fits:
+    if args.fits is not None:
         return fits.run(args)
     out = console()
     extra = (user_path(args.config_dir, "--config-dir"),) if args.config_dir else ()

@@ -17,7 +17,6 @@ from qconf.estimate.byte_models import (
     skip_patterns,
     skipped,
 )
-from qconf.estimate.limits import MAX_IMPLIED_PARAMS, check_folder, pipeline_budget
 from qconf.estimate.snapshots import is_shipped
 from qconf.estimate.sources import (
     estimate_source,
@@ -28,6 +27,7 @@ from qconf.estimate.sources import (
 )
 from qconf.loading.report import PartTotals
 from qconf.source.files import read_part_config
+from qconf.source.limits import MAX_IMPLIED_PARAMS, check_folder, pipeline_budget
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from qconf.errors import ModelSourceError, Problem
-from qconf.estimate.limits import check_part_config, counted_build
 from qconf.estimate.snapshots import is_shipped
 from qconf.quiet import config_notices_off
 from qconf.source.files import part_header, read_gguf, read_part_config
+from qconf.source.limits import check_part_config, counted_build
 from qconf.source.parts import PipelineParts, from_model_index
 
 

@@ -51,9 +51,9 @@ def lora_estimate(
     """LoRA on `parts` of the plan's model (see module docstring)."""
     import torch
 
-    from qconf.estimate.limits import check_folder, pipeline_budget
     from qconf.estimate.sources import estimate_source, meta_model
     from qconf.loading.trainable import DEFAULT_TARGETS
+    from qconf.source.limits import check_folder, pipeline_budget
 
     resolved = plan.resolve()
     root, found = estimate_source(plan, folder)

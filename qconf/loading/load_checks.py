@@ -17,6 +17,7 @@ from typing import Any
 
 from qconf.errors import ModelSourceError, Problem
 from qconf.source.files import part_header, read_gguf
+from qconf.source.limits import check_weight_headers
 from qconf.source.parts import PipelineParts
 
 
@@ -32,6 +33,7 @@ def check_folder(resolved: Any, folder: Path | None) -> None:
     for name in resolved.parts.weighted:
         gguf = resolved.components.get(name)
         if (folder / name).is_dir() and not (gguf and gguf.backend == "gguf"):
+            check_weight_headers(folder / name)  # how much there is to parse, first
             part_header(folder / name)
 
 

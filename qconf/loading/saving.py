@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from qconf.backends import REGISTRY
 from qconf.errors import PlanError, Problem
 from qconf.plan.resolve import ResolvedPlan
-from qconf.trust.userpath import user_path
+from qconf.trust.userpath import read_only, user_path
 
 
 class Loaded(Protocol):
@@ -118,17 +118,11 @@ def save_target(target: str | Path) -> Path:
         raise PlanError(Problem(where, f"'{existing}' is a file, not a folder", "fix the path"))
     # the save is written beside DIR and renamed onto it: that folder must take new files
     beside = real.parent if real.parent.exists() else existing
-    if not os.access(beside, os.W_OK | os.X_OK) or _read_only(beside):
+    if not os.access(beside, os.W_OK | os.X_OK) or read_only(beside):
         raise PlanError(Problem(where, f"cannot write in '{beside}' (read-only or no permission)",
                                 "pick a folder you can write to"))  # fmt: skip
     return real
 
-
-def _read_only(folder: Path) -> bool:
-    try:
-        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
 
 
 _SHARD_SIZE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
@@ -190,6 +184,7 @@ def save_pipeline(
             loaded.pipeline.save_pretrained(
                 staging, safe_serialization=True, max_shard_size=max_shard_size
             )
+            _drop_origin_paths(staging)
             record = {"versions": library_versions(), "plan": loaded.resolved.to_json()}
             (staging / PLAN_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
             _move_into_place(staging, path, target, force=force, listing=listing)
@@ -197,6 +192,21 @@ def save_pipeline(
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return path
+
+
+def _drop_origin_paths(staging: Path) -> None:
+    """diffusers/transformers record where each part was loaded from (`_name_or_path`): a path
+    on this machine (from QCONF_CACHE, the home folder) has no place in a folder meant to be
+    shared, and the reload does not need it."""
+    import json
+
+    for config in [staging / "model_index.json", *sorted(staging.glob("*/config.json"))]:
+        if not config.is_file():
+            continue
+        data = json.loads(config.read_text())
+        if isinstance(data, dict) and "_name_or_path" in data:
+            del data["_name_or_path"]
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _hidden(path: Path) -> str:

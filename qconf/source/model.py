@@ -18,6 +18,7 @@ from pathlib import Path
 
 from qconf.errors import ModelSourceError, Problem
 from qconf.source.files import read_json
+from qconf.source.limits import check_pipeline_configs
 from qconf.source.parts import (
     TINY_PIPELINES,
     PipelineParts,
@@ -128,9 +129,13 @@ def open_source(source: str, pipeline: str | None) -> tuple[ModelSource | None, 
 
 
 def read_folder(folder: Path) -> PipelineParts:
-    """A pipeline folder's parts, after the folder passed `check_folder_entries`."""
+    """A pipeline folder's parts, after the folder passed `check_folder_entries`, with the
+    counts and sizes their config.json files give bounded (qconf.source.limits) before any
+    library builds anything from them."""
     check_folder_entries(folder)
-    return from_model_index(folder / "model_index.json")
+    found = from_model_index(folder / "model_index.json")
+    check_pipeline_configs({name: part.config for name, part in found.parts.items()}, folder)
+    return found
 
 
 def check_folder_entries(folder: Path) -> None:
@@ -164,12 +169,12 @@ def check_folder_entries(folder: Path) -> None:
                     "remove it from the model folder",
                 )  # fmt: skip
             )
-        if path.suffix == ".json" and info.st_size > MAX_LIBRARY_JSON_BYTES:
+        if path.suffix not in _WEIGHT_SUFFIXES and info.st_size > MAX_LIBRARY_FILE_BYTES:
             raise ModelSourceError(
                 Problem(
                     str(path),
-                    f"is {info.st_size:,} bytes; no config or index is that large "
-                    f"(qconf's limit: {MAX_LIBRARY_JSON_BYTES:,})",
+                    f"is {info.st_size:,} bytes; no config, tokenizer file or index is that large "
+                    f"(qconf's limit for files other than weights: {MAX_LIBRARY_FILE_BYTES:,})",
                     "replace the file",
                 )  # fmt: skip
             )
@@ -177,15 +182,17 @@ def check_folder_entries(folder: Path) -> None:
             check_weight_index(path)
 
 
-# The libraries read these themselves (scheduler and tokenizer configs, weight indexes): a big
-# tokenizer.json is ~35 MB.
-MAX_LIBRARY_JSON_BYTES = 64 * 2**20
+# The libraries read every other file whole themselves (configs, tokenizer files, chat
+# templates, weight indexes): a big tokenizer.json is ~35 MB. Weights are read by length.
+MAX_LIBRARY_FILE_BYTES = 64 * 2**20
+_WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx",
+                              ".msgpack", ".h5", ".pb"})  # fmt: skip
 
 
 def check_weight_index(index: Path) -> None:
     """A sharded checkpoint's index may name only weight files beside it: a name with a path in
     it would make the library read (or block on) a file outside the model folder."""
-    data = read_json(index, "the weight index", MAX_LIBRARY_JSON_BYTES)
+    data = read_json(index, "the weight index", MAX_LIBRARY_FILE_BYTES)
     weight_map = data.get("weight_map", {})
     if not isinstance(weight_map, dict):
         raise bad_file(index, "weight_map is not a mapping", "re-save the model")

@@ -72,10 +72,18 @@ def output_folder(folder: str | os.PathLike[str], where: str) -> Path:
         existing = existing.parent
     if existing.is_symlink() or not existing.is_dir():
         raise PlanError(Problem(where, f"'{existing}' is not a folder", "pick another folder"))
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK) or read_only(existing):
         raise PlanError(Problem(where, f"cannot write in '{existing}' (permission denied)",
                                 "pick another folder"))  # fmt: skip
     return path
+
+
+def read_only(folder: Path) -> bool:
+    """On a file system mounted read-only (os.access says yes to root there)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def make_folder(folder: Path, where: str) -> Path:

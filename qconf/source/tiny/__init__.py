@@ -81,6 +81,12 @@ def tiny_pipeline_path(name: str) -> Path:
     """
     _check_name(name)
     target = cache_root() / "tiny" / f"{name}-v{BUILD_VERSION}"
+    for link in (target.parent, target):  # the cache may be shared: never written through one
+        if link.is_symlink():
+            raise ModelSourceError(
+                Problem(str(link), "is a symbolic link inside qconf's cache",
+                        "remove it; qconf builds the tiny pipeline again")  # fmt: skip
+            )
     if (target / "model_index.json").is_file():
         return target
     if target.exists():

@@ -98,6 +98,7 @@ _RULES = (  # first match wins: (pattern, highest, word)
         "count",
     ),
     (re.compile(r"max_position_embeddings$|^n_positions$|^n_ctx$"), MAX_SIZE, "size"),
+    (re.compile(r"(_len|_length|_seq_len)$"), MAX_SIZE, "size"),  # rope_max_seq_len, ...
     (_STRICT, MAX_DIM, "size"),
     (re.compile(r"(^|_)(dim|dims|channels|features)$|._size$|^d_"), MAX_SIZE, "size"),
 )
