@@ -2206,3 +2206,137 @@ def test_estimate_folder_named_like_a_built_in(tmp_path: Path, qconf_cache: Path
     shutil.copytree(tiny_pipeline_path("tiny-sd"), tmp_path / "tiny-flux")
     result = run_cli("estimate", "--folder", "tiny-flux", "model=tiny-sd", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+# --- found by the attack review of the readers and writers (issue 20) ---
+
+
+def test_a_gguf_file_claiming_more_than_it_holds_is_refused_at_once(tmp_path: Path) -> None:
+    import struct
+
+    from qconf.source.files import read_gguf
+
+    forged = tmp_path / "evil.gguf"
+    key = b"k"
+    forged.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + key
+                       + struct.pack("<IIQ", 9, 0, 2**62))  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(qconf.ModelSourceError, match="runs past the end of the file"):
+        read_gguf(forged)
+    assert time.monotonic() - started < 5
+
+
+def test_config_bounds_hold_for_validate_and_load_too(tmp_path: Path, qconf_cache: Path) -> None:
+    import json
+
+    folder = _copy_tiny(tmp_path)
+    config_file = folder / "transformer" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["num_single_layers"] = 5000
+    config_file.write_text(json.dumps(config))
+    for command in ("validate", "load"):
+        result = run_cli(command, f"model.source={folder}", cwd=tmp_path)
+        assert result.returncode == 2 and "num_single_layers" in result.stderr, result.stderr
+
+
+def test_weight_headers_are_bounded_before_a_load(tmp_path: Path, qconf_cache: Path) -> None:
+    from qconf.source.limits import MAX_SHARDS
+
+    folder = _copy_tiny(tmp_path)
+    weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    for i in range(MAX_SHARDS + 1):
+        (folder / "vae" / f"x{i:04d}.safetensors").symlink_to(weights)
+    result = run_cli("load", f"model.source={folder}", cwd=tmp_path)
+    assert result.returncode == 2 and ".safetensors files" in result.stderr, result.stderr
+
+
+def test_large_files_the_libraries_read_whole_are_refused(
+    tmp_path: Path, qconf_cache: Path
+) -> None:
+    folder = _copy_tiny(tmp_path)
+    with (folder / "tokenizer" / "chat_template.jinja").open("wb") as handle:
+        handle.truncate(2**31)  # sparse: nothing on disk
+    result = run_cli("validate", f"model.source={folder}", cwd=tmp_path)
+    assert result.returncode == 2 and "files other than weights" in result.stderr
+
+
+def test_list_reads_config_dir_files_through_the_bounded_reader(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    write(conf / "preset" / "latin.yaml", "# @package _global_\n")
+    (conf / "preset" / "latin.yaml").write_bytes(b"# caf\xe9\nquant: {}\n")
+    result = run_cli("list", "presets", "--config-dir", str(conf), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    _fifo(conf / "preset" / "pipe.yaml")
+    result = run_cli("list", "presets", "--config-dir", str(conf), cwd=tmp_path)
+    assert result.returncode == 2 and "not a regular file" in result.stderr
+
+
+def test_a_planted_lock_marker_is_never_read(tmp_path: Path) -> None:
+    from qconf.loading.saving import _marker_text
+
+    assert _marker_text(_fifo(tmp_path / ".out.qconf-lock")) == ""
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    assert _marker_text(tmp_path / "zero") == ""
+
+
+def test_run_refuses_an_output_folder_it_cannot_create(tmp_path: Path) -> None:
+    write(tmp_path / "cfile", "a file")
+    result = run_cli("run", "model=tiny-flux", f"hydra.run.dir={tmp_path}/cfile/run", cwd=tmp_path)
+    assert result.returncode == 2 and "hydra.run.dir" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("setting", ["run.seed=1180591620717411303424", "run.steps=100000",
+                                     "run.guidance_scale=nan", "run.height=100000"])  # fmt: skip
+def test_run_settings_are_bounded(setting: str) -> None:
+    with pytest.raises(qconf.PlanError, match=setting.split("=")[0]):
+        qconf.intake(overrides=["model=tiny-flux", setting])
+
+
+def test_the_tiny_cache_is_never_built_through_a_link(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from qconf.source.tiny import tiny_pipeline_path
+
+    cache = tmp_path / "cache"
+    (cache).mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (cache / "tiny").symlink_to(tmp_path / "elsewhere")
+    monkeypatch.setenv("QCONF_CACHE", str(cache))
+    with pytest.raises(qconf.ModelSourceError, match="symbolic link inside qconf's cache"):
+        tiny_pipeline_path("tiny-sd")
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
+@pytest.mark.parametrize(
+    "char", ["\u061c", "\u2028", "\U000e0041", "\u180e", "\u00ad", "\U0001d173"]
+)
+def test_invisible_and_reordering_characters_are_escaped(char: str) -> None:
+    from qconf.text import safe
+
+    shown = safe(f"a{char}b")
+    assert char not in shown and shown.startswith("a\\") and shown.endswith("b")
+    assert safe("café 東京") == "café 東京"
+
+
+def test_saved_folders_carry_no_path_of_this_machine(tmp_path: Path, qconf_cache: Path) -> None:
+    target = tmp_path / "saved"
+    with qconf.quiet():
+        qconf.load(model={"source": "tiny-flux"}, quant={"mapping": {"transformer": "int8wo"}},
+                   save=target)  # fmt: skip
+    for config in [target / "model_index.json", *target.glob("*/config.json")]:
+        assert str(qconf_cache) not in config.read_text(), config
+        assert "_name_or_path" not in config.read_text(), config
+
+
+def test_save_refuses_the_model_folder_itself(tmp_path: Path, qconf_cache: Path) -> None:
+    folder = _copy_tiny(tmp_path)
+    with pytest.raises(qconf.PlanError, match="is the model folder"):
+        qconf.load(model={"source": str(folder)}, save=folder, force=True)
+    assert (folder / "model_index.json").is_file()
+
+
+def test_an_output_file_never_replaces_a_device_or_fifo(tmp_path: Path) -> None:
+    from qconf.trust.userpath import write_text
+
+    fifo = _fifo(tmp_path / "out.json")
+    with pytest.raises(qconf.PlanError, match="not a regular file"):
+        write_text(fifo, "{}", "-o")
+    assert fifo.is_fifo()
