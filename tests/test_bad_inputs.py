@@ -145,7 +145,6 @@ def test_config_values_a_model_cannot_be_built_with(capsys, flux: Path) -> None:
     assert "config.json (num_layers): is 'many', not a whole number" in errors[0]
 
 
-
 def _truncate(file: Path, keep: int) -> None:
     data = file.read_bytes()
     file.write_bytes(data[:keep] if keep >= 0 else data[:keep])

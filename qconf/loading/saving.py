@@ -124,7 +124,6 @@ def save_target(target: str | Path) -> Path:
     return real
 
 
-
 _SHARD_SIZE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
 
 

@@ -4,7 +4,8 @@ defaults are filled in resolve."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -264,20 +265,11 @@ def validate(cfg: Any, *, config_dir: str | Path | None = None) -> Plan:
     context: dict[str, Any] = {"options": backend_options(extra), "sources": {}}
     # Everything that may resolve an interpolation (converting nodes, pydantic iterating a
     # ListConfig or a generator over one) runs with only OmegaConf's pure resolvers.
-    with no_environment_reads():
+    with no_environment_reads(), _outside_values_refused():
         try:
             data = _plain(cfg)
         except RecursionError:  # a container that holds itself through an OmegaConf node
             raise too_deep from None
-        except PlanError:
-            raise
-        except Exception as exc:  # OmegaConf wraps a refused resolver in its own errors
-            cause = _environment_read(exc)
-            if cause is None:
-                raise
-            raise PlanError(
-                _outside_value(str(getattr(exc, "full_key", "") or "config"), cause)
-            ) from None
         if depth(data) > MAX_PLAN_DEPTH:
             raise too_deep
         unsafe = target_problems(data)
@@ -287,13 +279,6 @@ def validate(cfg: Any, *, config_dir: str | Path | None = None) -> Plan:
             plan = Plan.model_validate(data, context=context)
         except ValidationError as exc:
             raise PlanError(problems_from_errors(exc.errors(), root=Plan)) from None
-        except PlanError:
-            raise
-        except Exception as exc:  # a refused resolver met while pydantic iterated a node
-            cause = _environment_read(exc)
-            if cause is None:
-                raise
-            raise PlanError(_outside_value("config", cause)) from None
     plan._source = context["sources"].get((plan.model.source, plan.model.pipeline), (None,))[0]
     return plan
 
@@ -342,6 +327,23 @@ def _container(cfg: Any) -> Any:
             raise PlanError(_outside_value(key, cause)) from None
         raise PlanError(
             Problem(key, str(exc).splitlines()[0], "set the value (e.g. model=tiny-flux)")
+        ) from None
+
+
+@contextmanager
+def _outside_values_refused() -> Iterator[None]:
+    """A refused resolver (see no_environment_reads) as one PlanError naming the key, however
+    OmegaConf or pydantic wrapped it."""
+    try:
+        yield
+    except PlanError:
+        raise
+    except Exception as exc:
+        cause = _environment_read(exc)
+        if cause is None:
+            raise
+        raise PlanError(
+            _outside_value(str(getattr(exc, "full_key", "") or "config"), cause)
         ) from None
 
 

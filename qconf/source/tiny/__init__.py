@@ -84,8 +84,11 @@ def tiny_pipeline_path(name: str) -> Path:
     for link in (target.parent, target):  # the cache may be shared: never written through one
         if link.is_symlink():
             raise ModelSourceError(
-                Problem(str(link), "is a symbolic link inside qconf's cache",
-                        "remove it; qconf builds the tiny pipeline again")  # fmt: skip
+                Problem(
+                    str(link),
+                    "is a symbolic link inside qconf's cache",
+                    "remove it; qconf builds the tiny pipeline again",
+                )  # fmt: skip
             )
     if (target / "model_index.json").is_file():
         return target
