@@ -143,8 +143,8 @@ class RunSpec(StrictModel):
 
     prompt: str | Annotated[list[str], Field(min_length=1)] = "a photo of a cat wearing a tiny hat"
     steps: int = Field(2, ge=1, le=1000)
-    height: int = Field(32, ge=8, le=16384)
-    width: int = Field(32, ge=8, le=16384)
+    height: int = Field(32, ge=8, le=2**20)
+    width: int = Field(32, ge=8, le=2**20)
     guidance_scale: float = Field(3.5, allow_inf_nan=False, ge=-1000, le=1000)
     seed: Seed | Annotated[list[Seed], Field(min_length=1)] = 0
 
