@@ -18,7 +18,6 @@ from pathlib import Path
 
 from qconf.errors import ModelSourceError, Problem
 from qconf.source.files import read_json
-from qconf.source.limits import check_pipeline_configs
 from qconf.source.parts import (
     TINY_PIPELINES,
     PipelineParts,
@@ -134,6 +133,8 @@ def read_folder(folder: Path) -> PipelineParts:
     library builds anything from them."""
     check_folder_entries(folder)
     found = from_model_index(folder / "model_index.json")
+    from qconf.source.limits import check_pipeline_configs  # folders only: not on every import
+
     check_pipeline_configs({name: part.config for name, part in found.parts.items()}, folder)
     return found
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +101,8 @@ def atomic_output(target: str | os.PathLike[str], where: str) -> Iterator[Path]:
     path = user_path(target, where)
     _writable_target(path, where)
     try:
+        import tempfile  # here: its import (random, hashlib) is not free on validate's path
+
         handle, name = tempfile.mkstemp(
             prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent
         )
@@ -249,7 +249,7 @@ def replace_in(
     it; `replace_link=False` refuses one, `overwrite=False` refuses any existing `name`."""
     target = folder.path / name
     stem, suffix = os.path.splitext(name)
-    temp = f".{stem}.tmp-{secrets.token_hex(6)}{suffix}"
+    temp = f".{stem}.tmp-{os.urandom(6).hex()}{suffix}"
     try:
         handle = os.open(temp, _NEW_FILE_FLAGS, 0o666, dir_fd=folder.fd)  # umask applies
     except OSError as exc:
