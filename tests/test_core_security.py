@@ -542,3 +542,14 @@ def test_safe_instantiate_passes_args_and_checks_kwargs() -> None:
     assert problems(safe_instantiate, {"_target_": BNB}, x="${y}") == [
         "kwargs.x: resolves to another interpolation (${...}) — write the value itself"
     ]
+
+
+def test_validate_composes_once_without_a_users_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file composed is qconf's own: the hydra-node comparison needs no second compose
+    (it is what made validate slow); with a --config-dir it runs (tests/test_security.py)."""
+    import qconf.plan.compose as compose_module
+
+    calls = []
+    monkeypatch.setattr(compose_module, "_trusted_hydra", lambda *a: calls.append(a))
+    compose_module.compose(["preset=flux-int8wo", "model=tiny-flux", "hydra.job.name=x"])
+    assert calls == []
