@@ -2340,3 +2340,115 @@ def test_an_output_file_never_replaces_a_device_or_fifo(tmp_path: Path) -> None:
     with pytest.raises(qconf.PlanError, match="not a regular file"):
         write_text(fifo, "{}", "-o")
     assert fifo.is_fifo()
+
+
+# --- found by the bypass review of the fixes (issue 20) ---
+
+
+@pytest.fixture
+def shaped_app(tmp_path: Path):  # noqa: ANN201 - a running Hydra app whose files turn trust on
+    import yaml
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    conf = tmp_path / "app"
+    pickle = {"source": "tiny-flux", "allow_pickle": True}
+    loader = {"_target_": "qconf.load", "model": pickle}
+    app = {
+        "pipes": [loader],
+        "wrapped": {"inner": loader},
+        "args_form": {"_target_": "qconf.load_pipeline", "_args_": [{"model": pickle}]},
+        "shared": {"source": "tiny-flux", "trust_remote_code": True},
+        "by_ref": {"_target_": "qconf.load", "model": "${shared}"},
+        "created": {"_target_": "qconf.load",
+                    "model": "${oc.create:'{source: tiny-flux, trust_remote_code: true}'}"},
+        "hydra": {"overrides": {"task": ["model.allow_pickle=true"]}},
+        "model": pickle,
+    }  # fmt: skip
+    write(conf / "app.yaml", yaml.safe_dump(app))
+    with initialize_config_dir(str(conf), version_base=None):
+        cfg = compose("app", return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        yield cfg
+        HydraConfig.instance().cfg = None
+
+
+@pytest.mark.parametrize("shape", ["pipes", "wrapped", "dict", "args_form", "by_ref", "created",
+                                   "whole"])  # fmt: skip
+def test_safe_instantiate_checks_trust_in_every_shape(shaped_app, shape: str) -> None:  # noqa: ANN001
+    cfg = {"dict": lambda: {"p": shaped_app.pipes[0]}, "whole": lambda: shaped_app}.get(
+        shape, lambda: shaped_app[shape]
+    )()
+    # the whole config also holds Hydra's node, whose `${now:...}` is refused first
+    match = "resolver 'now'" if shape == "whole" else "it lets the model run code"
+    with pytest.raises(qconf.PlanError, match=match):
+        qconf.safe_instantiate(cfg)
+
+
+def test_an_apps_files_cannot_fake_what_was_typed(shaped_app) -> None:  # noqa: ANN001
+    with pytest.raises(qconf.PlanError, match="model.allow_pickle"):
+        qconf.intake(model=shaped_app.model)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "\"${oc.decode:'{source: tiny-flux, trust_remote_code: true}'}\"",
+        "\"${oc.select:nowhere.x,${oc.create:'{source: tiny-flux, allow_pickle: true}'}}\"",
+    ],
+)
+def test_a_preset_cannot_build_a_trusting_model_section(model: str, tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    write(conf / "preset" / "evil.yaml", f"# @package _global_\nmodel: {model}\n")
+    with pytest.raises(qconf.PlanError, match="it lets the model run code"):
+        qconf.intake(overrides=["preset=evil"], config_dir=conf)
+
+
+@pytest.mark.parametrize("model", ["${nowhere.x}", "${oc.env:QCONF_UNSET_X}"])
+def test_an_unresolvable_model_section_is_one_line(model: str, tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    write(conf / "preset" / "evil.yaml", f"# @package _global_\nmodel: '{model}'\n")
+    result = run_cli("validate", "--config-dir", str(conf), "preset=evil", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
+
+
+def test_references_to_whole_containers_count_every_value(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    big = "y" * 20_000
+    write(conf / "preset" / "amp.yaml", "# @package _global_\nzz:\n  a:\n    big: &b " + big
+          + "\n    more: [" + ", ".join(["*b"] * 60) + "]\n  b: 'x${zz.a}'\n")  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(qconf.PlanError, match="would resolve to more than"):
+        qconf.intake(overrides=["preset=amp"], config_dir=conf)
+    assert time.monotonic() - started < 10
+
+
+def test_a_plan_files_aliases_cannot_expand_into_huge_overrides(tmp_path: Path) -> None:
+    text = "run:\n  pad: &s " + "p" * 5000 + "\n  l1: &l1 [" + ", ".join(["*s"] * 10) + "]\n"
+    plan = write(tmp_path / "plan.yaml", text + "  l2: [" + ", ".join(["*l1"] * 10) + "]\n")
+    started = time.monotonic()
+    with pytest.raises(qconf.PlanError, match="longer than"):
+        qconf.intake(plan_file=plan)
+    assert time.monotonic() - started < 10
+
+
+def test_gguf_metadata_arrays_are_bounded_in_items(tmp_path: Path) -> None:
+    import struct
+
+    from qconf.source.files import MAX_GGUF_ARRAY_ITEMS, read_gguf
+
+    count = MAX_GGUF_ARRAY_ITEMS + 1
+    forged = tmp_path / "wide.gguf"
+    forged.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + b"k"
+                       + struct.pack("<IIQ", 9, 0, count) + bytes(count))  # fmt: skip
+    with pytest.raises(qconf.ModelSourceError, match="metadata arrays hold over"):
+        read_gguf(forged)
+
+
+def test_files_deeper_in_a_part_get_the_folder_checks(tmp_path: Path, qconf_cache: Path) -> None:
+    folder = _copy_tiny(tmp_path)
+    deep = folder / "tokenizer" / "additional_chat_templates"
+    deep.mkdir()
+    (deep / "default.jinja").symlink_to("/proc/version")
+    result = run_cli("validate", f"model.source={folder}", cwd=tmp_path)
+    assert result.returncode == 2 and "kernel file" in result.stderr, result.stderr

@@ -48,17 +48,22 @@ def compose(
     user_dirs = user_config_dirs(config_dir)
     typed = list(overrides)
     if plan_file is not None:
-        overrides = [*plan_file_overrides(plan_file), *overrides]
+        from_file = plan_file_overrides(plan_file)
+        check_override_sizes(from_file)  # a file's aliases can expand into huge overrides
+        overrides = [*from_file, *overrides]
     rewritten = rewrite_overrides(list(overrides), user_dirs)
     cfg = _compose(user_dirs, config_name, [*rewritten, *SEARCH_OVERRIDES], overrides)
     # Only a user's tree can hold a file qconf does not trust; with none, every file composed is
     # qconf's own (or an installed Hydra plugin's), so the hydra node needs no second compose.
     problems = _hydra_problems(cfg, rewritten, overrides) if user_dirs else []
-    problems += _trust_problems(cfg, typed)
     if problems:
         raise PlanError(problems)
     OmegaConf.set_struct(cfg, False)
     cfg.pop("hydra")
+    # After the hydra node is gone: the flags are judged as validation will read them.
+    problems = _trust_problems(cfg, typed)
+    if problems:
+        raise PlanError(problems)
     cfg._set_flag(COMPOSED_FLAG, True)  # its trust flags were checked above (see qconf.intake)
     return cfg
 
@@ -66,14 +71,10 @@ def compose(
 COMPOSED_FLAG = "qconf_composed"
 
 
-def app_trust_problems(model: Any, source: str) -> list[Problem]:
-    """Trust flags in a config node a user's Hydra app composed from its own files (not by
-    qconf.compose, which checks them itself): inside a running Hydra app only its typed
-    overrides may turn them on. Outside one, a node is the Python caller's own making."""
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.is_config(model) or model._get_flag(COMPOSED_FLAG):
-        return []
+def app_trust_problems(data: Any, source: str) -> list[Problem]:
+    """Trust flags in config a user's running Hydra app composed from its own files (`data`:
+    resolved plain data, every `model:` section in it at any depth): only the app's command
+    line may turn them on. Outside a running Hydra app, data is the Python caller's own."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
@@ -81,22 +82,45 @@ def app_trust_problems(model: Any, source: str) -> list[Problem]:
     typed = {
         flag
         for flag in TRUST_FLAGS
-        for override in _typed_app_overrides()
-        if override[0].split(".")[-1] == flag.split(".")[1] and override[1] is True
+        for key, value in _typed_app_overrides()
+        if (key == flag or key.endswith("." + flag)) and value is True
     }
-    written = OmegaConf.to_container(model, resolve=False) if OmegaConf.is_dict(model) else {}
-    return trust_problems(written, typed, source)
+    problems: list[Problem] = []
+    for model in _model_sections(data):
+        problems += trust_problems(flag_values({"model": model}), typed, source)
+    return list(dict.fromkeys(problems))
+
+
+def _model_sections(data: Any, depth: int = 0) -> Iterator[dict]:
+    if depth > 64:
+        return
+    if isinstance(data, dict):
+        if isinstance(data.get("model"), dict):
+            yield data["model"]
+        for value in data.values():
+            yield from _model_sections(value, depth + 1)
+    elif isinstance(data, (list, tuple)):
+        for value in data:
+            yield from _model_sections(value, depth + 1)
 
 
 def _typed_app_overrides() -> list[tuple[str, Any]]:
-    """(key, value) of what was typed on the running Hydra app's command line."""
-    from hydra.core.hydra_config import HydraConfig
+    """(key, value) of what was typed on the running app's command line: sys.argv itself,
+    not Hydra's record of it (a config file can add to `hydra.overrides.task`)."""
+    import sys
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     parser = OverridesParser.create()
     typed = []
-    for text in HydraConfig.get().overrides.task:
-        override = parser.parse_override(text)
+    for text in sys.argv[1:]:
+        if text.startswith("-") or "=" not in text:
+            continue
+        try:
+            override = parser.parse_override(text)
+        except HydraException:
+            continue
         if not override.is_delete():
             typed.append((override.key_or_group, override.value()))
     return typed
@@ -120,14 +144,46 @@ TRUST_FLAGS = ("model.allow_pickle", "model.trust_remote_code")
 
 
 def _trust_problems(cfg: Any, typed: Sequence[str]) -> list[Problem]:
-    """A trust flag that is anything but false/absent, unless typed as true: a file may not
-    turn it on, and "anything" includes `"true"`, `1`, `yes` and interpolations (read as
-    written, never resolved here)."""
+    """A trust flag turned on by anything but a typed `...=true`: a file may not turn it on,
+    and "on" is judged both as written (`"true"`, `1`, `yes`, an interpolation) and as it
+    resolves (`${oc.decode:...}` building the model section)."""
+    return trust_problems(flag_values(cfg), typed_trust_flags(typed), "a config or plan file")
+
+
+def flag_values(cfg: Any) -> dict[str, list[Any]]:
+    """{flag: [value as written, value as resolved]} of the trust flags in `cfg` (a config
+    node or plain data). Resolved under qconf's resolver guard; a value that cannot be resolved
+    counts as written (validation reports why it cannot)."""
     from omegaconf import OmegaConf
 
-    model = cfg.get("model") if OmegaConf.is_dict(cfg) else None
-    written = OmegaConf.to_container(model, resolve=False) if OmegaConf.is_dict(model) else {}
-    return trust_problems(written, typed_trust_flags(typed), "a config or plan file")  # type: ignore[arg-type]
+    from qconf.plan.safety import no_environment_reads
+
+    values: dict[str, list[Any]] = {flag: [] for flag in TRUST_FLAGS}
+    if not OmegaConf.is_config(cfg):
+        model = cfg.get("model") if isinstance(cfg, dict) else None
+        for flag in TRUST_FLAGS:
+            values[flag].append(model.get(flag.split(".")[1]) if isinstance(model, dict) else None)
+        return values
+    from qconf.plan.safety import check_interpolation_count
+
+    node = cfg._get_node("model") if OmegaConf.is_dict(cfg) else None
+    written = OmegaConf.to_container(node, resolve=False) if OmegaConf.is_dict(node) else None
+    check_interpolation_count(OmegaConf.to_container(cfg, resolve=False))  # before resolving
+    try:
+        with no_environment_reads():
+            model = OmegaConf.select(cfg, "model")
+            resolved = (
+                OmegaConf.to_container(model, resolve=True) if OmegaConf.is_config(model) else model
+            )
+    except Exception:  # a reference or resolver that fails: validation says so in one line
+        resolved = None
+    for flag in TRUST_FLAGS:
+        key = flag.split(".")[1]
+        for section in (written, resolved):
+            values[flag].append(section.get(key) if isinstance(section, dict) else None)
+        if node is not None and not OmegaConf.is_dict(node):  # `model: ${...}` as a whole
+            values[flag].append(f"${{...}} ({str(node._value())[:40]})")
+    return values
 
 
 def typed_trust_flags(typed: Sequence[str]) -> set[str]:
@@ -144,26 +200,21 @@ def typed_trust_flags(typed: Sequence[str]) -> set[str]:
     return found
 
 
-def trust_problems(model: Any, typed: set[str], source: str) -> list[Problem]:
-    """Trust flags of the `model` section (plain data as written) that `source` turned on."""
-    if not isinstance(model, dict):
-        return []
+def trust_problems(values: dict[str, list[Any]], typed: set[str], source: str) -> list[Problem]:
+    """Trust flags that `source` turned on: any value but false/absent, unless typed."""
     problems = []
     for flag in TRUST_FLAGS:
-        value = model.get(flag.split(".")[1])
-        if value not in (None, False) and flag not in typed:
+        found = [value for value in values.get(flag, []) if value not in (None, False)]
+        if found and flag not in typed:
+            value = found[0]
             problems.append(
                 Problem(
                     flag,
-                    (
-                        f"turned on by {source}"
-                        if value is True
-                        else f"set to {str(value)[:40]!r} by {source}"
-                    )
-                    + "; it lets the model run code",
+                    (f"turned on by {source}" if value is True else
+                     f"set to {str(value)[:40]!r} by {source}") + "; it lets the model run code",
                     f"type {flag}=true on the command line if you trust this model",
                 )
-            )
+            )  # fmt: skip
     return problems
 
 

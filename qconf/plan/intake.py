@@ -60,21 +60,32 @@ def intake(
     elif overrides or plan_file is not None or fields:
         raise PlanError(Problem("plan", "a composed config was given together with overrides",
                                 "compose the overrides into it, or pass one of them"))  # fmt: skip
-    problems = _app_problems(cfg)
-    if problems:
-        raise PlanError(problems)
-    return validate(cfg, config_dir=config_dir)
+    plan = validate(cfg, config_dir=config_dir)
+    if _holds_app_config(cfg):
+        from qconf.plan.compose import app_trust_problems
+
+        problems = app_trust_problems({"model": plan.model.model_dump()}, "the app's config files")
+        if problems:
+            raise PlanError(problems)
+    return plan
 
 
-def _app_problems(cfg: Any) -> list[Problem]:
-    """A `model` node from a user's Hydra app config (`qconf.load_pipeline(model=cfg.model)`,
-    `qconf.intake(cfg)`) is file content: see qconf.plan.compose.app_trust_problems."""
+def _holds_app_config(value: Any, depth: int = 0) -> bool:
+    """Whether `value` holds a config node a user's Hydra app composed (not qconf.compose,
+    which checks its trust flags itself): see qconf.plan.compose.app_trust_problems."""
     from collections.abc import Mapping
 
-    from qconf.plan.compose import app_trust_problems
+    from qconf.plan.compose import COMPOSED_FLAG
 
-    model = cfg.get("model") if isinstance(cfg, Mapping) or hasattr(cfg, "_get_flag") else None
-    return app_trust_problems(model, "the app's config files")
+    if type(value).__module__.startswith("omegaconf"):
+        return not value._get_flag(COMPOSED_FLAG)
+    if depth > 8:
+        return False
+    if isinstance(value, Mapping):
+        return any(_holds_app_config(v, depth + 1) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_app_config(v, depth + 1) for v in value)
+    return False
 
 
 def compose_plan(

@@ -11,6 +11,7 @@ exactly what it checked."""
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import re
 from collections.abc import Iterator, Mapping
@@ -116,7 +117,6 @@ def safe_instantiate(cfg: Any, *args: Any, **kwargs: Any) -> Any:
 
     from qconf.plan.compose import app_trust_problems
 
-    unsafe = app_trust_problems(_model_node(cfg), "the config given to safe_instantiate")
     try:
         with no_environment_reads():
             data, call_args, call_kwargs = plain(cfg), plain(list(args)), plain(kwargs)
@@ -125,6 +125,7 @@ def safe_instantiate(cfg: Any, *args: Any, **kwargs: Any) -> Any:
         if read is None:
             raise
         raise PlanError(Problem("config", str(read), "write the value itself")) from None
+    unsafe = app_trust_problems({"cfg": data, "args": call_args}, "the app's config files")
     unsafe += _loader_write_problems(data)
     unsafe += [
         _refusal(where, target)
@@ -183,15 +184,6 @@ def _is_loader(target: Any) -> bool:
     return any(found is _locate(name) for name in LOADERS)
 
 
-def _model_node(cfg: Any) -> Any:
-    """The `model:` node a loader config carries (where the trust flags are), if any."""
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_dict(cfg) and "model" in cfg:
-        return cfg._get_node("model")
-    return None
-
-
 def _chain(exc: BaseException | None) -> Iterator[BaseException]:
     for _ in range(10):  # OmegaConf wraps a resolver's error once or twice
         if exc is None:
@@ -236,8 +228,10 @@ _REFERENCE = re.compile(r"\$\{([^${}]*)\}")
 
 def check_interpolation_size(data: Any) -> None:
     """Refuse, before resolving, a plan whose interpolations would resolve to more than
-    MAX_RESOLVED_CHARS characters (an upper bound computed from the written values)."""
-    strings = {_dotted(path): value for path, value in _strings(data, "")}
+    MAX_RESOLVED_CHARS characters (an upper bound computed from the written values; a
+    reference to a whole container counts every value in it)."""
+    leaves = {_dotted(path): value for path, value in _leaves(data, "")}
+    keys = sorted(leaves)
     sizes: dict[str, int] = {}
 
     def size(path: str, seen: frozenset[str]) -> int:
@@ -247,10 +241,17 @@ def check_interpolation_size(data: Any) -> None:
             return 0
         if len(seen) > 64:
             return MAX_RESOLVED_CHARS + 1
-        if path not in strings:  # a container, a number, or nothing: its strings, if any
-            inner = [key for key in strings if key.startswith(path + ".")] if path else []
-            return sum(size(key, seen | {path}) for key in inner[:1000]) + 32
-        value = strings[path]
+        if path not in leaves:  # a container (or nothing): every value under it, and keys
+            low = bisect.bisect_left(keys, path + ".") if path else 0
+            high = bisect.bisect_left(keys, path + "/") if path else len(keys)
+            total = 0
+            for key in keys[low:high]:
+                total += size(key, seen | {path}) + len(key) + 4
+                if total > MAX_RESOLVED_CHARS:
+                    break
+            sizes[path] = total
+            return total
+        value = leaves[path]
         total = len(value)
         for reference in _REFERENCE.findall(value):
             total += size(_target(path, reference), seen | {path})
@@ -259,7 +260,7 @@ def check_interpolation_size(data: Any) -> None:
         sizes[path] = total
         return total
 
-    for path in list(strings):
+    for path in keys:
         if size(path, frozenset()) > MAX_RESOLVED_CHARS:
             raise PlanError(
                 Problem(
@@ -269,6 +270,18 @@ def check_interpolation_size(data: Any) -> None:
                     "write values instead of references",
                 )  # fmt: skip
             )
+
+
+def _leaves(data: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(path, text) of every value: strings as written, other scalars as they print."""
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            yield from _leaves(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _leaves(value, f"{path}[{i}]")
+    else:
+        yield path, data if isinstance(data, str) else str(data)
 
 
 def _dotted(path: str) -> str:

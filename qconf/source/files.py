@@ -237,7 +237,10 @@ def read_gguf(file: str | Path, where: str = "") -> Any:
 # GGUF metadata value types (gguf's GGUFValueType): fixed sizes, 8 = string, 9 = array.
 _GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
-MAX_GGUF_ENTRIES = 1_000_000  # tensors or metadata keys; a model has a few thousand
+MAX_GGUF_ENTRIES = 100_000  # tensors or metadata keys; a model has a few thousand
+# gguf's reader builds Python objects per array element (~700 bytes each): the elements of all
+# metadata arrays together are bounded (a tokenizer's vocabulary is a few hundred thousand).
+MAX_GGUF_ARRAY_ITEMS = 1_000_000
 
 
 def gguf_layout_problem(handle: Any, size: int) -> str | None:
@@ -253,6 +256,8 @@ def gguf_layout_problem(handle: Any, size: int) -> str | None:
     def number(fmt: str) -> int:
         return struct.unpack(fmt, take(struct.calcsize(fmt)))[0]
 
+    items = [0]
+
     def skip_value(kind: int, depth: int = 0) -> None:
         if kind in _GGUF_SIZES:
             take(_GGUF_SIZES[kind])
@@ -260,6 +265,9 @@ def gguf_layout_problem(handle: Any, size: int) -> str | None:
             take(number("<Q"))
         elif kind == _GGUF_ARRAY and depth < 4:
             item, count = number("<I"), number("<Q")
+            items[0] += count
+            if items[0] > MAX_GGUF_ARRAY_ITEMS:
+                raise _Bad(f"its metadata arrays hold over {MAX_GGUF_ARRAY_ITEMS:,} items")
             least = _GGUF_SIZES.get(item, 8 if item == _GGUF_STRING else 12)
             if count * least > size - handle.tell():
                 raise _Short()

@@ -32,7 +32,8 @@ from qconf.source.table import load_table
 from qconf.trust.reading import bad_file, on_pseudo_filesystem
 from qconf.trust.userpath import user_path
 
-MAX_FOLDER_ENTRIES = 10_000  # files and folders looked at in one pipeline folder (two levels)
+MAX_FOLDER_ENTRIES = 10_000  # files and folders looked at in one pipeline folder, all levels
+MAX_FOLDER_DEPTH = 8
 
 
 @dataclass(frozen=True)
@@ -208,32 +209,40 @@ def check_weight_index(index: Path) -> None:
 
 
 def _entries(folder: Path) -> Iterator[Path]:
-    """The folder's entries, then those of its sub-folders (each listing cut past the bound)."""
+    """Every entry under the folder, breadth first, at any depth libraries read (a tokenizer's
+    `additional_chat_templates/`), links followed as libraries follow them; the walk stops past the
+    entry bound (the caller refuses the folder then)."""
     try:
         with os.scandir(folder) as listing:
-            top = list(itertools.islice(listing, MAX_FOLDER_ENTRIES + 1))
+            level = list(itertools.islice(listing, MAX_FOLDER_ENTRIES + 1))
     except OSError as exc:
         raise ModelSourceError(
             Problem(str(folder), f"cannot list it ({exc.strerror or exc})", "check the path")
         ) from None
-    for entry in top:
-        yield Path(entry.path)
-    for entry in top:
-        if entry.name.startswith(".") or not _is_dir(entry):
-            continue
-        try:
-            children = os.scandir(entry.path)
-        except OSError:
-            continue
-        with children:
-            yield from (
-                Path(child.path) for child in itertools.islice(children, MAX_FOLDER_ENTRIES + 1)
-            )
+    seen = 0
+    for _ in range(MAX_FOLDER_DEPTH):
+        below = []
+        for entry in level:
+            seen += 1
+            yield Path(entry.path)
+            if seen > MAX_FOLDER_ENTRIES:
+                return
+            if not entry.name.startswith(".") and _is_dir(entry):
+                below.append(entry.path)
+        level = []
+        for path in below:
+            try:
+                with os.scandir(path) as listing:
+                    level += itertools.islice(listing, MAX_FOLDER_ENTRIES + 1 - seen)
+            except OSError:
+                continue
+        if not level:
+            return
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
     try:
-        return entry.is_dir()
+        return entry.is_dir()  # libraries follow links; the depth and entry bounds end loops
     except OSError:  # a link loop, a name too long: not a part folder
         return False
 
