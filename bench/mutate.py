@@ -1,10 +1,10 @@
 """Mutation testing of the torch-free core (`make mutate`): mutmut plants one small bug at a time
-in qconf/{schema,checks,messages,compose,safety,saving,resolve}.py and runs the fast torch-free
-tests against each (configured in pyproject.toml, [tool.mutmut]). Prints the kill rate per
-module and every mutant that no test kills, with the reason recorded for it in
-bench/mutation-survivors.md (equivalent mutant, or covered only by the torch tests). A survivor
-without a recorded reason is shown with its diff: add a test that kills it, or record why none
-can. Exits 1 when the kill rate is below 90 % or a survivor has no recorded reason.
+in qconf/plan/{schema,checks,messages,compose,safety,resolve}.py and qconf/loading/saving.py
+and runs the fast torch-free tests against each (configured in pyproject.toml, [tool.mutmut]).
+Prints the kill rate per module and every mutant that no test kills, with the reason recorded
+for it in bench/mutation-survivors.md (equivalent mutant, or covered only by the torch tests).
+A survivor without a recorded reason is shown with its diff: add a test that kills it, or record
+why none can. Exits 1 when the kill rate is below 90 % or a survivor has no recorded reason.
 
     python bench/mutate.py [--reuse]   # --reuse: keep mutants/ results from an earlier run
 """
