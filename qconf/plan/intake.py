@@ -95,7 +95,7 @@ def compose_plan(
     config_dir: str | Path | None = None,
     config_name: str | None = None,
 ) -> Any:
-    """The composed DictConfig `take` validates (for callers that need the mapping as the files
+    """The composed DictConfig `intake` validates (for callers that need the mapping as the files
     wrote it, before the schema reads it): a plan file, if any, composed before `overrides`
     and never trusted like them."""
     from qconf.plan.compose import CONFIG_NAME, compose
