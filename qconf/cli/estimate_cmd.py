@@ -93,6 +93,9 @@ def print_peak(result: Any) -> None:
     )
 
 
+MAX_RANK = 1024  # what qconf.train.load_adapter accepts from a file
+
+
 def _training(plan: Any, args: argparse.Namespace, folder: Any) -> Any:
     if not args.train:
         return None
@@ -100,8 +103,9 @@ def _training(plan: Any, args: argparse.Namespace, folder: Any) -> Any:
     from qconf.estimate.training import lora_estimate
     from qconf.loading.trainable import check_trainable
 
-    if args.rank < 1:
-        raise PlanError(Problem("--rank", f"{args.rank} is not a positive rank", "use 4..64"))
+    if not 1 <= args.rank <= MAX_RANK:
+        raise PlanError(Problem("--rank", f"{args.rank} is not a LoRA rank (1..{MAX_RANK})",
+                                "use 4..64"))  # fmt: skip
     parts = [p for p in args.train.split(",") if p]
     check_trainable(plan.resolve(), parts)
     return lora_estimate(plan, parts, rank=args.rank, folder=folder)
