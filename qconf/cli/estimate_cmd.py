@@ -93,15 +93,14 @@ def print_peak(result: Any) -> None:
     )
 
 
-MAX_RANK = 1024  # what qconf.train.load_adapter accepts from a file
-
-
 def _training(plan: Any, args: argparse.Namespace, folder: Any) -> Any:
     if not args.train:
         return None
     from qconf.errors import PlanError, Problem
     from qconf.estimate.training import lora_estimate
     from qconf.loading.trainable import check_trainable
+
+    from qconf.train.adapter_settings import MAX_RANK  # what an adapter file may hold
 
     if not 1 <= args.rank <= MAX_RANK:
         raise PlanError(Problem("--rank", f"{args.rank} is not a LoRA rank (1..{MAX_RANK})",
