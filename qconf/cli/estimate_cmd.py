@@ -99,7 +99,6 @@ def _training(plan: Any, args: argparse.Namespace, folder: Any) -> Any:
     from qconf.errors import PlanError, Problem
     from qconf.estimate.training import lora_estimate
     from qconf.loading.trainable import check_trainable
-
     from qconf.train.adapter_settings import MAX_RANK  # what an adapter file may hold
 
     if not 1 <= args.rank <= MAX_RANK:
