@@ -115,4 +115,13 @@ def train(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # Hydra applies the composed `hydra:` node (callbacks, env_set, run dir) before main() runs:
+    # a preset from --config-dir is checked first, as `qconf run` checks it.
+    try:
+        qconf.check_app_command_line(Path(__file__).parent / "conf", "train", sys.argv[1:])
+    except qconf.QconfError as exc:
+        from qconf.text import safe
+
+        print(*(f"error: {safe(line)}" for line in exc.lines), sep="\n", file=sys.stderr)
+        sys.exit(2)
     main()

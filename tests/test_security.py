@@ -2452,3 +2452,24 @@ def test_files_deeper_in_a_part_get_the_folder_checks(tmp_path: Path, qconf_cach
     (deep / "default.jinja").symlink_to("/proc/version")
     result = run_cli("validate", f"model.source={folder}", cwd=tmp_path)
     assert result.returncode == 2 and "kernel file" in result.stderr, result.stderr
+
+
+def test_the_training_example_checks_its_hydra_node_before_hydra_runs(tmp_path: Path) -> None:
+    """Hydra applies callbacks, env_set and run dirs before the task: examples/train_lora.py
+    checks a preset from --config-dir first, as `qconf run` does."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "train_lora.py"
+    marker = tmp_path / "marker"
+    write(tmp_path / "conf" / "preset" / "evil.yaml", "# @package _global_\nhydra:\n  callbacks:\n"
+          f"    x:\n      _target_: os.makedirs\n      name: {marker}\n")  # fmt: skip
+    write(tmp_path / "conf" / "preset" / "run_dir.yaml",
+          f"# @package _global_\nhydra:\n  run:\n    dir: {tmp_path / 'elsewhere'}\n")  # fmt: skip
+    for preset in ("evil", "run_dir"):
+        result = subprocess.run(
+            [sys.executable, str(example), "--config-dir", str(tmp_path / "conf"),
+             f"preset={preset}", "train.steps=1"],
+            capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: hydra.") and "Traceback" not in result.stderr
+    assert not marker.exists() and not (tmp_path / "elsewhere").exists()
+    assert not (tmp_path / "outputs").exists()

@@ -299,8 +299,14 @@ def _yaml_cause(exc: BaseException) -> Any:
     return None
 
 
-def _hydra_problems(cfg: Any, rewritten: list[str], user_overrides: Sequence[str]) -> list[Problem]:
-    """The hydra node as composed vs as qconf's tree + the command line alone would make it."""
+def _hydra_problems(
+    cfg: Any,
+    rewritten: list[str],
+    user_overrides: Sequence[str],
+    base: tuple[tuple[Path, ...], str] = ((), CONFIG_NAME),
+) -> list[Problem]:
+    """The hydra node as composed vs as the trusted tree (`base`: its dirs and config name;
+    qconf's own by default) + the command line alone would make it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
@@ -321,10 +327,10 @@ def _hydra_problems(cfg: Any, rewritten: list[str], user_overrides: Sequence[str
     cli_keys = {parser.parse_override(o).key_or_group for o in cli_hydra}
     picks = plugin_choices(composed, cli_keys)  # type: ignore[arg-type]
     try:
-        trusted = _trusted_hydra(tuple(cli_hydra + picks))
+        trusted = _trusted_hydra(tuple(cli_hydra + picks), *base)
     except PlanError:
         try:
-            trusted = _trusted_hydra(tuple(cli_hydra))
+            trusted = _trusted_hydra(tuple(cli_hydra), *base)
         except PlanError as exc:  # a hydra/<group> option that only a config file defines
             return [
                 Problem(
@@ -340,11 +346,43 @@ def _hydra_problems(cfg: Any, rewritten: list[str], user_overrides: Sequence[str
 
 
 @cache
-def _trusted_hydra(cli_hydra: tuple[str, ...]) -> dict[str, Any]:
+def _trusted_hydra(
+    cli_hydra: tuple[str, ...], dirs: tuple[Path, ...] = (), config_name: str = CONFIG_NAME
+) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    cfg = _compose((), CONFIG_NAME, [*cli_hydra, *SEARCH_OVERRIDES], cli_hydra)
+    cfg = _compose(dirs, config_name, [*cli_hydra, *SEARCH_OVERRIDES], cli_hydra)
     return OmegaConf.to_container(cfg.hydra, resolve=False)  # type: ignore[return-value]
+
+
+def check_app_command_line(app_conf: str | Path, config_name: str, argv: Sequence[str]) -> None:
+    """For a Hydra app of your own over qconf's tree (examples/train_lora.py), before
+    `hydra.main` runs: Hydra applies a composed `hydra:` node (callbacks, `job.env_set`, run
+    dirs) before the task function sees anything, so a preset from `--config-dir` must be
+    checked first. Composes the app's config as its command line would (its `--config-dir`
+    searched first, as Hydra does) and refuses, as a PlanError, anything a file changed in the
+    `hydra:` node compared with the app's own tree and the typed hydra overrides alone."""
+    items = list(argv)
+    user_dir, overrides = None, []
+    while items:
+        item = items.pop(0)
+        if item in ("--config-dir", "-cd") and items:
+            user_dir = items.pop(0)
+        elif item.startswith("--config-dir="):
+            user_dir = item.split("=", 1)[1]
+        elif item in ("--config-name", "-cn") and items:
+            config_name = items.pop(0)
+        elif not item.startswith("-"):
+            overrides.append(item)
+    check_override_sizes(overrides)
+    check_override_depth(overrides)
+    own = (user_path(app_conf, "the app's config dir").resolve(),)
+    dirs = (*user_config_dirs(user_dir), *own)
+    rewritten = rewrite_overrides(overrides, dirs)
+    cfg = _compose(dirs, config_name, [*rewritten, *SEARCH_OVERRIDES], overrides)
+    problems = _hydra_problems(cfg, rewritten, overrides, (own, config_name))
+    if problems:
+        raise PlanError(problems)
 
 
 def user_config_dirs(config_dir: str | Path | None) -> tuple[Path, ...]:
