@@ -10,6 +10,7 @@ Note: inside your own app, backend option names are written as values
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -22,7 +23,10 @@ import qconf
 def main(cfg: DictConfig) -> None:
     # safe_instantiate refuses `_target_`s outside qconf/diffusers/transformers/torchao, and
     # qconf validates the plan (all problems at once) before any weight is read.
-    pipeline = qconf.safe_instantiate(cfg.pipe)
+    try:
+        pipeline = qconf.safe_instantiate(cfg.pipe)
+    except qconf.QconfError as exc:  # one line per problem, exit 2 (as qconf's own commands)
+        _refuse(exc)
     image = pipeline(
         cfg.prompt, num_inference_steps=cfg.steps, height=cfg.size, width=cfg.size
     ).images[0]
@@ -33,5 +37,17 @@ def main(cfg: DictConfig) -> None:
     )
 
 
+def _refuse(exc: qconf.QconfError) -> None:
+    from qconf.text import safe
+
+    print(*(f"error: {safe(line)}" for line in exc.lines), sep="\n", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
+    # Hydra applies the composed `hydra:` node before main() runs: check it first.
+    try:
+        qconf.check_app_command_line(Path(__file__).parent / "conf", "app", sys.argv[1:])
+    except qconf.QconfError as exc:
+        _refuse(exc)
     main()
