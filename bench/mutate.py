@@ -1,5 +1,5 @@
 """Mutation testing of the torch-free core (`make mutate`): mutmut plants one small bug at a time
-in qconf/plan/{schema,checks,messages,compose,safety,resolve}.py and qconf/loading/saving.py
+in qconf/plan/{schema,checks,messages,compose,safety,resolve,interpolation,trust}.py, saving.py
 and runs the fast torch-free tests against each (configured in pyproject.toml, [tool.mutmut]).
 Prints the kill rate per module and every mutant that no test kills, with the reason recorded
 for it in bench/mutation-survivors.md (equivalent mutant, or covered only by the torch tests).

@@ -1180,7 +1180,7 @@ def test_mapping_keys_of_the_wrong_type_and_shown_values() -> None:
 def test_plans_never_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from omegaconf import OmegaConf
 
-    from qconf.plan.safety import EnvironmentRead
+    from qconf.plan.interpolation import EnvironmentRead
     from qconf.plan.schema import _environment_read
 
     monkeypatch.setenv("QCONF_CORE_SECRET", "abc")

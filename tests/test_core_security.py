@@ -31,15 +31,13 @@ from qconf.plan.compose import (
     rewrite_overrides,
     user_config_dirs,
 )
-from qconf.plan.safety import (
+from qconf.plan.interpolation import (
     MAX_INTERPOLATIONS,
     EnvironmentRead,
     check_interpolation_count,
     no_environment_reads,
-    plain,
-    safe_instantiate,
-    target_problems,
 )
+from qconf.plan.safety import plain, safe_instantiate, target_problems
 
 BNB = "transformers.BitsAndBytesConfig"
 

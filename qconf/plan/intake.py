@@ -18,6 +18,7 @@ from typing import Any
 from qconf.errors import PlanError, Problem
 from qconf.plan.checks import source_problems
 from qconf.plan.schema import Plan, validate
+from qconf.plan.trust import COMPOSED_FLAG, app_trust_problems
 from qconf.source.model import ModelSource, open_source
 from qconf.trust.userpath import user_path
 
@@ -62,8 +63,6 @@ def intake(
                                 "compose the overrides into it, or pass one of them"))  # fmt: skip
     plan = validate(cfg, config_dir=config_dir)
     if _holds_app_config(cfg):
-        from qconf.plan.compose import app_trust_problems
-
         problems = app_trust_problems({"model": plan.model.model_dump()}, "the app's config files")
         if problems:
             raise PlanError(problems)
@@ -74,8 +73,6 @@ def _holds_app_config(value: Any, depth: int = 0) -> bool:
     """Whether `value` holds a config node a user's Hydra app composed (not qconf.compose,
     which checks its trust flags itself): see qconf.plan.compose.app_trust_problems."""
     from collections.abc import Mapping
-
-    from qconf.plan.compose import COMPOSED_FLAG
 
     if type(value).__module__.startswith("omegaconf"):
         return not value._get_flag(COMPOSED_FLAG)

@@ -32,14 +32,14 @@ from qconf.plan.checks import (
     source_problems,
 )
 from qconf.plan.conftree import backend_options
-from qconf.plan.messages import PlanProblems, did_you_mean, problems_from_errors
-from qconf.plan.safety import (
+from qconf.plan.interpolation import (
     ENVIRONMENT_RESOLVERS,
     EnvironmentRead,
     check_interpolation_count,
     no_environment_reads,
-    target_problems,
 )
+from qconf.plan.messages import PlanProblems, did_you_mean, problems_from_errors
+from qconf.plan.safety import target_problems
 from qconf.source.model import ModelSource, open_source
 from qconf.source.parts import PipelineParts
 from qconf.trust.bounds import MAX_PLAN_DEPTH, depth
