@@ -27,7 +27,18 @@ UNITS = {
 }
 MAX_SIZE = 2**60  # 1 EiB: far beyond any machine's memory, well inside an int64
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*")
-_SIZE_HELP = "write e.g. 16GiB, 24G, 12000MiB or 16GB (a bare number is GiB)"
+# The one statement of what a size means, for every size a user types (`list --fits`,
+# `tune budget=`): help texts and error messages quote it rather than restate it.
+SIZE_RULE = (
+    "a number and a unit: B bytes; KiB/MiB/GiB/TiB (or K/M/G/T) powers of 1024; "
+    "KB/MB/GB/TB powers of 1000; a bare number is GiB (16 = 16GiB)"
+)
+_SIZE_HELP = "write e.g. 16GiB, 24G, 12000MiB or 16GB (a bare number is GiB)"  # one line
+
+
+def size_help(what: str) -> str:
+    """A size flag's help text: what the size is for, then SIZE_RULE."""
+    return f"{what}; SIZE is {SIZE_RULE}"
 
 
 @dataclass(frozen=True)
@@ -49,10 +60,18 @@ class PresetEstimate:
             **({"missing": self.missing} if self.missing else {}),
         }
 
+    def loads_in(self, budget: int) -> bool:
+        """Whether loading it fits `budget` bytes: its peak while loading (which is never below
+        its weights) is at most that."""
+        return self.load_peak_bytes is not None and self.load_peak_bytes <= budget
+
+    def over_by_peak(self, budget: int) -> bool:
+        """Whether its weights fit `budget` but its peak while loading does not."""
+        return self.bytes is not None and self.bytes <= budget and not self.loads_in(budget)
+
 
 def parse_size(text: str, where: str = "size") -> int:
-    """Bytes in `text`: a number and a unit (B bytes; KiB/MiB/GiB/TiB or K/M/G/T powers of 1024;
-    KB/MB/GB/TB powers of 1000; a bare number is GiB), e.g. '16GiB', '16 GiB', '16G', '16' ->
+    """Bytes in `text` (SIZE_RULE), e.g. '16GiB', '16 GiB', '16G', '16' ->
     16 * 2**30 and '16GB' -> 16e9. A PlanError (a ValueError) naming `where` for anything else:
     an unknown unit, a sign, an exponent, nan/inf, zero, or more than MAX_SIZE."""
     match = _SIZE.fullmatch(text) if len(text) <= 64 else None
@@ -109,12 +128,29 @@ def preset_names(config_dir: str | Path | None = None) -> list[str]:
     return sorted(group_options("preset", extra))
 
 
-def estimate_presets(config_dir: str | Path | None = None) -> list[PresetEstimate]:
+def estimate_presets(
+    config_dir: str | Path | None = None, *, cached: bool = True
+) -> list[PresetEstimate]:
+    """Every preset's estimate, sorted by name. With `cached`, estimates stored under the same
+    inputs (qconf.estimate.preset_cache) are reused and the new ones stored; a preset that
+    cannot be estimated is estimated again on every call, so its reason is always today's."""
+    names = preset_names(config_dir)
+    if not cached:
+        return [estimate_preset(name, config_dir) for name in names]
+    from qconf.estimate.preset_cache import cached_estimates
 
-    return [estimate_preset(name, config_dir) for name in preset_names(config_dir)]
+    return cached_estimates(names, config_dir, estimate_preset)
 
 
 def fitting(estimates: list[PresetEstimate], budget: int) -> list[PresetEstimate]:
-    """Presets whose estimated weights fit in `budget` bytes, smallest first."""
-    fits = [e for e in estimates if e.bytes is not None and e.bytes <= budget]
-    return sorted(fits, key=lambda e: (e.bytes, e.preset))
+    """Presets that load in `budget` bytes (their peak while loading, and so their weights,
+    at most that), smallest peak first."""
+    fits = [e for e in estimates if e.loads_in(budget)]
+    return sorted(fits, key=lambda e: (e.load_peak_bytes, e.bytes, e.preset))
+
+
+def over_by_peak(estimates: list[PresetEstimate], budget: int) -> list[PresetEstimate]:
+    """Presets whose weights fit `budget` but whose peak while loading does not (left out of
+    `fitting`, and said so), smallest peak first."""
+    over = [e for e in estimates if e.over_by_peak(budget)]
+    return sorted(over, key=lambda e: (e.load_peak_bytes, e.bytes, e.preset))
