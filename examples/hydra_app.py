@@ -5,7 +5,10 @@
     python examples/hydra_app.py +pipe.quant.mapping.vae=int4wo          # add a part (+: Hydra)
 
 Note: inside your own app, backend option names are written as values
-(`quant.mapping.<part>: int8wo`) and qconf expands them when the plan is validated.
+(`quant.mapping.<part>: int8wo`) and qconf expands them when the plan is validated. An app whose
+config holds the plan at its top level (model:, quant:, run: beside keys of its own) can pass the
+whole config: `qconf.load_pipeline(cfg)` takes the plan's sections and leaves the rest.
+The image goes to Hydra's run folder (outputs/<date>/<time>/image.png).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import qconf
@@ -30,10 +34,11 @@ def main(cfg: DictConfig) -> None:
     image = pipeline(
         cfg.prompt, num_inference_steps=cfg.steps, height=cfg.size, width=cfg.size
     ).images[0]
-    image.save("image.png")
+    out = Path(HydraConfig.get().runtime.output_dir)  # never the folder the app was started in
+    image.save(out / "image.png")
     print(
         f"{type(pipeline).__name__}: transformer weight is "
-        f"{type(pipeline.transformer.proj_out.weight).__name__}"
+        f"{type(pipeline.transformer.proj_out.weight).__name__}; wrote {out / 'image.png'}"
     )
 
 

@@ -2,7 +2,7 @@
 
     python examples/train_lora.py                                   # tiny-flux, bf16 base
     python examples/train_lora.py preset=flux-int8wo model=tiny-flux train.rank=8
-    python examples/train_lora.py +quant.mapping.transformer=quanto-int8    # + : a new key (Hydra)
+    python examples/train_lora.py quant.mapping.transformer=quanto-int8   # a part, as on qconf run
 
 The plan is checked for training before any weight is read (a backend that cannot pass
 gradients, like int8dq on the transformer, is refused), the quantized pipeline is loaded, a
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 import qconf
 import qconf.train
+from qconf.text import safe
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def main(cfg: DictConfig) -> None:
         train(cfg)
     except qconf.QconfError as exc:  # the user's plan or settings: one line each, exit 2
         for line in exc.lines:
-            print(f"error: {line}", file=sys.stderr)
+            print(f"error: {safe(line)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -116,12 +117,11 @@ def train(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     # Hydra applies the composed `hydra:` node (callbacks, env_set, run dir) before main() runs:
-    # a preset from --config-dir is checked first, as `qconf run` checks it.
+    # a preset from --config-dir is checked first, as `qconf run` checks it; per-part overrides
+    # (quant.mapping.<part>=<option>) are rewritten as `qconf run` rewrites them.
     try:
-        qconf.check_app_command_line(Path(__file__).parent / "conf", "train", sys.argv[1:])
+        sys.argv[1:] = qconf.app_command_line(Path(__file__).parent / "conf", "train", sys.argv[1:])
     except qconf.QconfError as exc:
-        from qconf.text import safe
-
         print(*(f"error: {safe(line)}" for line in exc.lines), sep="\n", file=sys.stderr)
         sys.exit(2)
     main()

@@ -14,7 +14,7 @@ from qconf.errors import (
     Problem,
     QconfError,
 )
-from qconf.plan.compose import check_app_command_line, compose
+from qconf.plan.compose import app_command_line, check_app_command_line, compose
 from qconf.plan.intake import intake
 from qconf.plan.safety import safe_instantiate
 from qconf.plan.schema import Plan, validate
@@ -31,6 +31,7 @@ __all__ = [
     "PlanError",
     "Problem",
     "QconfError",
+    "app_command_line",
     "check_app_command_line",
     "check_environment",
     "compose",

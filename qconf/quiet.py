@@ -10,13 +10,16 @@ weights, load reports) still shows.
     with qconf.quiet():
         loaded = qconf.load(cfg)
 
-The command line is quiet by default; `--verbose` (or QCONF_VERBOSE=1) shows everything."""
+The command line is quiet by default; `--verbose` (or QCONF_VERBOSE=1) shows everything. On the
+command line library log records never reach stdout (it carries qconf's own output, which users
+pipe), and a message a library repeats (bitsandbytes warns once per layer) is shown once."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 
@@ -24,6 +27,7 @@ from collections.abc import Iterable, Iterator
 LOGGERS: dict[str, int] = {
     "torch.utils._pytree": logging.ERROR,  # "... is an Enum subclass ... register_constant()"
     "torchao": logging.ERROR,  # "Failed to load .../_C_cutlass_90a.abi3.so"
+    "torchao.kernel.intmm": logging.ERROR,  # "Detected no triton" (CPU torch has none)
     "bitsandbytes.backends.cpu.ops": logging.ERROR,  # "pip install kernels" (optional CPU kernel)
     "diffusers.quantizers.torchao.torchao_quantizer": logging.ERROR,  # "Unable to import `torchao`"
     "transformers.utils.import_utils": logging.ERROR,  # "requires torchvision (not installed)"
@@ -97,3 +101,63 @@ def no_progress_bars() -> None:
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+
+
+class OncePerMessage(logging.Filter):
+    """Each distinct (logger, level, message) passes once per process: a library that warns
+    once per layer (bitsandbytes' "MatMul8bitLt: inputs will be cast", once per Linear) says it
+    once. qconf's own records always pass."""
+
+    MAX_REMEMBERED = 10_000  # a library that logs unique lines forever cannot grow this
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        self._seen: set[tuple[str, int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "qconf" or record.name.startswith("qconf."):
+            return True
+        key = (record.name, record.levelno, record.getMessage()[:1000])
+        if key in self._seen:
+            return False
+        if len(self._seen) < self.MAX_REMEMBERED:
+            self._seen.add(key)
+        return True
+
+
+class EscapedFormatter(logging.Formatter):
+    """Library messages can carry user strings (paths, prompts, model ids): control characters
+    are escaped before they reach the terminal, as everything qconf prints."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from qconf.text import safe
+
+        return safe(super().format(record))
+
+
+def library_logs_to_stderr() -> None:
+    """Point every console handler of the root logger at stderr (Hydra's job logging writes to
+    stdout), each distinct library message once (not with --verbose); with no handler at all,
+    add one (WARNING and up, as Python's own last resort)."""
+    root = logging.getLogger()
+    consoles = [
+        h
+        for h in root.handlers
+        if isinstance(h, logging.StreamHandler)
+        and not isinstance(h, logging.FileHandler)
+        and getattr(h, "stream", None) in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    ]
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(EscapedFormatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        root.addHandler(handler)
+        consoles = [handler]
+    for handler in consoles:
+        if handler.stream in (sys.stdout, sys.__stdout__):
+            handler.setStream(sys.stderr)
+        if not isinstance(handler.formatter, EscapedFormatter):
+            fmt = handler.formatter._fmt if handler.formatter else None
+            handler.setFormatter(EscapedFormatter(fmt))
+        if not verbose() and not any(isinstance(f, OncePerMessage) for f in handler.filters):
+            handler.addFilter(OncePerMessage())

@@ -267,6 +267,11 @@ def test_example_app_runs_its_documented_overrides(tmp_path: Path) -> None:
         command = [sys.executable, str(script), *args.split()]
         result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
         assert result.returncode == 0, (args, result.stderr[-2000:])
+        # stdout is the app's own line; the libraries' import-time noise is not on it
+        assert result.stdout.count("\n") == 1 and "transformer weight is" in result.stdout
+        assert "Failed to load" not in result.stdout + result.stderr
+    assert not (tmp_path / "image.png").exists()  # the image goes to Hydra's run folder
+    assert len(list(tmp_path.glob("outputs/*/*/image.png"))) == len(documented)
 
 
 def test_train_example_trains_saves_reloads_and_refuses_int8dq(tmp_path: Path) -> None:
@@ -280,7 +285,8 @@ def test_train_example_trains_saves_reloads_and_refuses_int8dq(tmp_path: Path) -
     assert (adapter.parent.parent / "image.png").is_file()
     losses = [float(x) for x in re.findall(r"step \d+ loss ([\d.]+)", ok.stdout + ok.stderr)]
     assert len(losses) == 2 and losses[1] < losses[0]  # one fixed example: it learns
-    refused = subprocess.run([sys.executable, script, "+quant.mapping.transformer=int8dq"],
+    # a per-part override is typed as on `qconf run` (no `+`, though the mapping is empty)
+    refused = subprocess.run([sys.executable, script, "quant.mapping.transformer=int8dq"],
                              capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
     assert refused.returncode == 2
     assert "cannot train LoRA on 'transformer'" in refused.stderr

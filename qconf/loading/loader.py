@@ -17,6 +17,7 @@ from qconf.loading.trainable import check_trainable
 from qconf.plan.intake import intake
 from qconf.plan.resolve import ResolvedPlan
 from qconf.plan.schema import Plan
+from qconf.quiet import quiet
 
 
 @dataclass
@@ -46,7 +47,15 @@ def load(
     `save=DIR` then writes the quantized pipeline there (see qconf.loading.saving);
     `train=True` (or a list of parts) first refuses backends that cannot pass gradients
     (qconf.loading.trainable)."""
-    plan = intake(cfg, model=model, quant=quant, **extra)
+    # `cfg` may be a user's whole Hydra app config: its model/quant/run sections are the plan
+    plan = intake(cfg, model=model, quant=quant, app_config=True, **extra)
+    # the known harmless import-time noise of the backends (qconf.quiet) is not about the plan
+    with quiet():
+        return _load(plan, save=save, force=force, max_shard_size=max_shard_size, train=train)
+
+
+def _load(plan: Plan, *, save: str | Path | None, force: bool,
+          max_shard_size: str | int | None, train: bool | Sequence[str]) -> Loaded:  # fmt: skip
     resolved = plan.resolve()
     from qconf.loading.environment import check_environment
 

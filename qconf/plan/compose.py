@@ -226,24 +226,44 @@ def _trusted_hydra(
     return OmegaConf.to_container(cfg.hydra, resolve=False)  # type: ignore[return-value]
 
 
+# Hydra's flags that take the next word as their value (not an override)
+_HYDRA_VALUE_FLAGS = frozenset({"--cfg", "-c", "--package", "-p", "--experimental-rerun"})
+
+
 def check_app_command_line(app_conf: str | Path, config_name: str, argv: Sequence[str]) -> None:
+    """`app_command_line` for its checks alone (the command line is left as it is)."""
+    app_command_line(app_conf, config_name, argv)
+
+
+def app_command_line(app_conf: str | Path, config_name: str, argv: Sequence[str]) -> list[str]:
     """For a Hydra app of your own over qconf's tree (examples/train_lora.py), before
-    `hydra.main` runs: Hydra applies a composed `hydra:` node (callbacks, `job.env_set`, run
-    dirs) before the task function sees anything, so a preset from `--config-dir` must be
-    checked first. Composes the app's config as its command line would (its `--config-dir`
-    searched first, as Hydra does) and refuses, as a PlanError, anything a file changed in the
-    `hydra:` node compared with the app's own tree and the typed hydra overrides alone."""
+    `hydra.main` runs: the command line to hand Hydra, with per-part overrides rewritten as
+    `qconf run` rewrites them (`quant.mapping.vae=int8wo` works without `+`, an option name
+    becomes its settings, a whole mapping replaces the preset's).
+
+    Checks first: Hydra applies a composed `hydra:` node (callbacks, `job.env_set`, run dirs)
+    before the task function sees anything, so a preset from `--config-dir` must be checked
+    before. Composes the app's config as its command line would (its `--config-dir` searched
+    first, as Hydra does) and refuses, as a PlanError, anything a file changed in the `hydra:`
+    node compared with the app's own tree and the typed hydra overrides alone."""
     items = list(argv)
-    user_dir, overrides = None, []
+    user_dir, overrides, flags = None, [], []
     while items:
         item = items.pop(0)
         if item in ("--config-dir", "-cd") and items:
             user_dir = items.pop(0)
+            flags += [item, user_dir]
         elif item.startswith("--config-dir="):
             user_dir = item.split("=", 1)[1]
+            flags.append(item)
         elif item in ("--config-name", "-cn") and items:
             config_name = items.pop(0)
-        elif not item.startswith("-"):
+            flags += [item, config_name]
+        elif item in _HYDRA_VALUE_FLAGS and items:
+            flags += [item, items.pop(0)]
+        elif item.startswith("-"):
+            flags.append(item)
+        else:
             overrides.append(item)
     check_override_sizes(overrides)
     check_override_depth(overrides)
@@ -254,6 +274,7 @@ def check_app_command_line(app_conf: str | Path, config_name: str, argv: Sequenc
     problems = _hydra_problems(cfg, rewritten, overrides, (own, config_name))
     if problems:
         raise PlanError(problems)
+    return [*flags, *rewritten]
 
 
 def user_config_dirs(config_dir: str | Path | None) -> tuple[Path, ...]:

@@ -31,13 +31,18 @@ def intake(
     overrides: Sequence[str] = (),
     plan_file: str | Path | None = None,
     config_dir: str | Path | None = None,
+    app_config: bool = False,
     **fields: Any,
 ) -> Plan:
     """The checked Plan of what the caller gave:
     - `cfg`: a Plan (returned as it is), a composed DictConfig or a plain dict;
     - or `model=`, `quant=`, `run=` nodes (a Hydra `_target_` call passes these);
-    - or nothing: composed from qconf's tree, `config_dir`, `plan_file` and `overrides`."""
+    - or nothing: composed from qconf's tree, `config_dir`, `plan_file` and `overrides`.
+    `app_config`: `cfg` may be a user's whole Hydra app config; its plan sections are taken
+    and its other keys left to the app (see `plan_sections`)."""
     fields = {key: value for key, value in fields.items() if value is not None}
+    if app_config and cfg is not None and not isinstance(cfg, Plan):
+        cfg = plan_sections(cfg)
     if isinstance(cfg, Plan):
         if overrides or plan_file is not None or fields:
             raise PlanError(Problem("plan", "a Plan was given together with overrides",
@@ -67,6 +72,40 @@ def intake(
         if problems:
             raise PlanError(problems)
     return plan
+
+
+def plan_sections(cfg: Any) -> Any:
+    """The plan sections (model, quant, run) of a bigger app config, e.g. a Hydra app whose
+    config also holds `out:` or `train:`. A key that looks like a misspelt section (`quant_`,
+    `modle`) is refused rather than ignored, so a typo cannot load an unquantized pipeline."""
+    import difflib
+    from collections.abc import Mapping
+
+    if not isinstance(cfg, Mapping):
+        return cfg  # the schema says what is wrong with it
+    keys = [str(key) for key in cfg]
+    others = [key for key in keys if key not in _FIELDS]
+    if not others:
+        return cfg
+    problems = [
+        Problem(key, f"looks like the plan section '{close[0]}' misspelt",
+                f"rename it to {close[0]}, or pass the plan yourself: "
+                "qconf.load_pipeline(model=cfg.model, quant=cfg.quant)")  # fmt: skip
+        for key in others
+        if (close := difflib.get_close_matches(key.lower(), _FIELDS, n=1, cutoff=0.7))
+    ]
+    if problems:
+        raise PlanError(problems)
+    if "model" not in keys:
+        raise PlanError(
+            Problem(
+                "model",
+                f"missing from the app config (it has {', '.join(sorted(keys)[:8])})",
+                "give the plan's node: qconf.load_pipeline(cfg.<node>), or "
+                "qconf.load_pipeline(model=..., quant=...)",
+            )
+        )
+    return {key: cfg[key] for key in _FIELDS if key in keys}
 
 
 def _holds_app_config(value: Any, depth: int = 0) -> bool:
