@@ -15,18 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from qconf.errors import PlanError, Problem
+from qconf.text import safe
 
-USAGE = """usage: qconf compare [--config-dir DIR] [-cn NAME] [--plan FILE] [--no-baseline]
-                     OVERRIDES...      (a sweep: preset=a,b quant.mapping.vae=int8wo,null)
-       qconf compare DIR              (gather a multirun folder that already ran)
-
-Runs every plan of the sweep, plus the unquantized baseline, on the same prompts and seeds
-(run.prompt / run.seed: one value or a list, e.g. 'run.seed=[0,1]'), as a Hydra multirun:
-hydra/launcher=joblib or submitit_local/submitit_slurm pick the launcher. Writes compare.md,
-compare.json, compare.png (image grid) and pareto.png into the sweep folder.
-  --no-baseline   skip the unquantized run (when it cannot fit); the first plan is the reference
-"""
 NO_BASELINE = "--no-baseline"
+INTERRUPTED = 130  # the shell's code for a Ctrl-C
+# Hydra's flags that print something instead of running: one job's matter, not a comparison's.
+_RUN_ONLY_FLAGS = frozenset({"--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve",
+                             "--shell-completion", "-sc", "--version", "--run", "-r"})  # fmt: skip
+_NEW_FOLDER = "pick a new folder, or gather it: qconf compare {folder}"
 _CLEAR_QUANT = ("quant.backend=null", "quant.kwargs={}", "quant.components=null",
                 "quant.mapping={}")  # fmt: skip
 _SWEEP_DIR = "hydra.sweep.dir"
@@ -34,7 +30,9 @@ _SWEEP_DIR = "hydra.sweep.dir"
 
 def main(argv: list[str]) -> int:
     if {"-h", "--help"} & set(argv):
-        print(USAGE, end="")
+        from qconf.cli.run_help import compare_help
+
+        print(compare_help(), end="")
         return 0
     from qconf.compare.metrics import require_libraries
 
@@ -45,8 +43,21 @@ def main(argv: list[str]) -> int:
 
 
 def _run_and_gather(argv: list[str]) -> int:
-    from qconf.cli.hydra_run import Launch, is_hydra_override, launch, prepare, split_argv
+    from qconf.cli.hydra_run import (
+        Launch,
+        check_flags,
+        is_hydra_override,
+        launch,
+        prepare,
+        split_argv,
+    )
 
+    flags = split_argv(argv)[0]
+    check_flags(flags, "qconf compare", frozenset({NO_BASELINE}))
+    shown = next((f for f in flags if f in _RUN_ONLY_FLAGS), None)
+    if shown is not None:
+        fix = f"see one job's config with qconf run {shown} ... (without the sweep)"
+        raise PlanError(Problem("qconf compare", f"{shown} is a flag of qconf run", fix))
     baseline = NO_BASELINE not in argv
     argv = [a for a in argv if a != NO_BASELINE and a not in ("-m", "--multirun")]
     if not any("=" in a and not a.startswith("-") for a in argv):
@@ -69,25 +80,79 @@ def _run_and_gather(argv: list[str]) -> int:
     launches.append(sweep)
     total = sum(len(item.jobs) for item in launches)
     _check_gatherable(sweep, total)
+    record = _record(launches)
+    resuming = _check_resume(sweep_dir, record)
+    from qconf.compare.sweepfile import write_record
     from qconf.trust.userpath import make_folder
 
     make_folder(sweep_dir, _SWEEP_DIR)  # every job checked: now the folder may exist
-    with _Progress(sweep_dir, total):
-        for item in launches:
-            launch(item)
+    write_record(sweep_dir, record)
+    if resuming:
+        print(f"resuming: {len(_finished(sweep_dir))} of {total} runs already finished in "
+              f"{safe(str(sweep_dir))}", file=sys.stderr)  # fmt: skip
+    try:
+        with _Progress(sweep_dir, total):
+            for item in launches:
+                item.sweep.resume = True  # a finished run of the same plan is kept
+                launch(item)
+    except KeyboardInterrupt:
+        print(f"interrupted: {_interrupted_text(sweep_dir, total)}", file=sys.stderr)
+        return INTERRUPTED
     comparison = _gather_and_print(sweep_dir, code_only=True)
     missing = total - len(_finished(sweep_dir))
     if missing:
+        again = f"hydra.sweep.dir={safe(str(sweep_dir))}"
         print(f"error: {missing} of {total} jobs did not finish (see the lines above); the "
-              "tables hold the others", file=sys.stderr)  # fmt: skip
+              f"tables hold the others — once fixed, the same command with {again} runs only "
+              "those", file=sys.stderr)  # fmt: skip
         return 2
     return comparison
+
+
+def _record(launches: list[Any]) -> dict[str, Any]:
+    """What this command's sweep is (sweep.json): every job's typed overrides, resolved plan
+    and run settings, launch by launch."""
+    from qconf.compare.sweepfile import sweep_record
+
+    return sweep_record([
+        [{"overrides": item.sweep.typed[key], "plan": plan.resolve().to_json(),
+          "run": plan.run.model_dump(mode="json")} for key, plan in item.sweep.plans.items()]
+        for item in launches
+    ])  # fmt: skip
+
+
+def _check_resume(sweep_dir: Path, record: dict[str, Any]) -> bool:
+    """True when `sweep_dir` holds an earlier run of this same sweep (resume it); a folder made
+    for another sweep is refused (its runs would mix with these)."""
+    from qconf.compare.sweepfile import read_record
+
+    if not (sweep_dir.is_dir() and any(sweep_dir.iterdir())):
+        return False
+    if read_record(sweep_dir) != record:
+        what = (f"'{sweep_dir}' holds another comparison (other plans, model, prompts or seeds "
+                "than this command's)")  # fmt: skip
+        raise PlanError(Problem(_SWEEP_DIR, what, _NEW_FOLDER.format(folder=sweep_dir)))
+    return True
+
+
+def _interrupted_text(sweep_dir: Path, total: int) -> str:
+    """One line after a Ctrl-C: which runs finished where, and how to resume or gather."""
+    from qconf.compare.folders import BASELINE
+
+    names = [path.parent.name for path in _finished(sweep_dir)]  # baseline, then job numbers
+    done = sorted(names, key=lambda n: (n != BASELINE, int(n) if n.isdigit() else 0, n))
+    again = f"resume: run the same command with hydra.sweep.dir={sweep_dir}"
+    if not done:
+        return safe(f"none of the {total} runs finished in {sweep_dir} — {again}")
+    names = ", ".join(done[:10]) + (", ..." if len(done) > 10 else "")
+    return safe(f"{len(done)} of {total} runs finished in {sweep_dir} ({names}) — {again} "
+                f"(the finished runs are kept, the other {total - len(done)} run), or gather "
+                f"what finished: qconf compare {sweep_dir}")  # fmt: skip
 
 
 def _gather_and_print(sweep_dir: Path, *, code_only: bool = False) -> int:
     from qconf.compare import gather, write_outputs
     from qconf.compare.figures import grid_note
-    from qconf.text import safe
 
     comparison = gather(sweep_dir)
     written = write_outputs(comparison)
@@ -149,9 +214,11 @@ def _sweep_dir(argv: list[str]) -> tuple[Path, tuple[str, ...]]:
     folder = output_folder(value, _SWEEP_DIR).absolute()
     if "'" in str(folder) or "\\" in str(folder):
         raise PlanError(plain)
-    if folder.exists() and any(folder.iterdir()):
-        fix = f"pick a new folder, or gather it: qconf compare {folder}"
-        raise PlanError(Problem(_SWEEP_DIR, f"'{folder}' already exists and is not empty", fix))
+    from qconf.compare.sweepfile import NAME
+
+    if folder.exists() and any(folder.iterdir()) and not (folder / NAME).is_file():
+        what = f"'{folder}' already exists and is not empty (not a `qconf compare` sweep folder)"
+        raise PlanError(Problem(_SWEEP_DIR, what, _NEW_FOLDER.format(folder=folder)))
     return folder, (f"{_SWEEP_DIR}='{folder}'",)
 
 

@@ -6,6 +6,7 @@ image.png, plan.yaml (the resolved plan) and report.json into Hydra's output fol
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -38,6 +39,11 @@ _VALUE_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", 
 _HELP_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c",
                "--shell-completion", "-sc"}  # fmt: skip
 PICKLE_FLAG = "--trust-pickled-config"
+# Every flag Hydra's app parser knows, and qconf's own: anything else is a typo, answered in one
+# line before anything is composed (Hydra would print its usage page after the checks).
+_SWITCHES = {"--help", "-h", "--hydra-help", "--version", "--resolve", "--run", "-r",
+             "--multirun", "-m", PICKLE_FLAG}  # fmt: skip
+KNOWN_FLAGS = _SWITCHES | _VALUE_FLAGS
 MAX_JOBS = 1000  # a sweep is checked job by job before any starts
 
 
@@ -52,6 +58,12 @@ class _Sweep:
     typed: dict[tuple[str, ...], list[str]] = field(default_factory=dict)  # as the user typed
     failed: list[str] = field(default_factory=list)
     quiet: bool = False  # jobs print no per-part report (`qconf compare` prints one table)
+    resume: bool = False  # skip a job whose folder already holds its finished run (compare)
+    multirun: bool = False
+    # What happened in this process (jobs a launcher runs elsewhere are not seen here): the
+    # folders of finished jobs, and of the job a Ctrl-C stopped.
+    finished: list[str] = field(default_factory=list)
+    interrupted: str | None = None
 
 
 @dataclass
@@ -65,7 +77,35 @@ class Launch:
 
 
 def main(argv: list[str]) -> int:
-    return launch(prepare(argv))
+    checked = prepare(argv)
+    try:
+        return launch(checked)
+    except KeyboardInterrupt:
+        print(f"interrupted: {interrupted_text(checked.sweep)}", file=sys.stderr)
+        return INTERRUPTED
+
+
+INTERRUPTED = 130  # the shell's code for a Ctrl-C
+
+
+def interrupted_text(sweep: _Sweep) -> str:
+    """What a Ctrl-C left (one line): the jobs that finished, the one it stopped, what next."""
+    from qconf.text import safe
+
+    stopped = ""
+    if sweep.interrupted is not None:
+        left = "its partial files are there" if Path(sweep.interrupted).exists() else "removed"
+        stopped = f"the job in {sweep.interrupted} did not finish ({left})"
+    if not sweep.multirun:
+        return safe((stopped or "the run did not start") + " — run the command again")
+    done = sweep.finished
+    if not done:
+        what = "; ".join(filter(None, ["no job finished", stopped]))
+        return safe(what + " — run the command again")
+    folder = str(Path(done[0]).parent)
+    names = ", ".join(Path(d).name for d in done[:10]) + (", ..." if len(done) > 10 else "")
+    what = "; ".join(filter(None, [f"{len(done)} job(s) finished in {folder} ({names})", stopped]))
+    return safe(f"{what} — gather them: qconf compare {folder}; run the command again for the rest")
 
 
 def prepare(argv: list[str], *, extra_overrides: tuple[str, ...] = (), quiet: bool = False
@@ -73,6 +113,7 @@ def prepare(argv: list[str], *, extra_overrides: tuple[str, ...] = (), quiet: bo
     """Parse a `qconf run` command line and check every job's plan (PlanError if any fails).
     `extra_overrides` come after the typed ones (qconf compare's baseline, its sweep dir)."""
     flags, overrides = split_argv(argv)
+    check_flags(flags)
     overrides = [*overrides, *extra_overrides]
     config_dir = _take(flags, "--config-dir", "-cd")
     config_name = _take(flags, "--config-name", "-cn") or CONFIG_NAME
@@ -85,13 +126,13 @@ def prepare(argv: list[str], *, extra_overrides: tuple[str, ...] = (), quiet: bo
     # checks keep them apart (a file may not turn on what only typing may).
     from_file = plan_file_overrides(plan_file) if plan_file is not None else []
     rewritten = rewrite_overrides([*from_file, *overrides], user_dirs)
-    sweep = _Sweep(config_dir, config_name, plan_file, quiet=quiet)
+    multirun = bool({"-m", "--multirun"} & set(flags))
+    sweep = _Sweep(config_dir, config_name, plan_file, quiet=quiet, multirun=multirun)
     jobs: list[list[str]] = []
     if not _HELP_FLAGS & set(flags):
         # Every job's plan is checked before Hydra starts: a user error exits 2 with no run
         # folder, and a sweep never dies halfway on a plan it could have refused up front.
-        jobs = _preflight(overrides, rewritten, multirun=bool({"-m", "--multirun"} & set(flags)),
-                          sweep=sweep)  # fmt: skip
+        jobs = _preflight(overrides, rewritten, multirun=multirun, sweep=sweep)
     search = [item for d in secondary_dirs(user_dirs) for item in ("--config-dir", str(d))]
     hydra_argv = [*flags, *search, *rewritten, *SEARCH_OVERRIDES]
     return Launch(hydra_argv, primary_dir(user_dirs), sweep, jobs)
@@ -116,6 +157,28 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
         else:
             overrides.append(item)
     return flags, overrides
+
+
+def check_flags(flags: list[str], command: str = "qconf run", extra: frozenset[str] = frozenset()
+                ) -> None:  # fmt: skip
+    """Refuse a flag neither Hydra nor qconf knows (a typo), naming the closest one."""
+    import difflib
+
+    known = KNOWN_FLAGS | extra
+    items = iter(flags)
+    for flag in items:
+        if flag in _VALUE_FLAGS:
+            value = next(items, None)
+            if flag in ("--cfg", "-c") and value not in ("job", "hydra", "all"):
+                what = f"{flag} takes job, hydra or all (got '{value}')"
+                raise PlanError(Problem(command, what, f"e.g. {command} --cfg job OVERRIDES"))
+            continue
+        if flag not in known:
+            close = difflib.get_close_matches(flag, sorted(known), n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            names = ", ".join(sorted(f for f in known if f.startswith("--")))
+            raise PlanError(Problem(command, f"unknown flag '{flag}'",
+                                    f"{hint}flags: {names}; see {command} --help"))  # fmt: skip
 
 
 def _take(flags: list[str], *names: str) -> str | None:
@@ -168,6 +231,7 @@ def _preflight(overrides: list[str], rewritten: list[str], *, multirun: bool,
         raise RuntimeError("sweep split differs between typed and rewritten overrides")
     hydra_overrides = [o for o in overrides if is_hydra_override(o)]
     problems: list[Problem] = []
+    unavailable: dict[str, Problem] = {}  # model source -> why it cannot load: said once
     for number, (job, hydra_job) in enumerate(zip(jobs, hydra_jobs, strict=True)):
         try:
             cfg = compose_plan(
@@ -178,15 +242,27 @@ def _preflight(overrides: list[str], rewritten: list[str], *, multirun: bool,
             )
             plan = intake(cfg, config_dir=sweep.config_dir)
             check_environment(plan.resolve())
+            _check_available(plan.source, unavailable)
         except QconfError as exc:
             prefix = f"job {number} ({' '.join(job)}): " if len(jobs) > 1 else ""
             problems += [Problem(prefix + p.where, p.what, p.fix) for p in exc.problems]
             continue
         sweep.plans[_task_key(hydra_job)] = plan
         sweep.typed[_task_key(hydra_job)] = job
-    if problems:
-        raise PlanError(problems)
+    if problems or unavailable:
+        raise PlanError([*unavailable.values(), *problems])
     return jobs
+
+
+def _check_available(source: Any, unavailable: dict[str, Problem]) -> None:
+    """A hub model that is not downloaded and cannot be (offline): one line per model for the
+    whole sweep, before Hydra makes any run folder."""
+    if source.given in unavailable:
+        return
+    try:
+        source.check_available()
+    except QconfError as exc:
+        unavailable[source.given] = exc.problems[0]
 
 
 def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -279,20 +355,34 @@ def generate(cfg: Any, sweep: _Sweep) -> None:
             unchecked = Problem("hydra.overrides.task", "this job was not checked before launch",
                                 "run it without sweeper plugins that add jobs")  # fmt: skip
             raise PlanError(unchecked)
-        _generate(plan, out, sweep.typed.get(_task_key(task), []), quiet=sweep.quiet)
+        typed = sweep.typed.get(_task_key(task), [])
+        if not (sweep.resume and _already_finished(plan, out, typed)):
+            _generate(plan, out, typed, quiet=sweep.quiet)
+        sweep.finished.append(str(out))
     except QconfError as exc:
         for line in exc.lines:
             print(f"error: {safe(line)}", file=sys.stderr)
         sweep.failed.append(" ".join(task))
         _remove_job_folder(out)
+    except KeyboardInterrupt:
+        sweep.interrupted = str(out)
+        _remove_job_folder(out)
+        raise
+
+
+def _already_finished(plan: Any, out: Path, typed: list[str]) -> bool:
+    """The job's folder holds its finished run, from the same plan and overrides (a resumed
+    `qconf compare`): nothing to load or generate again."""
+    from qconf.run.finished import finished_run, plan_text
+
+    return finished_run(out, plan_text(plan.resolve().to_json()), typed, len(plan.run.images()))
 
 
 def _generate(plan: Any, out: Path, overrides: list[str], *, quiet: bool = False) -> None:
-    import yaml
-
     from qconf.cli.tables import print_report
     from qconf.loading.loader import load
     from qconf.loading.out_of_memory import out_of_memory_as_error
+    from qconf.run.finished import plan_text
     from qconf.run.generate import generate, measure_peak
 
     if quiet:  # qconf compare shows one progress bar over the sweep instead
@@ -308,8 +398,8 @@ def _generate(plan: Any, out: Path, overrides: list[str], *, quiet: bool = False
     names = image_names(len(images))
     for name, generated in zip(names, images, strict=True):
         _write_atomic(out / name, lambda f, g=generated: g.image.save(f, format="PNG"))
-    plan_text = yaml.safe_dump(loaded.resolved.to_json(), sort_keys=False)
-    _write_atomic(out / "plan.yaml", lambda f: f.write(plan_text.encode()))
+    plan_yaml = plan_text(loaded.resolved.to_json())
+    _write_atomic(out / "plan.yaml", lambda f: f.write(plan_yaml.encode()))
     run = {
         "overrides": overrides,  # the job's, as typed (Hydra records qconf's rewritten form)
         "images": [
@@ -342,6 +432,26 @@ def _remove_job_folder(out: Path) -> None:
     own = {hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log"}
     if out.is_dir() and {p.name for p in out.iterdir()} <= own:
         shutil.rmtree(out, ignore_errors=True)
+        _remove_empty_parents(out)
+
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _remove_empty_parents(out: Path) -> None:
+    """The date folder and outputs/ or multirun/ Hydra made for the job by its default pattern
+    (outputs/<date>/<time>), when the removed job folder was all they held: a failed run
+    leaves nothing behind. A folder the user named is left alone."""
+    cwd = Path.cwd()
+    for parent in out.parents:
+        if parent == cwd or cwd not in parent.parents:
+            return
+        if not (_DATE.match(parent.name) or parent.name in ("outputs", "multirun")):
+            return
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            return
 
 
 def _write_atomic(target: Path, write: Callable[[Any], None]) -> None:

@@ -25,12 +25,16 @@ T = TypeVar("T")
 
 
 def require_libraries() -> None:
-    """torchmetrics and matplotlib come with `qconf[compare]`; say so before any work."""
+    """torchmetrics and matplotlib come with `qconf[compare]`; say so before any work. Found,
+    not imported: torchmetrics imports torch, and a typo must be answered before that."""
+    from importlib.util import find_spec
+
     missing = []
     for module in ("torchmetrics", "matplotlib"):
         try:
-            __import__(module)
-        except ImportError:
+            if find_spec(module) is None:
+                missing.append(module)
+        except (ImportError, ValueError):
             missing.append(module)
     if missing:
         raise BackendUnavailableError(

@@ -54,9 +54,21 @@ class ModelSource:
         return self.folder
 
     def load_path(self) -> str:
-        """What `from_pretrained` receives: the local folder, else the hub id."""
+        """What `from_pretrained` receives: the local folder, else the hub id (refused in one
+        line, before torch is imported, when it cannot be downloaded from here)."""
         folder = self.local_folder()
+        if folder is None:
+            self.check_available()
         return str(folder) if folder is not None else self.given
+
+    def check_available(self) -> None:
+        """A hub id not in the local cache must be downloadable (qconf.source.hub): `qconf
+        run`/`compare` ask before any run folder exists, a load before importing torch. Not
+        part of validation: a plan for a model you have not downloaded yet is still valid."""
+        if self.kind == "hub" and self.folder is None:
+            from qconf.source.hub import check_downloadable
+
+            check_downloadable(self.given)
 
 
 def _checked_cache_folder(folder: Path) -> Path:

@@ -6,7 +6,6 @@ already in the local Hugging Face cache, and finally the generated table of pipe
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -146,9 +145,8 @@ def _folder_facts(folder: Path, library: str) -> dict:
 
 def hub_cache_index(repo_id: str) -> Path | None:
     """model_index.json of `repo_id` in the local Hugging Face cache, without importing the hub."""
-    hub_cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
-    )
-    snapshots = Path(hub_cache) / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    from qconf.source.hub import hub_cache_dir  # the folder huggingface_hub would use
+
+    snapshots = hub_cache_dir() / f"models--{repo_id.replace('/', '--')}" / "snapshots"
     found = sorted(snapshots.glob("*/model_index.json"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
