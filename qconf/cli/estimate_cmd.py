@@ -37,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
 
     folder = user_path(args.folder, "--folder") if args.folder else None
     plan = plan_from_args(args)
+    train_parts = _train_parts(plan, args)  # refused before torch is imported
     result = estimate(plan, folder)
-    training = _training(plan, args, folder)
+    training = _training(plan, train_parts, args.rank, folder)
     if args.plot:
         plot(result, args.plot)
     if args.json:
@@ -93,11 +94,11 @@ def print_peak(result: Any) -> None:
     )
 
 
-def _training(plan: Any, args: argparse.Namespace, folder: Any) -> Any:
+def _train_parts(plan: Any, args: argparse.Namespace) -> list[str] | None:
+    """The parts of `--train` after the torch-free checks (rank, part names, trainable)."""
     if not args.train:
         return None
     from qconf.errors import PlanError, Problem
-    from qconf.estimate.training import lora_estimate
     from qconf.loading.trainable import check_trainable
     from qconf.train.adapter_settings import MAX_RANK  # what an adapter file may hold
 
@@ -106,7 +107,15 @@ def _training(plan: Any, args: argparse.Namespace, folder: Any) -> Any:
                                 "use 4..64"))  # fmt: skip
     parts = [p for p in args.train.split(",") if p]
     check_trainable(plan.resolve(), parts)
-    return lora_estimate(plan, parts, rank=args.rank, folder=folder)
+    return parts
+
+
+def _training(plan: Any, parts: list[str] | None, rank: int, folder: Any) -> Any:
+    if parts is None:
+        return None
+    from qconf.estimate.training import lora_estimate
+
+    return lora_estimate(plan, parts, rank=rank, folder=folder)
 
 
 def _gib(n: int) -> str:
