@@ -6,12 +6,58 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from qconf.errors import PlanError, Problem
 from qconf.trust.bounds import check_override_depth
 
 USER_ERROR = 2
+
+# `--train [PARTS]` is one shape in every command: the parts that get a LoRA adapter (a,b), or
+# alone every part the plan quantizes.
+EVERY_QUANTIZED_PART = "*"
+TRAIN_HELP = (
+    "the plan is for LoRA training on these parts (a,b); alone: on every part the plan "
+    "quantizes (default: no training)"
+)
+
+
+def add_train_argument(parser: argparse.ArgumentParser, help_text: str = TRAIN_HELP) -> None:
+    parser.add_argument("--train", nargs="?", const=EVERY_QUANTIZED_PART, metavar="PARTS",
+                        help=help_text)  # fmt: skip
+
+
+def bare_flags_kept_bare(argv: list[str], flags: Sequence[str] = ("--train",)) -> list[str]:
+    """`--train preset=x`: a flag whose value is optional must not swallow the override after
+    it (argparse would take it as the value): it becomes `--train=*` (every quantized part)."""
+    result = []
+    for i, item in enumerate(argv):
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        swallows = following is not None and ("=" in following or following[:1] in "~+")
+        result.append(f"{item}={EVERY_QUANTIZED_PART}" if item in flags and swallows else item)
+    return result
+
+
+def train_parts(value: str | None, resolved: Any, *, need_parts: bool = False) -> list[str] | None:
+    """The parts `--train` names (None: not training), checked for training (torch-free).
+    `need_parts`: a bare `--train` on a plan that quantizes nothing is refused (there is
+    nothing to estimate); for a check alone it passes (a bf16 base trains)."""
+    if value is None:
+        return None
+    from qconf.loading.trainable import check_trainable
+
+    if value == EVERY_QUANTIZED_PART:
+        parts = list(resolved.quantized)
+        if not parts and need_parts:
+            raise PlanError(Problem("--train", "the plan quantizes no part",
+                                    "name the parts to train: --train transformer"))  # fmt: skip
+    else:
+        parts = [p for p in value.split(",") if p]
+        if not parts:
+            raise PlanError(Problem("--train", "names no part", "e.g. --train transformer"))
+    check_trainable(resolved, parts)
+    return parts
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,13 @@ import json
 import sys
 from typing import Any
 
-from qconf.cli.common import add_plan_arguments, plan_from_args
+from qconf.cli.common import (
+    TRAIN_HELP,
+    add_plan_arguments,
+    add_train_argument,
+    plan_from_args,
+    train_parts,
+)
 from qconf.text import safe
 
 
@@ -21,12 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pipeline folder with model_index.json and each part's config.json to read instead "
         "of model.source (e.g. for a hub id with no local copy)",
     )
-    parser.add_argument(
-        "--train",
-        metavar="PARTS",
-        help="also estimate LoRA training on these parts (a,b): adapter weights, gradients and "
-        "AdamW states on top of the frozen base",
-    )
+    add_train_argument(parser, f"{TRAIN_HELP}: also estimate the adapter weights, gradients "
+                       "and AdamW states on top of the frozen base")  # fmt: skip
     parser.add_argument("--rank", type=int, default=4, help="LoRA rank for --train (default 4)")
     add_plan_arguments(parser)
 
@@ -96,18 +98,15 @@ def print_peak(result: Any) -> None:
 
 def _train_parts(plan: Any, args: argparse.Namespace) -> list[str] | None:
     """The parts of `--train` after the torch-free checks (rank, part names, trainable)."""
-    if not args.train:
+    if args.train is None:
         return None
     from qconf.errors import PlanError, Problem
-    from qconf.loading.trainable import check_trainable
     from qconf.train.adapter_settings import MAX_RANK  # what an adapter file may hold
 
     if not 1 <= args.rank <= MAX_RANK:
         raise PlanError(Problem("--rank", f"{args.rank} is not a LoRA rank (1..{MAX_RANK})",
                                 "use 4..64"))  # fmt: skip
-    parts = [p for p in args.train.split(",") if p]
-    check_trainable(plan.resolve(), parts)
-    return parts
+    return train_parts(args.train, plan.resolve(), need_parts=True)
 
 
 def _training(plan: Any, parts: list[str] | None, rank: int, folder: Any) -> Any:

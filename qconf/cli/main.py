@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from qconf.cli.common import USER_ERROR
+from qconf.cli.common import USER_ERROR, bare_flags_kept_bare
 from qconf.errors import QconfError
 
 COMMANDS = {
@@ -69,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command not in COMMANDS:
             build_parser().parse_args(args_list)  # prints help or "invalid choice"
             return USER_ERROR
-        args = command_parser(command).parse_intermixed_args(args_list[1:])  # flags anywhere
+        flags_anywhere = bare_flags_kept_bare(args_list[1:])
+        args = command_parser(command).parse_intermixed_args(flags_anywhere)
     except SystemExit as exc:  # argparse already printed a usage line
         return USER_ERROR if exc.code else 0
     return _guard(lambda: _module(command).run(args))

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from qconf.cli.common import add_plan_arguments, plan_from_args
+from qconf.cli.common import (
+    TRAIN_HELP,
+    add_plan_arguments,
+    add_train_argument,
+    plan_from_args,
+    train_parts,
+)
 from qconf.text import safe
 
 
@@ -14,14 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the environment checks (installed backends, GPU), e.g. a GPU plan on CI",
     )
-    parser.add_argument(
-        "--train",
-        action="store_true",
-        help="the plan is for LoRA training: refuse backends that cannot pass gradients",
-    )
-    parser.add_argument(
-        "--train-parts", metavar="PARTS", help="with --train: check only these parts (a,b)"
-    )
+    add_train_argument(parser, f"{TRAIN_HELP}: refuse backends that cannot pass gradients")
+    # the earlier spelling of `--train PARTS`, still read
+    parser.add_argument("--train-parts", metavar="PARTS", help=argparse.SUPPRESS)
     add_plan_arguments(parser)
 
 
@@ -32,11 +33,7 @@ def run(args: argparse.Namespace) -> int:
     resolved = plan.resolve()
     if not args.plan_only:
         check_environment(resolved)
-    if args.train or args.train_parts:
-        from qconf.loading.trainable import check_trainable
-
-        parts = [p for p in (args.train_parts or "").split(",") if p]
-        check_trainable(resolved, parts or None)
+    train_parts(args.train_parts or args.train, resolved)
     quantized = ", ".join(f"{name}={p.backend}" for name, p in resolved.quantized.items())
     print(
         safe(
