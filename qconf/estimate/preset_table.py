@@ -5,7 +5,8 @@ the table cannot drift from what the presets really do. A part's backend option 
 matching its composed entry against conf/backend/*.yaml; kwargs a preset changes on top of an
 option are shown next to it (e.g. `nf4` (bnb_4bit_compute_dtype=float16)). The memory column is
 `qconf estimate` run on the model's config snapshot shipped in the wheel (meta device, nothing
-allocated; this column alone imports torch).
+allocated), taken from the stored estimates where they hold for this tree (qconf.estimate.
+preset_cache: the shipped file, else QCONF_CACHE); only a fresh estimate imports torch.
 
 `python -m qconf.estimate.preset_table` prints the table; the README keeps a copy between the
 `<!-- presets:start -->` and `<!-- presets:end -->` lines, checked by tests/test_presets.py, and
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qconf.estimate.presets import preset_names
+from qconf.estimate.presets import GIB, PresetEstimate, estimate_preset, estimate_presets
 from qconf.plan.conftree import backend_options
 from qconf.plan.intake import compose_plan, intake
 from qconf.trust.userpath import user_path
@@ -33,9 +34,12 @@ _HEADER = (
 )
 
 
-def preset_row(name: str, config_dir: str | Path | None = None, memory: bool = True) -> str:
+def preset_row(
+    name: str, config_dir: str | Path | None = None, memory: bool | PresetEstimate = True
+) -> str:
     """One table row: compose, validate and resolve `preset=<name>` (raises PlanError); with
-    `memory`, the estimate's weights column (imports torch), else that cell is left empty."""
+    `memory`, the estimate's weights column (True: estimated now, which imports torch; or the
+    preset's estimate), else that cell is left empty."""
     from omegaconf import OmegaConf
 
     cfg = compose_plan([f"preset={name}"], config_dir=config_dir)
@@ -52,15 +56,14 @@ def preset_row(name: str, config_dir: str | Path | None = None, memory: bool = T
     )
     return (
         f"| `{name}` | `{plan.model.source}` | {resolved.parts.pipeline} | "
-        f"{quantized or 'nothing'} | {_memory(name, config_dir) if memory else ''} |"
+        f"{quantized or 'nothing'} | {_memory(name, config_dir, memory) if memory else ''} |"
     )
 
 
-def _memory(name: str, config_dir: str | Path | None) -> str:
-    """Estimated weights from the shipped config snapshot (qconf.estimate; imports torch)."""
-    from qconf.estimate.presets import GIB, estimate_preset
-
-    found = estimate_preset(name, config_dir)
+def _memory(name: str, config_dir: str | Path | None, found: bool | PresetEstimate) -> str:
+    """Estimated weights from the shipped config snapshot (qconf.estimate)."""
+    if not isinstance(found, PresetEstimate):
+        found = estimate_preset(name, config_dir)
     if found.bytes is None or found.bytes_unquantized is None:
         return "no snapshot"
     return f"{found.bytes_unquantized / GIB:.1f} → **{found.bytes / GIB:.1f}**"
@@ -68,7 +71,8 @@ def _memory(name: str, config_dir: str | Path | None) -> str:
 
 def markdown_table(config_dir: str | Path | None = None) -> str:
     """All presets, one row each, as a markdown table (no trailing newline)."""
-    rows = [preset_row(name, config_dir) for name in preset_names(config_dir)]
+    estimates = estimate_presets(config_dir)  # stored ones where they hold, else computed
+    rows = [preset_row(e.preset, config_dir, memory=e) for e in estimates]
     return "\n".join([*_HEADER, *rows])
 
 

@@ -50,7 +50,9 @@ def meta_model(folder: Path, name: str, library: str, class_name: str, dtype: An
     return _meta_model(folder.resolve(), name, library, class_name, dtype, stamp)
 
 
-@functools.lru_cache(maxsize=32)
+# Enough for every part of every shipped snapshot under two dtypes: a run over all presets
+# builds each (model, part, dtype) once and reuses it for every preset of that model.
+@functools.lru_cache(maxsize=128)
 def _meta_model(
     folder: Path, name: str, library: str, class_name: str, dtype: Any, stamp: int | None
 ) -> Any:
