@@ -1,40 +1,56 @@
 """`qconf compare`: a sweep of real `qconf run` jobs on the tiny Flux pipeline plus the
 unquantized baseline, gathered into tables and pictures; launchers basic, joblib and submitit
-(local); gathering an existing folder; sweeps refused before any job starts."""
+(local); Ctrl-C and resuming the sweep folder; gathering an existing folder; sweeps refused
+before any job starts (and before torch is imported).
+
+One real sweep serves most tests (module fixture): it is interrupted as its third job starts
+and then resumed with the joblib launcher, which runs the two remaining plans in parallel."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from qconf_driver import TORCH_FREE, errors
+from qconf_driver import qconf as cli
 
 REPO = Path(__file__).resolve().parent.parent
-QCONF = [sys.executable, "-m", "qconf.cli.main"]
 PLANS = "quant.mapping.transformer=int8wo,int4wo,quanto-int8"
+SWEEP = ["compare", "model=tiny-flux", PLANS, "run.seed=[0,1]", "run.steps=1",
+         "hydra.sweep.dir=sweep"]  # fmt: skip
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*QCONF, *args], capture_output=True, text=True, cwd=cwd,
-                            env=os.environ.copy(), timeout=600)  # fmt: skip
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
+@dataclass
+class Sweep:
+    folder: Path
+    interrupted: subprocess.CompletedProcess[str]  # Ctrl-C as the third job (plan 1) started
+    after_interrupt: dict[str, int]  # run folder -> report.json mtime (ns), before resuming
+    resumed: subprocess.CompletedProcess[str]
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three plans and the baseline, two seeds each (one run shared by the tests below)."""
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
+    """Three plans and the baseline, two seeds each: interrupted as plan 1 starts (baseline and
+    plan 0 finished), then the same command again, with the joblib launcher running the two
+    remaining plans in parallel (a launcher is not part of what the sweep is)."""
     work = tmp_path_factory.mktemp("compare")
-    result = cli("compare", "model=tiny-flux", PLANS, "run.seed=[0,1]", "run.steps=1",
-                 "hydra.sweep.dir=sweep", cwd=work)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return work / "sweep"
+    interrupted = cli(*SWEEP, cwd=work, interrupt=3)
+    folder = work / "sweep"
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in folder.glob("*/report.json")}
+    resumed = cli(*SWEEP, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=work)
+    assert resumed.returncode == 0, resumed.stderr
+    return Sweep(folder, interrupted, finished, resumed)
+
+
+@pytest.fixture(scope="module")
+def compared(sweep: Sweep) -> Path:
+    return sweep.folder
 
 
 def table(sweep: Path) -> dict:
@@ -99,6 +115,49 @@ def test_numbers_in_the_table_equal_the_run_reports(compared: Path) -> None:
     assert quantized["bytes"]["transformer"] < table(compared)["runs"][0]["bytes"]["transformer"]
 
 
+# --- Ctrl-C and resume ---
+
+
+def test_ctrl_c_says_which_runs_finished_and_how_to_resume_or_gather(sweep: Sweep) -> None:
+    assert sweep.interrupted.returncode == 130
+    [line] = errors(sweep.interrupted)
+    folder = sweep.folder
+    assert line == (
+        f"interrupted: 2 of 4 runs finished in {folder} (baseline, 0) — resume: run the same "
+        f"command with hydra.sweep.dir={folder} (the finished runs are kept, the other 2 run), "
+        f"or gather what finished: qconf compare {folder}"
+    )
+    assert sorted(sweep.after_interrupt) == ["0", "baseline"]
+
+
+def test_the_same_command_again_resumes_and_runs_only_what_did_not_finish(sweep: Sweep) -> None:
+    assert f"resuming: 2 of 4 runs already finished in {sweep.folder}" in errors(sweep.resumed)
+    for name, mtime in sweep.after_interrupt.items():  # kept as they were, not run again
+        assert (sweep.folder / name / "report.json").stat().st_mtime_ns == mtime
+    assert "Joblib.Parallel(n_jobs=2" in sweep.resumed.stderr  # the rest ran in parallel
+    assert json.loads((sweep.folder / "sweep.json").read_text())["launches"][1][2]["overrides"] \
+        == ["model=tiny-flux", "quant.mapping.transformer=quanto-int8", "run.seed=[0,1]",
+            "run.steps=1"]  # fmt: skip
+
+
+def test_a_run_folder_counts_as_finished_only_when_complete_and_of_the_same_plan(
+    compared: Path, tmp_path: Path
+) -> None:
+    from qconf.run.finished import finished_run
+
+    run = tmp_path / "run"
+    shutil.copytree(compared / "0", run)
+    plan = (run / "plan.yaml").read_text()
+    overrides = json.loads((run / "report.json").read_text())["run"]["overrides"]
+    assert finished_run(run, plan, overrides, 2)
+    assert not finished_run(run, plan.replace("torchao", "quanto"), overrides, 2)  # other plan
+    assert not finished_run(run, plan, [*overrides, "run.steps=2"], 2)
+    assert not finished_run(run, plan, overrides, 3)  # another number of prompts x seeds
+    (run / "image-001.png").unlink()
+    assert not finished_run(run, plan, overrides, 2)
+    assert not finished_run(tmp_path / "nowhere", plan, overrides, 2)
+
+
 def test_gathering_the_folder_again_gives_the_same_tables(compared: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(compared, copy)
@@ -130,18 +189,6 @@ def test_gather_refuses_a_broken_run_folder_in_one_line(compared: Path, tmp_path
 # --- launchers ---
 
 
-def test_joblib_launcher_runs_two_plans_in_parallel(tmp_path: Path) -> None:
-    result = cli("compare", "--no-baseline", "model=tiny-flux",
-                 "quant.mapping.transformer=int8wo,int4wo", "run.steps=1",
-                 "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep",
-                 cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    runs = table(tmp_path / "sweep")["runs"]
-    assert [run["folder"] for run in runs] == ["0", "1"]
-    assert table(tmp_path / "sweep")["reference"] == "0"  # no baseline: the first plan
-    assert runs[0]["psnr"] == math.inf and math.isfinite(runs[1]["psnr"])
-
-
 def test_submitit_local_runs_the_example_cluster_config(tmp_path: Path) -> None:
     result = cli("compare", "--no-baseline", "--config-dir", str(REPO / "examples" / "sweep"),
                  "-cn", "cluster", "model=tiny-flux", "quant.mapping.transformer=int8wo,int4wo",
@@ -149,7 +196,10 @@ def test_submitit_local_runs_the_example_cluster_config(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     sweep = tmp_path / "sweep"
     assert (sweep / ".submitit").is_dir()  # submitit ran the jobs, in their own processes
-    assert [run["folder"] for run in table(sweep)["runs"]] == ["0", "1"]
+    runs = table(sweep)["runs"]
+    assert [run["folder"] for run in runs] == ["0", "1"]
+    assert table(sweep)["reference"] == "0"  # no baseline: the first plan
+    assert runs[0]["psnr"] == math.inf and math.isfinite(runs[1]["psnr"])
 
 
 def test_the_cluster_config_switches_to_slurm_with_the_two_documented_lines(
@@ -177,6 +227,7 @@ def test_a_plan_that_fails_validation_stops_the_sweep_before_any_job(tmp_path: P
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: job 1 (model=tiny-flux quant.mapping.transformer=nf5)")
     assert list(tmp_path.iterdir()) == []  # no job, not even the baseline, ran
+    assert TORCH_FREE in result.stdout  # answered before the imports a run needs
 
 
 @pytest.mark.parametrize(
@@ -195,12 +246,26 @@ def test_sweeps_compare_cannot_use_are_one_line(
     assert result.returncode == 2
     assert message in result.stderr and result.stderr.startswith("error: ")
     assert list(tmp_path.iterdir()) == []
+    assert TORCH_FREE in result.stdout
 
 
-def test_a_folder_that_already_holds_runs_is_not_reused(compared: Path) -> None:
-    result = cli("compare", "quant.mapping.transformer=int8wo", f"hydra.sweep.dir={compared}",
-                 cwd=compared.parent)  # fmt: skip
-    assert result.returncode == 2 and "already exists and is not empty" in result.stderr
+def test_a_folder_of_another_sweep_is_not_reused(compared: Path, tmp_path: Path) -> None:
+    before = (compared / "sweep.json").read_bytes()
+    result = cli("compare", "model=tiny-flux", "quant.mapping.transformer=int8wo",
+                 "run.seed=[0,1]", "run.steps=1", f"hydra.sweep.dir={compared}",
+                 cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and TORCH_FREE in result.stdout
+    [line] = errors(result)
+    assert f"'{compared}' holds another comparison" in line
+    assert f"gather it: qconf compare {compared}" in line
+    assert (compared / "sweep.json").read_bytes() == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not a sweep")
+    result = cli("compare", "quant.mapping.transformer=int8wo", f"hydra.sweep.dir={mine}",
+                 cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "not a `qconf compare` sweep folder" in result.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 @pytest.mark.gpu
