@@ -12,44 +12,54 @@ from typing import Any
 from qconf.cli.common import add_plan_arguments
 from qconf.cli.measure import (
     add_measure_arguments,
-    chosen,
-    option_names,
+    choices_from_args,
+    interrupt_notice,
     progress_bar,
+    require_libraries,
     setting_from_args,
 )
 from qconf.errors import PlanError, Problem
 
+COMMAND = "qconf sensitivity"
+DEFAULT_LAYERS = 5
+DEFAULT_OUT = "sensitivity"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_measure_arguments(parser)
-    parser.add_argument("--layers", type=int, default=5, metavar="K",
+    parser.add_argument("--layers", type=int, default=DEFAULT_LAYERS, metavar="K",
                         help="rank the largest part's layers and propose skipping the top K "
-                        "(0: parts only)")  # fmt: skip
-    parser.add_argument("--out", default="sensitivity", metavar="DIR",
-                        help="folder for sensitivity.json and sensitivity.png")  # fmt: skip
+                        f"(0: parts only; default {DEFAULT_LAYERS})")  # fmt: skip
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                        help="folder for sensitivity.json and sensitivity.png "
+                        f"(default {DEFAULT_OUT}/)")  # fmt: skip
     add_plan_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from qconf.compare.metrics import require_libraries
-    from qconf.sensitivity.parts import measure_parts, weight_bearing_parts
-    from qconf.trust.userpath import output_folder
+    from qconf.sensitivity.writable import writable_folder
 
-    require_libraries()
-    out = output_folder(args.out, "--out")  # before any work
+    # Every argument is checked before torch is imported (a typo costs no import).
+    require_libraries(COMMAND)
     if args.layers < 0:
         raise PlanError(Problem("--layers", f"{args.layers}", "give 0 (off) or more"))
-    where = setting_from_args(args)
-    options = chosen(args.options, option_names(where.config_dir), "--options")
-    parts = chosen(args.parts, weight_bearing_parts(where.plan), "--parts")
+    out = writable_folder(args.out, "--out")
+    choices = choices_from_args(args)
+    with interrupt_notice("sensitivity"):
+        return _measure(args, choices, out)
+
+
+def _measure(args: argparse.Namespace, choices: Any, out: Path) -> int:
+    from qconf.sensitivity.parts import measure_parts
+    from qconf.text import safe
+
+    where = setting_from_args(args, choices)
     with progress_bar("measuring") as progress:
-        cells = measure_parts(where, options, parts, progress=progress)
+        cells = measure_parts(where, choices.options, choices.tried, progress=progress)
         rankings = layer_rankings(where, cells, progress) if args.layers else []
     print_cells(cells)
     print_rankings(rankings, args.layers)
     written = write_outputs(cells, rankings, args.layers, out)
-    from qconf.text import safe
-
     print("wrote " + ", ".join(safe(str(p)) for p in written))
     return 0
 
@@ -72,19 +82,26 @@ def print_rankings(rankings: list[Any], k: int) -> None:
     from rich.table import Table
 
     from qconf.cli.common import console
-    from qconf.sensitivity.ranking import proposed_skip
+    from qconf.sensitivity.ranking import proposed_skip, skip_keeps
     from qconf.text import markup
+    from qconf.units import human_bytes
 
     if not rankings:
         return
     table = Table(title=f"layers of {markup(rankings[0].part)}: most sensitive first "
                   "(Spearman of each proxy against the measured deviation)")  # fmt: skip
-    for column in ("option", "ρ weight", "ρ linearized", f"top {k}", "proposed skip"):
+    for column in ("option", "ρ weight", "ρ linearized", f"top {k}", "proposed skip",
+                   "the skip keeps unquantized"):  # fmt: skip
         table.add_column(column)
     for r in rankings:
-        top, skip = ", ".join(r.order()[:k]), ", ".join(proposed_skip(r, k))
+        names = proposed_skip(r, k)
+        kept, extra = skip_keeps(r, names)
+        top, skip = ", ".join(r.order()[:k]), ", ".join(names)
+        keeps = f"{len(kept)} layers, +{human_bytes(extra)}"
+        if len(kept) > len(names):  # a leaf-name entry (quanto) matches every namesake
+            keeps += ": " + ", ".join(kept)
         table.add_row(markup(r.option), _rho(r.spearman_weight), _rho(r.spearman_linearized),
-                      markup(top), markup(skip))  # fmt: skip
+                      markup(top), markup(skip), markup(keeps))  # fmt: skip
     console().print(table)
 
 
@@ -121,12 +138,18 @@ def write_outputs(cells: list[Any], rankings: list[Any], k: int, out: Path) -> l
     from dataclasses import asdict
 
     from qconf.sensitivity.heatmap import heatmap_png
-    from qconf.sensitivity.ranking import proposed_skip
+    from qconf.sensitivity.ranking import proposed_skip, skip_keeps
     from qconf.trust.userpath import real_folder, replace_in
 
+    layers = []
+    for r in rankings:
+        names = proposed_skip(r, k)
+        kept, extra = skip_keeps(r, names)
+        layers.append({**r.to_json(), "proposed_skip": names, "proposed_skip_keeps": kept,
+                       "proposed_skip_bytes": extra})  # fmt: skip
     data = {
         "cells": [{k: v for k, v in asdict(c).items() if k != "cached"} for c in cells],
-        "layers": [{**r.to_json(), "proposed_skip": proposed_skip(r, k)} for r in rankings],
+        "layers": layers,
     }
     text = json.dumps(data, indent=2) + "\n"
     png = heatmap_png(cells)

@@ -1,6 +1,7 @@
-"""`qconf tune budget=SIZE [--train] [--name NAME] [--config-dir DIR] [overrides]`: the per-part
-plan with the best measured image whose estimated weights fit SIZE, written as a preset into
-the config dir (`qconf run --config-dir DIR preset=NAME` then runs it)."""
+"""`qconf tune --budget SIZE [--train [PARTS]] [--name NAME] [--config-dir DIR] [overrides]`: the
+per-part plan with the best measured image whose estimated weights fit SIZE, written as a
+preset into the config dir (`qconf run --config-dir DIR preset=NAME` then runs it).
+`budget=SIZE` among the overrides is the same as `--budget SIZE`."""
 
 from __future__ import annotations
 
@@ -11,54 +12,79 @@ from typing import Any
 from qconf.cli.common import add_plan_arguments
 from qconf.cli.measure import (
     add_measure_arguments,
+    choices_from_args,
     chosen,
-    option_names,
+    interrupt_notice,
     progress_bar,
+    require_libraries,
     setting_from_args,
+    with_default,
 )
 from qconf.errors import PlanError, Problem
 
+COMMAND = "qconf tune"
 DEFAULT_CONFIG_DIR = "qconf-conf"
+DEFAULT_MEASURE = 3
+EVERY_PART = "*"  # a bare --train: every part the plan quantizes
+SIZE_RULE = ("B bytes, KiB/MiB/GiB/TiB (K/M/G/T) powers of 1024, KB/MB/GB/TB powers of 1000; "
+             "a bare number is GiB")  # fmt: skip
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train", action="store_true",
-                        help="only options LoRA trains through (qconf list options)")  # fmt: skip
+    parser.add_argument("--budget", metavar="SIZE",
+                        help=f"memory for the weights, e.g. 16GiB ({SIZE_RULE}); "
+                        "`budget=SIZE` works too")  # fmt: skip
+    parser.add_argument("--train", nargs="?", const=EVERY_PART, metavar="PARTS",
+                        help="parts (a,b) that will be LoRA-trained: they get only options LoRA "
+                        "trains through (qconf list options); bare: every quantized part "
+                        "(default: no training)")  # fmt: skip
     parser.add_argument("--name", help="the preset's name (default: tuned-<budget>)")
-    parser.add_argument("--measure", type=int, default=3, metavar="N",
-                        help="load and run the N best predictions (default 3)")  # fmt: skip
+    parser.add_argument("--measure", type=int, default=DEFAULT_MEASURE, metavar="N",
+                        help="load and run the N best plans of the search "
+                        f"(default {DEFAULT_MEASURE})")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="replace a preset of that name")
     add_measure_arguments(parser)
     add_plan_arguments(parser)
+    where = f"(tune writes the preset there; default {DEFAULT_CONFIG_DIR}/)"
+    with_default(parser, "config_dir", where)
 
 
 def run(args: argparse.Namespace) -> int:
-    from qconf.compare.metrics import require_libraries
-    from qconf.sensitivity.parts import weight_bearing_parts
-    from qconf.text import safe
-    from qconf.tune import tune
-    from qconf.tune.preset_file import preset_path, write_preset
+    from qconf.estimate.presets import parse_size
+    from qconf.tune.preset_file import preset_path
 
-    require_libraries()
-    budget_text, args.overrides = _take_budget(args.overrides)
-    budget = _budget(budget_text)
+    # Every argument is checked before torch is imported (a typo costs no import).
+    require_libraries(COMMAND)
+    _untangle_train(args)
+    budget_text, where_given = _take_budget(args)
+    budget = parse_size(budget_text, where_given)
     if args.measure < 1:
         raise PlanError(Problem("--measure", f"{args.measure}", "measure at least 1 candidate"))
-    args.config_dir = args.config_dir or DEFAULT_CONFIG_DIR
     name = args.name or f"tuned-{re.sub(r'[^A-Za-z0-9]+', '-', budget_text).strip('-').lower()}"
     if not _NAME.fullmatch(name):
         raise PlanError(Problem("--name", f"'{name}' is not a preset name",
                                 "letters, digits, - and _ (e.g. flux-16gib)"))  # fmt: skip
-    target = preset_path(args.config_dir, name, force=args.force)  # refused before any work
-    config_dir = args.config_dir
+    config_dir = args.config_dir or DEFAULT_CONFIG_DIR
+    target = preset_path(config_dir, name, force=args.force)  # refused before any work
     args.config_dir = config_dir if _has_conf(config_dir) else None
-    where = setting_from_args(args)
-    options = chosen(args.options, option_names(where.config_dir), "--options")
-    parts = chosen(args.parts, weight_bearing_parts(where.plan), "--parts")
+    choices = choices_from_args(args)
+    train = _train_parts(args.train, choices.parts)
+    with interrupt_notice("tune"):
+        return _tune(args, choices, budget, train, target, config_dir, name)
+
+
+def _tune(args: argparse.Namespace, choices: Any, budget: int, train: list[str] | None,
+          target: Any, config_dir: str, name: str) -> int:  # fmt: skip
+    from qconf.text import safe
+    from qconf.tune import tune
+    from qconf.tune.preset_file import write_preset
+
+    where = setting_from_args(args, choices)
     with progress_bar("tuning") as progress:
-        tuned = tune(where, budget, options, parts=parts, train=args.train, measured=args.measure,
-                     presets=_builtin_presets(), progress=progress)  # fmt: skip
+        tuned = tune(where, budget, choices.options, parts=choices.tried, train=train,
+                     measured=args.measure, presets=_builtin_presets(),
+                     progress=progress)  # fmt: skip
     _print(tuned)
     fresh = [c for c in tuned.cells if c.ok and not c.cached]
     runs = [c for c in tuned.candidates if not c.cached]
@@ -70,17 +96,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _take_budget(overrides: list[str]) -> tuple[str, list[str]]:
-    budgets = [o for o in overrides if o.startswith("budget=")]
-    if not budgets:
-        raise PlanError(Problem("budget", "missing", "give the memory for weights: budget=16GiB"))
-    return budgets[-1].split("=", 1)[1], [o for o in overrides if not o.startswith("budget=")]
+def _untangle_train(args: argparse.Namespace) -> None:
+    """`--train budget=1GiB`: argparse gave the override to the bare flag; give it back."""
+    if args.train not in (None, EVERY_PART) and "=" in args.train:
+        args.overrides = [args.train, *args.overrides]
+        args.train = EVERY_PART
 
 
-def _budget(text: str) -> int:
-    from qconf.estimate.presets import parse_size
+def _train_parts(text: str | None, parts: list[str]) -> list[str] | None:
+    """The parts to be trained (checked against the pipeline's), [] for every quantized part,
+    None for no training."""
+    if text is None:
+        return None
+    return [] if text == EVERY_PART else chosen(text, parts, "--train")
 
-    return parse_size(text, "budget")  # a PlanError naming budget=
+
+def _take_budget(args: argparse.Namespace) -> tuple[str, str]:
+    """The budget text and the name it was given under; `budget=` leaves the overrides."""
+    given = [o.split("=", 1)[1] for o in args.overrides if o.startswith("budget=")]
+    args.overrides = [o for o in args.overrides if not o.startswith("budget=")]
+    if args.budget is not None:
+        given.insert(0, args.budget)
+    if not given:
+        raise PlanError(Problem("--budget", "missing",
+                                "give the memory for the weights: --budget 16GiB"))  # fmt: skip
+    if len(set(given)) > 1:
+        raise PlanError(Problem("--budget", f"given {len(given)} times ({', '.join(given)})",
+                                "give one budget"))  # fmt: skip
+    return given[0], "--budget" if args.budget is not None else "budget"
 
 
 def _has_conf(folder: str) -> bool:
@@ -103,11 +146,12 @@ def _print(tuned: Any) -> None:
     from qconf.text import markup
     from qconf.units import human_bytes
 
-    table = Table(title=f"candidates for {human_bytes(tuned.budget)} of weights, best first")
-    for column in ("candidate", "plan", "weights (est.)", "predicted PSNR", "PSNR", "SSIM"):
+    table = Table(title=f"candidates for {human_bytes(tuned.budget)} of weights, best measured "
+                  "first (PSNR/SSIM against the unquantized pipeline)")  # fmt: skip
+    for column in ("candidate", "plan", "weights (est.)", "PSNR", "SSIM"):
         table.add_column(column, justify="left" if column in ("candidate", "plan") else "right")
     for c in tuned.candidates:
         plan = " ".join(f"{p}={o}" for p, o in sorted(c.mapping.items())) or "unquantized"
-        scores = psnr_text(c.predicted_psnr), psnr_text(c.psnr), ssim_text(c.ssim)
-        table.add_row(markup(c.label), markup(plan), human_bytes(c.bytes), *scores)
+        table.add_row(markup(c.label), markup(plan), human_bytes(c.bytes), psnr_text(c.psnr),
+                      ssim_text(c.ssim))  # fmt: skip
     console().print(table)

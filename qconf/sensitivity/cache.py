@@ -49,6 +49,16 @@ Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$", max_lengt
 LayerName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$", max_length=300)]
 Text = Annotated[str, Field(max_length=1000)]
 
+# Entries written by this process, per kind: what a Ctrl-C leaves behind (see cli/measure.py).
+WRITTEN: dict[str, int] = {}
+_LABELS = {"parts": "part/option cells", "layers": "layer rankings", "tune": "candidate runs"}
+
+
+def written_text(since: dict[str, int]) -> str:
+    """'3 part/option cells, 1 layer rankings': entries written since the counts `since`."""
+    done = {k: n - since.get(k, 0) for k, n in WRITTEN.items()}
+    return ", ".join(f"{n} {_LABELS.get(k.split('-')[0], k)}" for k, n in done.items() if n)
+
 
 def cache_dir() -> Path:
     from qconf.source.tiny import cache_root
@@ -146,6 +156,7 @@ def write(kind: str, name: str, data: dict[str, Any], shape: Any = None) -> None
     payload = json.dumps({**data, "key": name}, indent=1, sort_keys=True).encode()
     with real_folder(cache_root(), ["sensitivity", kind], WHERE) as folder:
         replace_in(folder, f"{name}.json", payload, WHERE)  # replaces a link at the name
+    WRITTEN[kind] = WRITTEN.get(kind, 0) + 1
 
 
 def _folders_present(kind: str) -> bool:

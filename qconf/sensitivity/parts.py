@@ -12,7 +12,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from qconf.errors import QconfError
+from qconf.errors import PlanError, Problem, QconfError
 from qconf.quiet import no_progress_bars
 from qconf.sensitivity import cache
 from qconf.sensitivity.cache import (
@@ -87,11 +87,18 @@ class Setting:
 
 
 def setting(
-    overrides: list[str], config_dir: str | None = None, *, plan_file: str | None = None
+    overrides: list[str],
+    config_dir: str | None = None,
+    *,
+    plan_file: str | None = None,
+    plan: Any = None,
 ) -> Setting:
+    """`plan`: the unquantized Plan of these arguments when the caller has it already."""
     from qconf.plan.intake import intake
 
-    plan = intake(overrides=[*overrides, *CLEAR_QUANT], plan_file=plan_file, config_dir=config_dir)
+    if plan is None:
+        overrides_ = [*overrides, *CLEAR_QUANT]
+        plan = intake(overrides=overrides_, plan_file=plan_file, config_dir=config_dir)
     folder = plan.source.local_folder()
     fingerprint = cache.model_fingerprint(plan.model.source, folder)
     return Setting(
@@ -131,6 +138,8 @@ def measure_parts(
                 cache.notice(KIND, name, mismatch)
             cells.append(cell)
             todo.append((cell, plan, name))
+    if all(c.status == "not here" for c in cells):
+        raise PlanError(nothing_runs(cells))
     if not todo:
         return cells
     with _reference(where) as reference:
@@ -143,6 +152,15 @@ def measure_parts(
         if progress is not None:
             progress(len(todo), len(todo), "")
     return cells
+
+
+def nothing_runs(cells: list[Cell]) -> Problem:
+    """One line: no option asked for can run on any part asked for, on this machine."""
+    reasons = list(dict.fromkeys(f"{c.option} on {c.part}: {c.reason}" for c in cells))
+    shown = "; ".join(reasons[:2]) + (f"; and {len(reasons) - 2} more" if len(reasons) > 2 else "")
+    return Problem("--options", f"nothing to measure: no option runs here ({shown})",
+                   "pick options that run on this machine (qconf list options), or --parts "
+                   "they run on")  # fmt: skip
 
 
 def _mismatch(hit: Cell, fresh: Cell) -> str | None:

@@ -111,6 +111,18 @@ def proposed_skip(ranking: LayerRanking, k: int) -> list[str]:
     return propose_skip(errors, k, scores=scores)
 
 
+def skip_keeps(ranking: LayerRanking, names: list[str]) -> tuple[list[str], int]:
+    """What the skip entries `names` really leave unquantized in the ranked part: every layer
+    an entry matches the way the library matches (quanto in diffusers compares leaf names, so
+    `to_q` keeps every block's to_q), and the bytes that costs over the part fully quantized."""
+    kept: set[str] = set()
+    for layer, info in ranking.layers.items():
+        if info["skip_name"] in names:
+            kept.update([layer, *info["also_skips"]])
+    kept &= set(ranking.layers)
+    return sorted(kept), sum(ranking.layers[n]["bytes_saved"] for n in kept)
+
+
 def _spread(ordered: list[str], count: int) -> list[str]:
     """`count` names evenly spread over the ranking, top and bottom included."""
     if len(ordered) <= count:

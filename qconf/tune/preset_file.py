@@ -26,10 +26,11 @@ WHERE = "--config-dir"
 def preset_path(config_dir: str, name: str, *, force: bool) -> Path:
     """Where the preset goes; refused before any work if it exists (unless force), or if the
     config dir, its preset folder or the file is a symbolic link."""
+    from qconf.sensitivity.writable import writable_folder
     from qconf.trust.userpath import output_folder
 
     target = output_folder(config_dir, WHERE) / "preset" / f"{name}.yaml"
-    output_folder(target.parent, WHERE)
+    writable_folder(target.parent, WHERE)
     for path in (target.parent.parent, target.parent, target):
         if path.is_symlink():
             fix = "qconf writes only into real folders: pick another"
