@@ -104,8 +104,9 @@ def backends_listing(extra: tuple[Path, ...]) -> Listing:
     listing = Listing("backends", (
         Column("key", "key"), Column("options", "options"),
         Column("installed", "installed", _or_no),
-        Column("runs_here_on", "runs here on parts of"),
-        Column("can_save", "can save parts of", _or_no), Column("extra", "extra"),
+        Column("runs_here_on", "runs here on", _parts),
+        Column("can_save", "can save", lambda libs: _parts(libs) if libs else "no"),
+        Column("extra", "extra"),
     ))  # fmt: skip
     for key, spec in REGISTRY.items():
         version = installed_version(spec)
@@ -136,7 +137,7 @@ def options_listing(extra: tuple[Path, ...]) -> Listing:
 
     listing = Listing("backend options (quant.mapping.<part>=<option>)", (
         Column("option", "option"), Column("backend", "backend"), Column("kwargs", "kwargs"),
-        Column("lora_trains_on", "LoRA trains on parts of", _trains_cell),
+        Column("lora_trains_on", "LoRA trains on", _trains_cell),
     ))  # fmt: skip
     for name, option in backend_options(extra).items():
         listing.add(name, option.get("backend"), option.get("kwargs") or {}, _trains_on(option))
@@ -144,7 +145,12 @@ def options_listing(extra: tuple[Path, ...]) -> Listing:
 
 
 def _trains_cell(value: list[str] | None) -> str:
-    return "?" if value is None else _or_no(value)
+    return "?" if value is None else _parts(value) if value else "no"
+
+
+def _parts(libraries: list[str]) -> str:
+    """Libraries as the table says them: "diffusers parts, transformers parts"."""
+    return ", ".join(f"{lib} parts" for lib in libraries) or "—"
 
 
 def _trains_on(option: dict) -> list[str] | None:
