@@ -18,7 +18,6 @@ from qconf.errors import PlanError, Problem
 from qconf.text import safe
 
 NO_BASELINE = "--no-baseline"
-INTERRUPTED = 130  # the shell's code for a Ctrl-C
 # Hydra's flags that print something instead of running: one job's matter, not a comparison's.
 _RUN_ONLY_FLAGS = frozenset({"--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve",
                              "--shell-completion", "-sc", "--version", "--run", "-r"})  # fmt: skip
@@ -37,13 +36,20 @@ def main(argv: list[str]) -> int:
     from qconf.compare.metrics import require_libraries
 
     require_libraries()
-    if len(argv) == 1 and "=" not in argv[0] and not argv[0].startswith("-"):
-        return _gather_and_print(Path(argv[0]))
-    return _run_and_gather(argv)
+    from qconf.cli.hydra_run import BEFORE_ANY_JOB, INTERRUPTED
+
+    gather_only = len(argv) == 1 and "=" not in argv[0] and not argv[0].startswith("-")
+    try:
+        return _gather_and_print(Path(argv[0])) if gather_only else _run_and_gather(argv)
+    except KeyboardInterrupt:  # once jobs run, _run_and_gather says what finished
+        done = "the tables were not written — run it again" if gather_only else BEFORE_ANY_JOB
+        print(f"interrupted: {done}", file=sys.stderr)
+        return INTERRUPTED
 
 
 def _run_and_gather(argv: list[str]) -> int:
     from qconf.cli.hydra_run import (
+        INTERRUPTED,
         Launch,
         check_flags,
         is_hydra_override,
@@ -95,10 +101,10 @@ def _run_and_gather(argv: list[str]) -> int:
             for item in launches:
                 item.sweep.resume = True  # a finished run of the same plan is kept
                 launch(item)
+        comparison = _gather_and_print(sweep_dir, code_only=True)
     except KeyboardInterrupt:
         print(f"interrupted: {_interrupted_text(sweep_dir, total)}", file=sys.stderr)
         return INTERRUPTED
-    comparison = _gather_and_print(sweep_dir, code_only=True)
     missing = total - len(_finished(sweep_dir))
     if missing:
         again = f"hydra.sweep.dir={safe(str(sweep_dir))}"

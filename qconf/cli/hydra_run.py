@@ -77,7 +77,11 @@ class Launch:
 
 
 def main(argv: list[str]) -> int:
-    checked = prepare(argv)
+    try:
+        checked = prepare(argv)
+    except KeyboardInterrupt:
+        print(f"interrupted: {BEFORE_ANY_JOB}", file=sys.stderr)
+        return INTERRUPTED
     try:
         return launch(checked)
     except KeyboardInterrupt:
@@ -86,6 +90,7 @@ def main(argv: list[str]) -> int:
 
 
 INTERRUPTED = 130  # the shell's code for a Ctrl-C
+BEFORE_ANY_JOB = "while the plans were checked, before any job started; nothing was written"
 
 
 def interrupted_text(sweep: _Sweep) -> str:
@@ -230,7 +235,7 @@ def _preflight(overrides: list[str], rewritten: list[str], *, multirun: bool,
     if len(jobs) != len(hydra_jobs):  # a plan file cannot sweep; this is a bug if reached
         raise RuntimeError("sweep split differs between typed and rewritten overrides")
     hydra_overrides = [o for o in overrides if is_hydra_override(o)]
-    problems: list[Problem] = []
+    found: dict[Problem, list[int]] = {}  # each problem -> the jobs that have it
     unavailable: dict[str, Problem] = {}  # model source -> why it cannot load: said once
     for number, (job, hydra_job) in enumerate(zip(jobs, hydra_jobs, strict=True)):
         try:
@@ -244,14 +249,27 @@ def _preflight(overrides: list[str], rewritten: list[str], *, multirun: bool,
             check_environment(plan.resolve())
             _check_available(plan.source, unavailable)
         except QconfError as exc:
-            prefix = f"job {number} ({' '.join(job)}): " if len(jobs) > 1 else ""
-            problems += [Problem(prefix + p.where, p.what, p.fix) for p in exc.problems]
+            for problem in exc.problems:
+                found.setdefault(problem, []).append(number)
             continue
         sweep.plans[_task_key(hydra_job)] = plan
         sweep.typed[_task_key(hydra_job)] = job
-    if problems or unavailable:
+    if found or unavailable:
+        problems = [_in_jobs(p, numbers, jobs) for p, numbers in found.items()]
         raise PlanError([*unavailable.values(), *problems])
     return jobs
+
+
+def _in_jobs(problem: Problem, numbers: list[int], jobs: list[list[str]]) -> Problem:
+    """A problem named once with the jobs it is in: none for one job or for every job of the
+    sweep (a typo in a key), the job's overrides for one job of several, else the numbers."""
+    if len(numbers) == len(jobs):
+        return problem
+    if len(numbers) == 1:
+        prefix = f"job {numbers[0]} ({' '.join(jobs[numbers[0]])}): "
+    else:
+        prefix = f"jobs {', '.join(map(str, numbers))}: "
+    return Problem(prefix + problem.where, problem.what, problem.fix)
 
 
 def _check_available(source: Any, unavailable: dict[str, Problem]) -> None:
