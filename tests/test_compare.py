@@ -237,6 +237,10 @@ def test_a_plan_that_fails_validation_stops_the_sweep_before_any_job(tmp_path: P
         (["quant.mapping.transformer=int8wo", "run.seed=0,1"], "run.seed=[0,1]"),
         (["--no-baseline"], "no plans given"),
         (["quant.mapping.transformer=int8wo", "hydra.sweep.dir=${now:%H}"], "plain folder"),
+        (
+            ["quant.mapping.transformr=int8wo,int4wo"],
+            "quant.mapping.transformr: 'transformr' is not a part",
+        ),  # every job has it: said once, without a job prefix
     ],
 )
 def test_sweeps_compare_cannot_use_are_one_line(
@@ -245,6 +249,7 @@ def test_sweeps_compare_cannot_use_are_one_line(
     result = cli("compare", *args, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr and result.stderr.startswith("error: ")
+    assert len(errors(result)) == 1
     assert list(tmp_path.iterdir()) == []
     assert TORCH_FREE in result.stdout
 
