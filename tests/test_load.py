@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import qconf
+from qconf.backends import known_failures_ignored
 from qconf.loading.environment import cpu_runnable_options
 from qconf.plan.conftree import backend_options
 
@@ -105,11 +106,13 @@ def test_global_torchao_plan_on_the_transformer_loads() -> None:
 
 def test_backend_with_empty_mapping_is_global_and_quantizes() -> None:
     """diffusers quantizes nothing for quant_backend + quant_mapping={}; qconf quantizes."""
-    loaded = qconf.load(
-        qconf.compose(
-            ["quant.backend=quanto", "quant.kwargs.weights_dtype=int8", "quant.mapping={}"]
+    # quanto int8 on the VAE is refused on CPU (it loads, then decoding fails: test_capability)
+    with known_failures_ignored():
+        loaded = qconf.load(
+            qconf.compose(
+                ["quant.backend=quanto", "quant.kwargs.weights_dtype=int8", "quant.mapping={}"]
+            )
         )
-    )
     for part in FLUX_PARTS:
         assert any(is_quanto(w) for w in linear_weights(getattr(loaded.pipeline, part))), part
 
@@ -117,7 +120,8 @@ def test_backend_with_empty_mapping_is_global_and_quantizes() -> None:
 @pytest.mark.parametrize("option", CPU_OPTIONS)
 def test_cpu_backends_load_on_every_part_of_tiny_flux(option: str) -> None:
     overrides = [f"quant.mapping.{part}={option}" for part in FLUX_PARTS]
-    loaded = qconf.load(qconf.compose(overrides))
+    with known_failures_ignored():  # the load works; see test_quanto_int8_vae_fails_...
+        loaded = qconf.load(qconf.compose(overrides))
     check = is_torchao if backend_options()[option]["backend"] == "torchao" else is_quanto
     for part in FLUX_PARTS:
         weights = linear_weights(getattr(loaded.pipeline, part))
@@ -143,7 +147,10 @@ def test_quanto_int8_vae_fails_at_inference_on_cpu() -> None:
     fails. Pinned so that we notice when optimum-quanto fixes it."""
     if torch.cuda.is_available():
         pytest.skip("CPU-only behaviour")
-    pipeline = qconf.load_pipeline(qconf.compose(["quant.mapping.vae=quanto-int8"]))
+    with pytest.raises(qconf.BackendUnavailableError, match="A must be contiguous"):
+        qconf.load_pipeline(qconf.compose(["quant.mapping.vae=quanto-int8"]))  # refused
+    with known_failures_ignored():
+        pipeline = qconf.load_pipeline(qconf.compose(["quant.mapping.vae=quanto-int8"]))
     generate(pipeline)
 
 

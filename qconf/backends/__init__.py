@@ -10,6 +10,7 @@ from pydantic import Field
 
 from qconf.backends.base import LIBRARIES, Backend, EntryBase, Library, StrictModel
 from qconf.backends.bitsandbytes import BNB_4BIT, BNB_8BIT, CPU_ALTERNATIVE
+from qconf.backends.capabilities import KnownFailure, known_failure, known_failures_ignored
 from qconf.backends.gguf import GGUF
 from qconf.backends.quanto import QUANTO
 from qconf.backends.torchao import TORCHAO
@@ -28,9 +29,12 @@ __all__ = [
     "BackendEntry",
     "CPU_ALTERNATIVE",
     "EntryBase",
+    "KnownFailure",
     "Library",
     "StrictModel",
     "entry_from_saved",
+    "known_failure",
+    "known_failures_ignored",
 ]
 
 

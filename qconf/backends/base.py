@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from qconf.backends.capabilities import KnownFailure
 from qconf.errors import Problem
 
 Library = Literal["diffusers", "transformers"]
@@ -103,6 +104,15 @@ class EntryBase(StrictModel):
         """Why this entry needs a CUDA GPU on a `library` part, or None if it runs on CPU."""
         return self.spec.needs_cuda.get(library)
 
+    def variant(self) -> str:
+        """What decides which kernels run (quanto's weight dtype, torchao's quant type): the
+        key of the backend's known-failure rows. One variant per backend unless overridden."""
+        return ""
+
+    def describe(self) -> str:
+        """The entry in a few words, for messages (e.g. "quanto int8")."""
+        return f"{self.spec.key} {self.variant()}".strip()
+
     def train_reason(self, library: Library) -> str | None:
         """Why LoRA cannot be trained on a `library` part under this entry (None = it can:
         gradients reach the adapters and the layer input; tested for real in test_train.py)."""
@@ -168,3 +178,6 @@ class Backend:
     # load (the estimate's load-peak rule; entries may refine it per quant type). Each backend
     # states where its figure comes from; the default is for what nobody measured yet.
     load_peak_ratio: float = 1.3
+    # Combinations measured to fail (qconf.backends.capabilities; python -m
+    # qconf.backends.capability_walk measures them, tests/test_capability.py keeps them honest).
+    known_failures: tuple[KnownFailure, ...] = ()

@@ -286,6 +286,9 @@ class TorchaoEntry(EntryBase):
     def cuda_reason(self, library: Library) -> str | None:
         return self.kwargs.quant_type.cuda_reason
 
+    def variant(self) -> str:
+        return self.kwargs.quant_type.name
+
     def train_reason(self, library: Library) -> str | None:
         quant_type = self.kwargs.quant_type
         if library in quant_type.trains_on:

@@ -10,9 +10,16 @@ from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 from pathlib import Path
 
-from qconf.backends import CPU_ALTERNATIVE, REGISTRY, Backend
+from qconf.backends import (
+    CPU_ALTERNATIVE,
+    REGISTRY,
+    Backend,
+    EntryBase,
+    KnownFailure,
+    known_failure,
+)
 from qconf.errors import BackendUnavailableError, Problem
-from qconf.plan.resolve import ResolvedPlan
+from qconf.plan.resolve import ResolvedPart, ResolvedPlan
 
 
 def is_installed(spec: Backend) -> bool:
@@ -68,6 +75,7 @@ def environment_problems(resolved: ResolvedPlan) -> list[Problem]:
             continue
         reason = part.entry.cuda_reason(part.library)  # type: ignore[arg-type]
         if reason is None:
+            problems += _known_failure_problems(resolved, name, part, where)
             continue
         if has_cuda is None:
             has_cuda = cuda_available()
@@ -102,6 +110,79 @@ def environment_problems(resolved: ResolvedPlan) -> list[Problem]:
             )
         )
     return problems
+
+
+def run_device(resolved: ResolvedPlan) -> str:
+    """Where the parts compute: diffusers' device map puts them on CUDA; otherwise the pipeline
+    stays on the CPU (qconf never moves it)."""
+    return "cuda" if resolved.plan.model.device_map in ("balanced", "cuda") else "cpu"
+
+
+def _known_failure_problems(
+    resolved: ResolvedPlan, name: str, part: ResolvedPart, where: str
+) -> list[Problem]:
+    """A measured failure of this entry on this part's class, here (qconf.backends.capabilities)."""
+    class_name = resolved.parts.parts[name].class_name
+    device = run_device(resolved)
+    row = known_failure(part.entry, class_name, device, resolved.torch_dtype)  # type: ignore[arg-type]
+    if row is None:
+        return []
+    named = (resolved.mode == "granular" and _option_name(part.entry)) or part.entry.describe()
+    what = (
+        f"{named} on '{name}' ({class_name}) fails on {device.upper()} in {resolved.torch_dtype}: "
+        f"{row.reason}"
+    )
+    return [Problem(where, what, _alternatives(resolved, name, part, row))]
+
+
+def _alternatives(resolved: ResolvedPlan, name: str, part: ResolvedPart, row: KnownFailure) -> str:
+    """The fix line: options measured to work on this part's class here (same backend first),
+    and the load dtypes the failing one works in."""
+    from qconf.backends.capabilities import works_in
+
+    class_name = resolved.parts.parts[name].class_name
+    device = run_device(resolved)
+    working = [
+        option
+        for option, entry in _option_entries().items()
+        if not entry.check(part.library)  # type: ignore[arg-type]
+        and (device == "cuda" or entry.cuda_reason(part.library) is None)  # type: ignore[arg-type]
+        and known_failure(entry, class_name, device, resolved.torch_dtype) is None  # type: ignore[arg-type]
+    ]
+    working.sort(key=lambda option: _option_entries()[option].backend != part.backend)
+    fixes = []
+    if working:
+        where = "" if resolved.mode == "granular" else f" for '{name}' in quant.mapping"
+        fixes.append(f"use {', '.join(working[:3])}{where} (they run on {class_name} here)")
+    dtypes = works_in(row)
+    if dtypes:
+        fixes.append(f"set model.torch_dtype={' or '.join(dtypes)}")
+    if resolved.mode == "global":
+        fixes.append(f"leave '{name}' out of quant.components")
+    return ", or ".join(fixes) or f"leave '{name}' unquantized"
+
+
+def _option_name(entry: EntryBase) -> str | None:
+    """The conf/backend option that is exactly this entry, if any (for messages)."""
+    wanted = entry.canonical()
+    return next((o for o, e in _option_entries().items() if e.canonical() == wanted), None)
+
+
+@cache
+def _option_entries() -> dict[str, EntryBase]:
+    from pydantic import TypeAdapter, ValidationError
+
+    from qconf.backends import BackendEntry
+    from qconf.plan.conftree import backend_options
+
+    adapter: TypeAdapter[EntryBase] = TypeAdapter(BackendEntry)
+    entries = {}
+    for option, data in backend_options().items():
+        try:
+            entries[option] = adapter.validate_python(data)
+        except ValidationError:  # a broken option file is reported where a plan names it
+            continue
+    return entries
 
 
 def check_environment(resolved: ResolvedPlan) -> None:

@@ -38,7 +38,7 @@ from qconf.plan.interpolation import (
     check_interpolation_count,
     no_environment_reads,
 )
-from qconf.plan.messages import PlanProblems, did_you_mean, problems_from_errors
+from qconf.plan.messages import PlanProblems, did_you_mean, problems_from_errors, shown_value
 from qconf.plan.safety import target_problems
 from qconf.source.model import ModelSource, open_source
 from qconf.source.parts import PipelineParts
@@ -65,6 +65,22 @@ def _expand_option(value: Any, info: ValidationInfo) -> Any:
 MappingEntry = Annotated[BackendEntry, BeforeValidator(_expand_option)]
 
 
+def _backend_name(value: Any) -> Any:
+    """quant.backend is one registry key: a list or mapping there (`quant.backend=[]`) is
+    refused here, before anything looks the value up by name (unhashable in a dict lookup)."""
+    if value is None or isinstance(value, str):
+        return value
+    raise PlanProblems(
+        [
+            Problem(
+                "",
+                f"{shown_value(value)} is not a backend name",
+                f"set one of: {', '.join(REGISTRY)}; or per part: quant.mapping.<part>=<option>",
+            )
+        ]
+    )
+
+
 class ModelSpec(StrictModel):
     source: str = Field(
         description="A built-in tiny pipeline (qconf list models), a local folder or a hub id."
@@ -89,7 +105,7 @@ class ModelSpec(StrictModel):
 
 
 class QuantSpec(StrictModel):
-    backend: BackendKey | None = Field(  # type: ignore[valid-type]
+    backend: Annotated[BackendKey | None, BeforeValidator(_backend_name)] = Field(  # type: ignore[valid-type]
         None, description="Global mode: one backend for many parts (diffusers quant_backend)."
     )
     kwargs: dict[str, Any] = Field(
