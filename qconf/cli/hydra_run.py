@@ -408,7 +408,7 @@ def _generate(plan: Any, out: Path, overrides: list[str], *, quiet: bool = False
     with measure_peak() as peak:
         with out_of_memory_as_error("loading"):
             loaded = load(plan)
-        if quiet:
+        if quiet or not sys.stderr.isatty():  # a log file gets no progress bar
             loaded.pipeline.set_progress_bar_config(disable=True)
         with out_of_memory_as_error("generating"):
             images = generate(loaded.pipeline, plan.run)
