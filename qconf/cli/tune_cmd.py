@@ -9,7 +9,7 @@ import argparse
 import re
 from typing import Any
 
-from qconf.cli.common import add_plan_arguments
+from qconf.cli.common import EVERY_QUANTIZED_PART, add_plan_arguments, add_train_argument
 from qconf.cli.measure import (
     add_measure_arguments,
     choices_from_args,
@@ -25,7 +25,6 @@ from qconf.errors import PlanError, Problem
 COMMAND = "qconf tune"
 DEFAULT_CONFIG_DIR = "qconf-conf"
 DEFAULT_MEASURE = 3
-EVERY_PART = "*"  # a bare --train: every part the plan quantizes
 SIZE_RULE = ("B bytes, KiB/MiB/GiB/TiB (K/M/G/T) powers of 1024, KB/MB/GB/TB powers of 1000; "
              "a bare number is GiB")  # fmt: skip
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -35,10 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", metavar="SIZE",
                         help=f"memory for the weights, e.g. 16GiB ({SIZE_RULE}); "
                         "`budget=SIZE` works too")  # fmt: skip
-    parser.add_argument("--train", nargs="?", const=EVERY_PART, metavar="PARTS",
-                        help="parts (a,b) that will be LoRA-trained: they get only options LoRA "
-                        "trains through (qconf list options); bare: every quantized part "
-                        "(default: no training)")  # fmt: skip
+    add_train_argument(parser, "the parts (a,b) that will be LoRA-trained get only options LoRA "
+                       "trains through (qconf list options); alone: every part the plan "
+                       "quantizes (default: no training)")  # fmt: skip
     parser.add_argument("--name", help="the preset's name (default: tuned-<budget>)")
     parser.add_argument("--measure", type=int, default=DEFAULT_MEASURE, metavar="N",
                         help="load and run the N best plans of the search "
@@ -56,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
 
     # Every argument is checked before torch is imported (a typo costs no import).
     require_libraries(COMMAND)
-    _untangle_train(args)
     budget_text, where_given = _take_budget(args)
     budget = parse_size(budget_text, where_given)
     if args.measure < 1:
@@ -96,19 +93,12 @@ def _tune(args: argparse.Namespace, choices: Any, budget: int, train: list[str] 
     return 0
 
 
-def _untangle_train(args: argparse.Namespace) -> None:
-    """`--train budget=1GiB`: argparse gave the override to the bare flag; give it back."""
-    if args.train not in (None, EVERY_PART) and "=" in args.train:
-        args.overrides = [args.train, *args.overrides]
-        args.train = EVERY_PART
-
-
 def _train_parts(text: str | None, parts: list[str]) -> list[str] | None:
     """The parts to be trained (checked against the pipeline's), [] for every quantized part,
     None for no training."""
     if text is None:
         return None
-    return [] if text == EVERY_PART else chosen(text, parts, "--train")
+    return [] if text == EVERY_QUANTIZED_PART else chosen(text, parts, "--train")
 
 
 def _take_budget(args: argparse.Namespace) -> tuple[str, str]:
