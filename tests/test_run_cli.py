@@ -113,7 +113,7 @@ def test_ctrl_c_in_a_sweep_names_the_jobs_that_finished_and_how_to_gather(tmp_pa
     assert text.startswith(f"2 job(s) finished in {tmp_path / 'sweep'} (0, 1); the job in ")
     assert f"gather them: qconf compare {tmp_path / 'sweep'}" in text
     nothing = interrupted_text(_Sweep(None, "qconf", multirun=True))
-    assert nothing == "no job finished — run the command again"
+    assert nothing == "no job finished in this process — run the command again"
 
 
 # --- help and flags ---

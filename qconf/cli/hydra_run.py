@@ -105,7 +105,8 @@ def interrupted_text(sweep: _Sweep) -> str:
         return safe((stopped or "the run did not start") + " — run the command again")
     done = sweep.finished
     if not done:
-        what = "; ".join(filter(None, ["no job finished", stopped]))
+        # Jobs a launcher runs in its own processes (joblib, submitit) are not seen from here.
+        what = "; ".join(filter(None, ["no job finished in this process", stopped]))
         return safe(what + " — run the command again")
     folder = str(Path(done[0]).parent)
     names = ", ".join(Path(d).name for d in done[:10]) + (", ..." if len(done) > 10 else "")
