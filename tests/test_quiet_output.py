@@ -91,3 +91,14 @@ def test_the_app_command_line_takes_per_part_overrides_as_qconf_run_does() -> No
     assert cfg.train.rank == 8
     with pytest.raises(qconf.PlanError):  # a file's hydra node is still checked first
         qconf.app_command_line(EXAMPLE_CONF, "train", ["hydra.job.name=bad name!"])
+
+
+def test_qconf_hears_every_denoising_step_for_its_own_bar() -> None:
+    from qconf.run.generate import generate
+
+    plan = qconf.intake(overrides=["model=tiny-flux", "run.steps=2", "run.seed=[0,1]"])
+    heard: list[tuple[int, int, str]] = []
+    images = generate(qconf.load_pipeline(plan), plan.run, lambda *step: heard.append(step))
+    assert len(images) == 2
+    assert heard == [(1, 4, "image 1/2"), (2, 4, "image 1/2"), (3, 4, "image 2/2"),
+                     (4, 4, "image 2/2")]  # fmt: skip

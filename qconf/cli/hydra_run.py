@@ -5,11 +5,12 @@ image.png, plan.yaml (the resolved plan) and report.json into Hydra's output fol
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -409,10 +410,9 @@ def _generate(plan: Any, out: Path, overrides: list[str], *, quiet: bool = False
     with measure_peak() as peak:
         with out_of_memory_as_error("loading"):
             loaded = load(plan)
-        if quiet or not sys.stderr.isatty():  # a log file gets no progress bar
-            loaded.pipeline.set_progress_bar_config(disable=True)
-        with out_of_memory_as_error("generating"):
-            images = generate(loaded.pipeline, plan.run)
+        loaded.pipeline.set_progress_bar_config(disable=True)  # qconf's bar instead
+        with out_of_memory_as_error("generating"), _steps_bar(quiet) as on_step:
+            images = generate(loaded.pipeline, plan.run, on_step)
     peak_bytes, peak_kind = peak.on(loaded.pipeline.device)
     names = image_names(len(images))
     for name, generated in zip(names, images, strict=True):
@@ -436,6 +436,19 @@ def _generate(plan: Any, out: Path, overrides: list[str], *, quiet: bool = False
         print_report(loaded.report)
         print(f"wrote {safe(str(out / names[0]))}{' ...' if len(names) > 1 else ''}, "
               "plan.yaml, report.json")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _steps_bar(quiet: bool) -> Iterator[Any]:
+    """qconf's bar over the denoising steps (on a terminal); none for compare's jobs, which
+    show one bar over the sweep."""
+    if quiet:
+        yield None
+        return
+    from qconf.cli.progress import progress_bar
+
+    with progress_bar("generating") as update:
+        yield update
 
 
 def image_names(count: int) -> list[str]:

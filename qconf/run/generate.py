@@ -7,7 +7,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,14 +82,20 @@ def _rss_peak() -> int:
     return 0
 
 
-def generate(pipeline: Any, run: Any) -> list[Generated]:
+def generate(pipeline: Any, run: Any, on_step: StepCallback | None = None) -> list[Generated]:
     """One image per (prompt, seed) of `run` (a RunSpec), in that order. Video pipelines give
-    their first frame, so a comparison still has one picture per prompt and seed."""
+    their first frame, so a comparison still has one picture per prompt and seed. `on_step`
+    hears (steps done, steps in all, label) after each denoising step, where the pipeline
+    reports steps (`callback_on_step_end`)."""
     import torch
 
     device = getattr(pipeline, "device", torch.device("cpu"))
     results = []
-    for prompt, seed in run.images():
+    jobs = list(run.images())
+    total = len(jobs) * run.steps
+    for index, (prompt, seed) in enumerate(jobs):
+        steps = _step_reporter(pipeline, on_step, index * run.steps, total,
+                               f"image {index + 1}/{len(jobs)}")  # fmt: skip
         # A CPU generator on every device: the same seed gives the same starting noise on CPU
         # and GPU, so runs on different machines stay comparable.
         generator = torch.Generator().manual_seed(seed)
@@ -101,12 +107,32 @@ def generate(pipeline: Any, run: Any) -> list[Generated]:
             width=run.width,
             guidance_scale=run.guidance_scale,
             generator=generator,
+            **steps,
         )
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         results.append(Generated(_first_picture(output), prompt, seed, seconds))
     return results
+
+
+StepCallback = Callable[[int, int, str], None]
+
+
+def _step_reporter(pipeline: Any, on_step: StepCallback | None, before: int, total: int,
+                   label: str) -> dict[str, Any]:  # fmt: skip
+    """The pipeline keyword that reports each finished step to `on_step` (none if the pipeline
+    takes no step callback)."""
+    import inspect
+
+    if on_step is None or "callback_on_step_end" not in inspect.signature(pipeline).parameters:
+        return {}
+
+    def step_end(_pipe: Any, step: int, _timestep: Any, _tensors: dict[str, Any]) -> dict:
+        on_step(before + step + 1, total, label)
+        return {}  # nothing replaced: the pipeline keeps its own latents
+
+    return {"callback_on_step_end": step_end}
 
 
 def _first_picture(output: Any) -> Any:
