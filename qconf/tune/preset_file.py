@@ -92,6 +92,10 @@ def preset_text(where: Any, tuned: Any) -> str:
         f"{winner.psnr:.2f} dB, SSIM {winner.ssim:.4f} against the unquantized pipeline on "
         "run.prompt / run.seed.",
     ]
+    for part, kept in sorted(winner.extra.get("kept", {}).items()):
+        # the skip entries match the library's way (quanto: leaf names), checked on the load
+        lines.append(f"# The skip list keeps {len(kept)} layers of {part} unquantized: "
+                     f"{', '.join(kept)}.")  # fmt: skip
     data: dict[str, Any] = {}
     if defaults:
         data["defaults"] = defaults
