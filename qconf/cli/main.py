@@ -24,7 +24,7 @@ COMMANDS = {
     "inspect": "Print the plan of a saved pipeline folder (from each part's config.json).",
     "sensitivity": "Quantize each part alone under each option that runs here and measure how far "
     "the part's output and the image move (cached).",
-    "tune": "Choose per-part options for a memory budget (budget=12GiB) from measured "
+    "tune": "Choose per-part options for a memory budget (--budget 12GiB) from measured "
     "sensitivity, measure the best, write the winner as a preset.",
     "compare": "Run plans side by side (a sweep plus the unquantized baseline): images, bytes, "
     "speed, PSNR/SSIM; or gather DIR.",
