@@ -286,6 +286,23 @@ def test_mistakes_are_answered_before_torch_is_imported(tmp_path: Path) -> None:
     assert result.stderr.count("error: ") == 4
 
 
+@pytest.mark.parametrize("command", [["sensitivity"], ["tune", "--budget", "1GiB"]])
+def test_a_missing_library_names_the_command_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def without_torchmetrics(name: str, *args: object) -> object:
+        return None if name == "torchmetrics" else real(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_torchmetrics)
+    result = cli(*command, cwd=tmp_path)
+    one_error_line(result, f"qconf {command[0]}: needs torchmetrics")
+    assert "pip install 'qconf[compare]'" in result.stderr
+
+
 def test_train_parts_get_only_trainable_options(tmp_path: Path) -> None:
     result = cli("tune", "--budget", "2.0MiB", *FLUX, "--train", "transformer", "--options",
                  "int8wo,int8dq", "--parts", "transformer", "--name", "t", "--measure", "1",

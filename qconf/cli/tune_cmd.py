@@ -25,15 +25,14 @@ from qconf.errors import PlanError, Problem
 COMMAND = "qconf tune"
 DEFAULT_CONFIG_DIR = "qconf-conf"
 DEFAULT_MEASURE = 3
-SIZE_RULE = ("B bytes, KiB/MiB/GiB/TiB (K/M/G/T) powers of 1024, KB/MB/GB/TB powers of 1000; "
-             "a bare number is GiB")  # fmt: skip
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--budget", metavar="SIZE",
-                        help=f"memory for the weights, e.g. 16GiB ({SIZE_RULE}); "
-                        "`budget=SIZE` works too")  # fmt: skip
+    from qconf.units import size_help
+
+    what = "memory for the weights, e.g. --budget 16GiB (or `budget=16GiB`)"
+    parser.add_argument("--budget", metavar="SIZE", help=size_help(what))
     add_train_argument(parser, "the parts (a,b) that will be LoRA-trained get only options LoRA "
                        "trains through (qconf list options); alone: every part the plan "
                        "quantizes (default: no training)")  # fmt: skip
@@ -49,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qconf.estimate.presets import parse_size
     from qconf.tune.preset_file import preset_path
+    from qconf.units import parse_size
 
     # Every argument is checked before torch is imported (a typo costs no import).
     require_libraries(COMMAND)
