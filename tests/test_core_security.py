@@ -319,12 +319,18 @@ def test_save_target_protects_folders(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_shard_sizes() -> None:
-    for ok in (None, 1, "5GB", "500 MB", "1.5gib", " 10KiB "):
-        check_shard_size(ok)
-    for bad in (0, -1, True, "5", "GB", "5 PB", "1.GB", 1.5):
+    # read as every size qconf reads (qconf.units.parse_size): an int is bytes
+    expected = {None: None, 1: 1, "5GB": 5 * 10**9, "500 MB": 500 * 10**6,
+                "1.5gib": 3 * 2**29, " 10KiB ": 10 * 2**10, "5": 5 * 2**30}  # fmt: skip
+    for given, size in expected.items():
+        assert check_shard_size(given) == size
+    for bad in (0, -1, True, 1.5):
         assert problems(check_shard_size, bad) == [
-            f"--max-shard-size: {bad!r} is not a size — write e.g. 5GB or 500MB"
+            f"--max-shard-size: {bad!r} is not a size — write e.g. 5GB or 500MiB"
         ]
+    for bad in ("GB", "5 PB", "-5GB", "0B"):
+        (line,) = problems(check_shard_size, bad)
+        assert line.startswith(f"--max-shard-size: {bad!r} is ")
 
 
 def test_adapter_problems() -> None:
@@ -450,10 +456,11 @@ def test_save_pipeline_refusals_and_races(tmp_path: Path) -> None:
     target = tmp_path / "saved"
     pipe = Pipe()
     save_pipeline(loaded(pipe), target, max_shard_size="5GB")
-    assert pipe.calls == [{"safe_serialization": True, "max_shard_size": "5GB"}]
+    assert pipe.calls == [{"safe_serialization": True, "max_shard_size": 5 * 10**9}]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]
-    assert problems(save_pipeline, loaded(Pipe()), tmp_path / "x", max_shard_size="5") == [
-        "--max-shard-size: '5' is not a size — write e.g. 5GB or 500MB"
+    assert problems(save_pipeline, loaded(Pipe()), tmp_path / "x", max_shard_size="5 PB") == [
+        "--max-shard-size: '5 PB' is not a size — write e.g. 16GiB, 24G, 12000MiB or 16GB "
+        "(a bare number is GiB)"
     ]
     (line,) = problems(
         save_pipeline,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -124,16 +123,18 @@ def save_target(target: str | Path) -> Path:
     return real
 
 
-_SHARD_SIZE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
+def check_shard_size(value: str | int | None) -> int | None:
+    """Bytes per saved weight file: an int is bytes, a string is read as every size qconf
+    reads (qconf.units.parse_size: `5GB`, `500MiB`; a bare number is GiB); None leaves the
+    libraries' default."""
+    from qconf.units import parse_size
 
-
-def check_shard_size(value: str | int | None) -> None:
     if value is None or isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return
-    if not (isinstance(value, str) and _SHARD_SIZE.match(value.strip())):
-        raise PlanError(
-            Problem("--max-shard-size", f"{value!r} is not a size", "write e.g. 5GB or 500MB")
-        )
+        return value
+    if not isinstance(value, str):
+        raise PlanError(Problem("--max-shard-size", f"{value!r} is not a size",
+                                "write e.g. 5GB or 500MiB"))  # fmt: skip
+    return parse_size(value, "--max-shard-size")
 
 
 def adapter_problems(pipeline: Any) -> list[Problem]:
@@ -167,7 +168,7 @@ def save_pipeline(
     import yaml
 
     check_can_save(loaded.resolved, target, force=force)
-    check_shard_size(max_shard_size)
+    max_shard_size = check_shard_size(max_shard_size)
     adapters = adapter_problems(loaded.pipeline)
     if adapters:
         raise PlanError(adapters)
