@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -96,25 +96,6 @@ def with_default(parser: argparse.ArgumentParser, dest: str, text: str) -> None:
     for action in parser._actions:  # argparse has no public lookup by dest
         if action.dest == dest:
             action.help = f"{action.help} {text}" if action.help else text
-
-
-@contextmanager
-def progress_bar(title: str) -> Iterator[Callable[[int, int, str], None]]:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from qconf.text import markup
-
-    console = Console(stderr=True)
-    with Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=console, transient=True,
-                  disable=not console.is_terminal) as bar:  # fmt: skip
-        task = bar.add_task("", total=None)
-
-        def update(done: int, total: int, label: str) -> None:
-            bar.update(task, completed=done, total=total, description=markup(label))
-
-        yield update
 
 
 @contextmanager

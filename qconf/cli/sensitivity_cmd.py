@@ -14,10 +14,10 @@ from qconf.cli.measure import (
     add_measure_arguments,
     choices_from_args,
     interrupt_notice,
-    progress_bar,
     require_libraries,
     setting_from_args,
 )
+from qconf.cli.progress import progress_bar
 from qconf.errors import PlanError, Problem
 
 COMMAND = "qconf sensitivity"

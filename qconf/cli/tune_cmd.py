@@ -15,11 +15,11 @@ from qconf.cli.measure import (
     choices_from_args,
     chosen,
     interrupt_notice,
-    progress_bar,
     require_libraries,
     setting_from_args,
     with_default,
 )
+from qconf.cli.progress import progress_bar
 from qconf.errors import PlanError, Problem
 
 COMMAND = "qconf tune"
