@@ -112,7 +112,7 @@ def test_every_list_form_prints_json_with_the_table_rows(
 
 def test_the_shipped_estimates_are_a_fresh_computation_of_the_built_in_presets() -> None:
     shipped = preset_cache.read_shipped()
-    fix = "run `python -m qconf.estimate.preset_cache --write`"
+    fix = "run `python -m qconf.estimate.presets --write`"
     assert shipped is not None and shipped.key == preset_cache.builtin_key(), fix
     fresh = {e.preset: preset_cache.stored(e) for e in estimate_presets(cached=False)}
     assert None not in fresh.values(), fresh

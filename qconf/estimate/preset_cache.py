@@ -35,7 +35,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from qconf.errors import QconfError
-from qconf.estimate.presets import PresetEstimate
+from qconf.estimate.preset_estimate import PresetEstimate
 
 FORMAT = 1  # bump when what is stored, or how a key is made, changes
 SHIPPED = "preset_estimates.json"
@@ -358,12 +358,9 @@ def _group(
 # --- the shipped file -------------------------------------------------------------------------
 
 
-def write_shipped(path: Path | None = None) -> Path:
-    """Compute every built-in preset afresh and write the shipped file (a preset that cannot be
-    estimated is an error: every built-in preset has a snapshot)."""
-    from qconf.estimate.presets import estimate_presets
-
-    estimates = estimate_presets(cached=False)
+def write_shipped(estimates: list[PresetEstimate], path: Path | None = None) -> Path:
+    """Write the shipped file from every built-in preset's fresh estimate (a preset that
+    cannot be estimated is an error: every built-in preset has a snapshot)."""
     broken = [f"{e.preset}: {e.missing}" for e in estimates if stored(e) is None]
     if broken:
         raise SystemExit("not estimated: " + "; ".join(broken))
@@ -371,23 +368,3 @@ def write_shipped(path: Path | None = None) -> Path:
     target = path or shipped_path()
     target.write_bytes(_payload(builtin_key(), presets, versions=library_versions()))  # type: ignore[arg-type]
     return target
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m qconf.estimate.preset_cache",
-        description="Estimate every built-in preset afresh and write the shipped estimates.",
-    )
-    parser.add_argument("--write", action="store_true", help=f"write qconf/data/{SHIPPED}")
-    args = parser.parse_args(argv)
-    if not args.write:
-        parser.print_help()
-        return 0
-    print(f"wrote {write_shipped()}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,40 +7,12 @@ reports what is missing instead of a number.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+
+from qconf.estimate.preset_estimate import PresetEstimate
 
 # sizes are read in one place for every command (units.py); kept importable from here
 from qconf.units import GIB, MAX_SIZE, SIZE_RULE, UNITS, parse_size, size_help  # noqa: F401
-
-
-@dataclass(frozen=True)
-class PresetEstimate:
-    preset: str
-    source: str
-    bytes_unquantized: int | None  # None: no snapshot for the model
-    bytes: int | None
-    load_peak_bytes: int | None
-    missing: str | None = None
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "preset": self.preset,
-            "model": self.source,
-            "bytes_unquantized": self.bytes_unquantized,
-            "bytes": self.bytes,
-            "load_peak_bytes": self.load_peak_bytes,
-            **({"missing": self.missing} if self.missing else {}),
-        }
-
-    def loads_in(self, budget: int) -> bool:
-        """Whether loading it fits `budget` bytes: its peak while loading (which is never below
-        its weights) is at most that."""
-        return self.load_peak_bytes is not None and self.load_peak_bytes <= budget
-
-    def over_by_peak(self, budget: int) -> bool:
-        """Whether its weights fit `budget` but its peak while loading does not."""
-        return self.bytes is not None and self.bytes <= budget and not self.loads_in(budget)
 
 
 def estimate_preset(name: str, config_dir: str | Path | None = None) -> PresetEstimate:
@@ -104,3 +76,29 @@ def over_by_peak(estimates: list[PresetEstimate], budget: int) -> list[PresetEst
     `fitting`, and said so), smallest peak first."""
     over = [e for e in estimates if e.over_by_peak(budget)]
     return sorted(over, key=lambda e: (e.load_peak_bytes, e.bytes, e.preset))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m qconf.estimate.presets --write`: estimate every built-in preset afresh and
+    write the shipped estimates (qconf.estimate.preset_cache)."""
+    import argparse
+
+    from qconf.estimate.preset_cache import SHIPPED, write_shipped
+
+    parser = argparse.ArgumentParser(
+        prog="python -m qconf.estimate.presets",
+        description="Estimate every built-in preset afresh and write the shipped estimates.",
+    )
+    parser.add_argument("--write", action="store_true", help=f"write qconf/data/{SHIPPED}")
+    args = parser.parse_args(argv)
+    if not args.write:
+        parser.print_help()
+        return 0
+    print(f"wrote {write_shipped(estimate_presets(cached=False))}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
