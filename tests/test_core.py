@@ -111,6 +111,8 @@ def test_run_spec_defaults_and_bounds() -> None:
         "width": 32,
         "guidance_scale": 3.5,
         "seed": 0,
+        "num_frames": None,
+        "fps": None,
     }
     RunSpec(steps=1, height=8, width=8)
     assert lines({"model": FLUX, "run": {"steps": 0, "height": 7, "width": 4}}) == [
@@ -141,7 +143,7 @@ def test_plans_are_frozen_and_strict() -> None:
     ]
     assert lines({"model": FLUX, "run": {"stepz": 3}}) == [
         "run.stepz: unknown key — did you mean 'steps'? valid keys: prompt, steps, height, width, "
-        "guidance_scale, seed"
+        "guidance_scale, seed, num_frames, fps"
     ]
     assert lines({}) == ["model: required key is missing — set it"]
     assert lines({"model": {}}) == ["model.source: required key is missing — set it"]

@@ -42,6 +42,7 @@ from qconf.plan.messages import PlanProblems, did_you_mean, problems_from_errors
 from qconf.plan.safety import target_problems
 from qconf.source.model import ModelSource, open_source
 from qconf.source.parts import PipelineParts
+from qconf.source.video import MAX_FRAMES, run_problems
 from qconf.trust.bounds import MAX_PLAN_DEPTH, depth
 from qconf.trust.userpath import user_path
 
@@ -163,6 +164,10 @@ class RunSpec(StrictModel):
     width: int = Field(32, ge=8, le=2**20)
     guidance_scale: float = Field(3.5, allow_inf_nan=False, ge=-1000, le=1000)
     seed: Seed | Annotated[list[Seed], Field(min_length=1)] = 0
+    # Video pipelines only (checked against the pipeline): null = the pipeline's own clip for
+    # `qconf run`, a few frames for compare/sensitivity/tune (qconf.source.video).
+    num_frames: int | None = Field(None, ge=1, le=MAX_FRAMES)
+    fps: int | None = Field(None, ge=1, le=240)
 
     @model_validator(mode="after")
     def _bounded(self) -> RunSpec:
@@ -258,6 +263,7 @@ class Plan(StrictModel):
             problems += source_problems(self.model, found)
             problems += part_problems(self.quant, found)
             problems += dtype_problems(self.model, self.quant)
+            problems += run_problems(self.run.num_frames, self.run.fps, found.pipeline)
             if not problems:
                 problems += saved_problems(self, found)
         if problems:
