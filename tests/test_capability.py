@@ -3,7 +3,7 @@
 Every backend option × every weight-bearing part of the tiny families: the part alone quantized
 through qconf's load façade and run forward once on the inputs it gets in a real generation
 (the capability table's rows live in qconf/backends/<backend>.py `known_failures`; the walk that
-measures them is qconf.backends.capability_walk, which these tests share). bitsandbytes on
+measures them is qconf.sensitivity.capability_walk, which these tests share). bitsandbytes on
 diffusers parts and the CUDA-only options are refused here for want of a GPU: no forward."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pytest
 
 import qconf
 from qconf.backends import REGISTRY, known_failure
-from qconf.backends.capability_walk import FAMILIES, Cell, Family, capture, measure
 from qconf.cli.main import main
 from qconf.plan.conftree import backend_options
+from qconf.sensitivity.capability_walk import FAMILIES, Cell, Family, capture, measure
 
 OPTIONS = sorted(backend_options())
 DTYPE = "bfloat16"  # the plan's default load dtype (the walk measures the others)

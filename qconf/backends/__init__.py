@@ -8,9 +8,9 @@ from typing import Annotated
 
 from pydantic import Field
 
-from qconf.backends.base import LIBRARIES, Backend, EntryBase, Library, StrictModel
+from qconf.backends.base import LIBRARIES, Backend, EntryBase, KnownFailure, Library, StrictModel
 from qconf.backends.bitsandbytes import BNB_4BIT, BNB_8BIT, CPU_ALTERNATIVE
-from qconf.backends.capabilities import KnownFailure, known_failure, known_failures_ignored
+from qconf.backends.capabilities import known_failure, known_failures_ignored
 from qconf.backends.gguf import GGUF
 from qconf.backends.quanto import QUANTO
 from qconf.backends.torchao import TORCHAO

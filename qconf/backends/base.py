@@ -8,7 +8,6 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qconf.backends.capabilities import KnownFailure
 from qconf.errors import Problem
 
 Library = Literal["diffusers", "transformers"]
@@ -153,6 +152,22 @@ def saved_names(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+Device = Literal["cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class KnownFailure:
+    """One measured failure (qconf.backends.capabilities): entries whose `variant()` is
+    `variant`, on parts of class `part_class`, computing on `device`, loaded in one of `dtypes`,
+    fail with `reason`."""
+
+    variant: str
+    part_class: str
+    device: Device
+    dtypes: tuple[str, ...]
+    reason: str  # the measured error's first line (type: message)
+
+
 @dataclass(frozen=True)
 class Backend:
     """A registry entry: everything qconf knows about one quantization backend."""
@@ -179,5 +194,5 @@ class Backend:
     # states where its figure comes from; the default is for what nobody measured yet.
     load_peak_ratio: float = 1.3
     # Combinations measured to fail (qconf.backends.capabilities; python -m
-    # qconf.backends.capability_walk measures them, tests/test_capability.py keeps them honest).
+    # qconf.sensitivity.capability_walk measures them, tests/test_capability.py keeps them honest).
     known_failures: tuple[KnownFailure, ...] = ()

@@ -1,9 +1,10 @@
 """Known-failing combinations: a backend variant on a part class, on a device, in a load dtype.
 
-Each backend module lists its own rows (`Backend.known_failures`), measured by
-`python -m qconf.backends.capability_walk` (every CPU option × every weight-bearing part of the
-tiny families, one real forward each) and kept honest by tests/test_capability.py, which checks
-both ways that validate's verdict and a real forward agree. Torch-free: validate looks rows up
+Each backend module lists its own rows (`Backend.known_failures`, `KnownFailure` in base.py),
+measured by `python -m qconf.sensitivity.capability_walk` (every option × every weight-bearing
+part of the tiny families, one real forward each; bench/capability-table.md) and kept honest by
+tests/test_capability.py, which checks both ways that validate's verdict and a real forward
+agree. Torch-free: validate looks rows up
 by the part's class name (model_index.json or the pipeline table) and never imports torch."""
 
 from __future__ import annotations
@@ -11,29 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
-if TYPE_CHECKING:
-    from qconf.backends.base import EntryBase
+from qconf.backends.base import Device, EntryBase, KnownFailure
 
-Device = Literal["cpu", "cuda"]
 # Load dtypes the walk measured on CPU: a row names those of them the combination fails in, so a
 # dtype listed here and absent from a row is measured to work.
 MEASURED_DTYPES: dict[Device, tuple[str, ...]] = {"cpu": ("bfloat16", "float16", "float32")}
-
-
-@dataclass(frozen=True)
-class KnownFailure:
-    """One measured failure: entries whose `variant()` is `variant`, on parts of class
-    `part_class`, running on `device`, loaded in one of `dtypes`, fail with `reason`."""
-
-    variant: str
-    part_class: str
-    device: Device
-    dtypes: tuple[str, ...]
-    reason: str  # the measured error's first line (type: message)
-
 
 _IGNORED: ContextVar[bool] = ContextVar("qconf_known_failures_ignored", default=False)
 

@@ -8,8 +8,14 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from qconf.backends.base import Backend, EntryBase, KwargsBase, Library, saved_names
-from qconf.backends.capabilities import KnownFailure
+from qconf.backends.base import (
+    Backend,
+    EntryBase,
+    KnownFailure,
+    KwargsBase,
+    Library,
+    saved_names,
+)
 
 
 class QuantoKwargs(KwargsBase):
@@ -79,7 +85,7 @@ QUANTO = QuantoEntry.spec = Backend(
     trainable={"diffusers": True, "transformers": True},
     quant_method="quanto",
     load_peak_ratio=max(_LOAD_PEAK_RATIOS.values()),  # per weights_dtype: QuantoEntry
-    # Measured with python -m qconf.backends.capability_walk (optimum-quanto 0.2.7, torch 2.13
+    # Measured with python -m qconf.sensitivity.capability_walk (optimum-quanto 0.2.7, torch 2.13
     # CPU); tests/test_capability.py re-measures the bfloat16 ones.
     known_failures=(
         # The VAE's attention (decoder.mid_block.attentions.0.to_q) gets a transposed,

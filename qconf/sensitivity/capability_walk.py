@@ -2,14 +2,14 @@
 families, one part quantized at a time through qconf's load façade and run forward once on the
 inputs it gets in a real generation (qconf.sensitivity.capture), next to what validate says.
 
-    python -m qconf.backends.capability_walk [--families tiny-flux,...] [--options int8wo,...]
+    python -m qconf.sensitivity.capability_walk [--families tiny-flux,...] [--options int8wo,...]
         [--dtypes bfloat16,float16,float32] [overrides...]
 
 prints one table per load dtype (`ok`, `FAIL`, `NaN`, `gpu` = refused: needs a CUDA GPU, `=` =
 nothing quantized), the failures as `KnownFailure` rows for the backend modules, and every cell
 where validate and the forward disagree (exit 1 then). tests/test_capability.py runs the same
-cells in the plan's default dtype. A module that only measures: it sits above the load façade
-(imports it lazily) and nothing in qconf imports it."""
+cells in the plan's default dtype. It only measures: it calls the load façade and the capture,
+and nothing in qconf imports it (validate reads the rows, never this module)."""
 
 from __future__ import annotations
 
@@ -262,7 +262,7 @@ def failure_rows(cells: list[Cell]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     from qconf.plan.conftree import backend_options
 
-    parser = argparse.ArgumentParser(prog="python -m qconf.backends.capability_walk")
+    parser = argparse.ArgumentParser(prog="python -m qconf.sensitivity.capability_walk")
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--options", default=",".join(sorted(backend_options())))
     parser.add_argument("--dtypes", default="bfloat16", help="e.g. bfloat16,float16,float32")
