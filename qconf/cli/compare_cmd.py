@@ -84,6 +84,9 @@ def _run_and_gather(argv: list[str]) -> int:
             )  # fmt: skip
         )
     launches.append(sweep)
+    for item in launches:  # a video plan: a few frames unless run.num_frames says how many
+        item.sweep.measuring = True
+    _say_frames(sweep)
     total = sum(len(item.jobs) for item in launches)
     _check_gatherable(sweep, total)
     record = _record(launches)
@@ -113,6 +116,15 @@ def _run_and_gather(argv: list[str]) -> int:
               "those", file=sys.stderr)  # fmt: skip
         return 2
     return comparison
+
+
+def _say_frames(sweep: Any) -> None:
+    """'video: measured on 5 frames ...' for a video model (one model per comparison)."""
+    from qconf.source.video import measuring_note
+
+    note = measuring_note(next(iter(sweep.sweep.plans.values())))
+    if note is not None:
+        print(safe(note), file=sys.stderr)
 
 
 def _record(launches: list[Any]) -> dict[str, Any]:
@@ -181,16 +193,20 @@ def _print_table(comparison: Any) -> None:
     from qconf.units import human_bytes
 
     table = Table(title=f"reference: {markup(comparison.reference)}")
+    video = any(row.worst_psnr is not None for row in comparison.rows)
     for name, justify in (("plan", "left"), ("weights", "right"), ("peak", "right"),
-                          ("load s", "right"), ("s/image", "right"), ("PSNR", "right"),
-                          ("SSIM", "right"), ("Pareto", "center")):  # fmt: skip
+                          ("load s", "right"), ("s/video" if video else "s/image", "right"),
+                          ("PSNR", "right"), ("SSIM", "right"),
+                          *((("worst frame PSNR", "right"),) if video else ()),
+                          ("Pareto", "center")):  # fmt: skip
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in comparison.rows:
         run = row.run
+        worst = (psnr_text(row.worst_psnr),) if video else ()
         table.add_row(markup(row.label), human_bytes(run.total_bytes),
                       human_bytes(run.peak_memory_bytes), f"{run.load_seconds:.2f}",
                       f"{run.seconds_per_image:.3f}", psnr_text(row.psnr), ssim_text(row.ssim),
-                      "✓" if row.pareto else "")  # fmt: skip
+                      *worst, "✓" if row.pareto else "")  # fmt: skip
     console().print(table)
 
 

@@ -1,7 +1,8 @@
 """`qconf run`: the main job, a Hydra app (run folders, -m multirun, sweepers work as usual).
 
 Loads the pipeline with the plan, generates one image (settings under `run:`), and writes
-image.png, plan.yaml (the resolved plan) and report.json into Hydra's output folder."""
+image.png, plan.yaml (the resolved plan) and report.json into Hydra's output folder; a video
+pipeline also writes its frames as video.webp (image.png is the first frame)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ class _Sweep:
     failed: list[str] = field(default_factory=list)
     quiet: bool = False  # jobs print no per-part report (`qconf compare` prints one table)
     resume: bool = False  # skip a job whose folder already holds its finished run (compare)
+    measuring: bool = False  # compare: video on a few frames unless run.num_frames is set
     multirun: bool = False
     # What happened in this process (jobs a launcher runs elsewhere are not seen here): the
     # folders of finished jobs, and of the job a Ctrl-C stopped.
@@ -377,7 +379,7 @@ def generate(cfg: Any, sweep: _Sweep) -> None:
             raise PlanError(unchecked)
         typed = sweep.typed.get(_task_key(task), [])
         if not (sweep.resume and _already_finished(plan, out, typed)):
-            _generate(plan, out, typed, quiet=sweep.quiet)
+            _generate(plan, out, typed, quiet=sweep.quiet, measuring=sweep.measuring)
         sweep.finished.append(str(out))
     except QconfError as exc:
         for line in exc.lines:
@@ -398,12 +400,15 @@ def _already_finished(plan: Any, out: Path, typed: list[str]) -> bool:
     return finished_run(out, plan_text(plan.resolve().to_json()), typed, len(plan.run.images()))
 
 
-def _generate(plan: Any, out: Path, overrides: list[str], *, quiet: bool = False) -> None:
+def _generate(plan: Any, out: Path, overrides: list[str], *, quiet: bool = False,
+              measuring: bool = False) -> None:  # fmt: skip
     from qconf.cli.tables import print_report
     from qconf.loading.loader import load
     from qconf.loading.out_of_memory import out_of_memory_as_error
     from qconf.run.finished import plan_text
     from qconf.run.generate import generate, measure_peak
+    from qconf.run.video import encode_video
+    from qconf.source.video import measuring_run
 
     if quiet:  # qconf compare shows one progress bar over the sweep instead
         no_progress_bars()
@@ -412,30 +417,51 @@ def _generate(plan: Any, out: Path, overrides: list[str], *, quiet: bool = False
             loaded = load(plan)
         loaded.pipeline.set_progress_bar_config(disable=True)  # qconf's bar instead
         with out_of_memory_as_error("generating"), _steps_bar(quiet) as on_step:
-            images = generate(loaded.pipeline, plan.run, on_step)
+            run_spec = measuring_run(plan) if measuring else plan.run
+            images = generate(loaded.pipeline, run_spec, on_step)
     peak_bytes, peak_kind = peak.on(loaded.pipeline.device)
     names = image_names(len(images))
-    for name, generated in zip(names, images, strict=True):
+    videos = video_names(len(images))
+    for name, video, generated in zip(names, videos, images, strict=True):
         _write_atomic(out / name, lambda f, g=generated: g.image.save(f, format="PNG"))
+        if generated.frames is not None:
+            data = encode_video(generated.frames, generated.fps or 1)
+            _write_atomic(out / video, lambda f, d=data: f.write(d))
     plan_yaml = plan_text(loaded.resolved.to_json())
     _write_atomic(out / "plan.yaml", lambda f: f.write(plan_yaml.encode()))
     run = {
         "overrides": overrides,  # the job's, as typed (Hydra records qconf's rewritten form)
         "images": [
-            {"file": name, "prompt": g.prompt, "seed": g.seed, "seconds": round(g.seconds, 4)}
-            for name, g in zip(names, images, strict=True)
-        ],
+            {"file": name, "prompt": g.prompt, "seed": g.seed, "seconds": round(g.seconds, 4),
+             **({"video": video, "frames": len(g.frames)} if g.frames is not None else {})}
+            for name, video, g in zip(names, videos, images, strict=True)
+        ],  # fmt: skip
         "seconds_per_image": round(sum(g.seconds for g in images) / len(images), 4),
         "peak_memory_bytes": peak_bytes,
         "peak_memory_kind": peak_kind,
+        **_video_fields(images),
     }
     report_text = json.dumps({**loaded.report.to_json(), "run": run}, indent=2)
     # report.json last: its presence marks a finished job (compare's progress counts it).
     _write_atomic(out / "report.json", lambda f: f.write(report_text.encode()))
     if not quiet:
         print_report(loaded.report)
-        print(f"wrote {safe(str(out / names[0]))}{' ...' if len(names) > 1 else ''}, "
+        first = out / (videos[0] if images[0].frames is not None else names[0])
+        print(f"wrote {safe(str(first))}{' ...' if len(names) > 1 else ''}, "
+              f"{'image.png, ' if images[0].frames is not None and len(names) == 1 else ''}"
               "plan.yaml, report.json")  # fmt: skip
+
+
+def _video_fields(images: list[Any]) -> dict[str, Any]:
+    """report.json's video facts: frames per video, frame rate, seconds per frame, format."""
+    from qconf.run.video import VIDEO_FORMAT
+
+    first = images[0]
+    if first.frames is None:
+        return {}
+    frames = sum(len(g.frames) for g in images)
+    return {"frames": len(first.frames), "fps": first.fps, "video_format": VIDEO_FORMAT,
+            "seconds_per_frame": round(sum(g.seconds for g in images) / frames, 4)}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -454,6 +480,11 @@ def _steps_bar(quiet: bool) -> Iterator[Any]:
 def image_names(count: int) -> list[str]:
     """image.png for one image; image-000.png, image-001.png ... for several."""
     return ["image.png"] if count == 1 else [f"image-{i:03d}.png" for i in range(count)]
+
+
+def video_names(count: int) -> list[str]:
+    """video.webp for one video; video-000.webp ... for several (beside image-000.png ...)."""
+    return ["video.webp"] if count == 1 else [f"video-{i:03d}.webp" for i in range(count)]
 
 
 def _remove_job_folder(out: Path) -> None:

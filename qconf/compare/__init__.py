@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from qconf.compare.folders import BASELINE, ImageRecord, RunFolder, run_folders, short
 from qconf.compare.results import Comparison, ImageScore, Row, Scores
@@ -33,13 +34,36 @@ def gather(sweep: Path) -> Comparison:
     for run in runs:
         images = []
         for index, image in enumerate(run.images):
-            psnr, ssim = scores.get((run.name, index), (None, None))
-            relative = f"{run.name}/{image.path.name}"
-            images.append(ImageScore(relative, image.prompt, image.seed, image.seconds, psnr, ssim))
-        rows.append(Row(run, labels[run.name], images, *_means(images)))
+            images.append(_image_score(run, image, scores.get((run.name, index))))
+        rows.append(Row(run, labels[run.name], images, *_means(images), *_worst(images)))
     _mark_pareto(rows)
     columns = list(dict.fromkeys((i.prompt, i.seed) for run in runs for i in run.images))
     return Comparison(sweep, reference.name, rows, columns, unfinished)
+
+
+def _image_score(run: RunFolder, image: ImageRecord, score: Any) -> ImageScore:
+    from qconf.compare.metrics import VideoScore
+
+    relative = f"{run.name}/{image.path.name}"
+    found = ImageScore(relative, image.prompt, image.seed, image.seconds, None, None)
+    if image.video is not None:
+        found.video, found.frames = f"{run.name}/{image.video.name}", image.frames
+    if isinstance(score, VideoScore):
+        found.psnr, found.ssim = score.psnr, score.ssim
+        found.worst_psnr, found.worst_ssim, found.temporal = (
+            score.worst_psnr, score.worst_ssim, score.temporal)  # fmt: skip
+    elif score is not None:
+        found.psnr, found.ssim = score
+    return found
+
+
+def _worst(images: list[ImageScore]) -> tuple[float | None, float | None, float | None]:
+    """Videos: the worst frame over all of them, and the mean temporal difference."""
+    scored = [i for i in images if i.worst_psnr is not None]
+    if not scored:
+        return None, None, None
+    return (min(i.worst_psnr for i in scored), min(i.worst_ssim for i in scored),  # type: ignore
+            sum(i.temporal for i in scored) / len(scored))  # type: ignore  # fmt: skip
 
 
 def _score(runs: list[RunFolder], reference: RunFolder) -> Scores:
@@ -61,6 +85,13 @@ def _score(runs: list[RunFolder], reference: RunFolder) -> Scores:
                         "compare runs made with the same run.height and run.width",
                     )  # fmt: skip
                 )
+            if image.frames != target.frames:
+                raise ModelSourceError(
+                    Problem(str(image.video or image.path),
+                            f"has {image.frames or 'no'} frames, the reference "
+                            f"{target.frames or 'no'}",
+                            "compare runs made with the same model and run.num_frames"),
+                )  # fmt: skip
             pending.setdefault((image.prompt, image.seed), []).append((run.name, index, image))
     return {
         (name, index): score
@@ -70,8 +101,16 @@ def _score(runs: list[RunFolder], reference: RunFolder) -> Scores:
 
 
 def _score_column(target: ImageRecord, images: list[tuple[str, int, ImageRecord]]) -> Scores:
-    from qconf.compare.metrics import deviation, load_image
+    from qconf.compare.metrics import deviation, load_image, video_deviation, video_frames
 
+    if target.video is not None and target.frames is not None:  # every frame, one at a time
+        return {
+            (name, index): video_deviation(
+                video_frames(image.video, image.size, target.frames),  # type: ignore[arg-type]
+                video_frames(target.video, target.size, target.frames),
+            )
+            for name, index, image in images
+        }
     reference = load_image(target.real, target.size)
     return {
         (name, index): deviation(load_image(image.real, image.size), reference)

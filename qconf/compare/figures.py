@@ -68,8 +68,10 @@ def grid_png(comparison: Comparison) -> bytes:
     rows, columns = comparison.rows[:shown_rows], comparison.columns[:shown_columns]
     note = grid_note(comparison)
     height = 0.6 + CELL_INCHES * len(rows) + (0.3 if note else 0.0)
-    figure, axes = plt.subplots(len(rows), len(columns), squeeze=False,
-                                figsize=(2.2 + CELL_INCHES * len(columns), height))  # fmt: skip
+    # A video's cell shows three frames side by side: three times as wide.
+    wide = 3 if any(image.video is not None for row in rows for image in row.run.images) else 1
+    width = 2.2 + CELL_INCHES * wide * len(columns)
+    figure, axes = plt.subplots(len(rows), len(columns), squeeze=False, figsize=(width, height))
     for r, row in enumerate(rows):
         for c, column in enumerate(columns):
             _grid_cell(axes[r][c], comparison, row, column, first=(r == 0, c == 0))
@@ -81,8 +83,6 @@ def grid_png(comparison: Comparison) -> bytes:
 
 def _grid_cell(axis: Any, comparison: Comparison, row: Row, column: tuple[str, int],
                first: tuple[bool, bool]) -> None:  # fmt: skip
-    from qconf.compare.metrics import thumbnail
-
     axis.set_xticks([])
     axis.set_yticks([])
     if first[0]:
@@ -96,10 +96,23 @@ def _grid_cell(axis: Any, comparison: Comparison, row: Row, column: tuple[str, i
     if score is None or record is None:
         axis.text(0.5, 0.5, "—", ha="center", va="center", parse_math=False)
         return
-    axis.imshow(thumbnail(record.real, record.size), interpolation="nearest")
+    axis.imshow(_picture(record), interpolation="nearest")
     if row.run.name != comparison.reference and score.psnr is not None:
         axis.set_xlabel(f"PSNR {score.psnr:.1f}  SSIM {score.ssim:.3f}", fontsize=6,
                         parse_math=False)  # fmt: skip
+
+
+def _picture(record: Any) -> Any:
+    """An image's thumbnail; a video's first, middle and last frames side by side."""
+    import numpy as np
+
+    from qconf.compare.metrics import thumbnail, video_thumbnails
+
+    if record.video is None or record.frames is None:
+        return thumbnail(record.real, record.size)
+    frames = video_thumbnails(record.video, record.size, record.frames)
+    gap = np.full((frames[0].shape[0], 2, 3), 255, dtype=np.uint8)  # a white line between
+    return np.hstack([part for frame in frames for part in (frame, gap)][:-1])
 
 
 def pareto_png(comparison: Comparison) -> bytes:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qconf.errors import ModelSourceError, Problem
 from qconf.source.files import parse_json
+from qconf.source.video import MAX_FRAMES
 from qconf.trust.reading import read_regular
 from qconf.trust.yamlsafe import MAX_BYTES as MAX_YAML_BYTES
 from qconf.trust.yamlsafe import load_yaml_text
@@ -37,6 +38,8 @@ MAX_LABEL = 300  # characters of a row label or a shown prompt, cut once where i
 Count = Annotated[int, Field(ge=0, le=2**63)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 IMAGE_FILE = r"^image(-\d{3})?\.png$"  # what `qconf run` names its images
+VIDEO_FILE = r"^video(-\d{3})?\.webp$"  # and its videos (a video pipeline's)
+Frames = Annotated[int, Field(ge=1, le=MAX_FRAMES)]
 
 
 class _Lenient(BaseModel):
@@ -48,6 +51,8 @@ class _Image(_Lenient):
     prompt: Text
     seed: Annotated[int, Field(ge=-(2**63), le=2**64)]
     seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    video: Annotated[str, Field(pattern=VIDEO_FILE)] | None = None
+    frames: Frames | None = None
 
 
 class _RunSection(_Lenient):
@@ -56,6 +61,8 @@ class _RunSection(_Lenient):
     seconds_per_image: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     peak_memory_bytes: Count
     peak_memory_kind: Annotated[str, Field(max_length=20)]
+    fps: Annotated[int, Field(ge=1, le=240)] | None = None
+    seconds_per_frame: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
 
 
 class _Component(_Lenient):
@@ -81,6 +88,8 @@ class ImageRecord:
     seed: int
     seconds: float
     size: tuple[int, int]  # (width, height) from the PNG header, checked before decoding
+    video: Path | None = None  # a video pipeline's frames (resolved inside the sweep folder)
+    frames: int | None = None  # how many frames the video holds (report.json)
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,8 @@ class RunFolder:
     load_seconds: float
     seconds_per_image: float
     images: tuple[ImageRecord, ...]
+    fps: int | None = None  # videos: their frame rate
+    seconds_per_frame: float | None = None
 
 
 def short(text: str, limit: int = MAX_LABEL) -> str:
@@ -219,7 +230,8 @@ def _run(folder: Path, root: Path, report: _Report, budget: _Budget) -> RunFolde
                 Problem(str(path), "missing (report.json lists it)", "re-run that job")
             )
         images.append(_image_record(path, root, image))
-        budget.pixels -= images[-1].size[0] * images[-1].size[1]
+        # A video is scored frame by frame: every frame counts as an image decoded.
+        budget.pixels -= images[-1].size[0] * images[-1].size[1] * (image.frames or 1)
         if budget.pixels < 0:  # stop at the first header past the limit
             _check_total(root, MAX_TOTAL_PIXELS - budget.pixels, MAX_TOTAL_PIXELS, "pixels")
     return RunFolder(
@@ -236,6 +248,8 @@ def _run(folder: Path, root: Path, report: _Report, budget: _Budget) -> RunFolde
         load_seconds=report.load_seconds,
         seconds_per_image=report.run.seconds_per_image,
         images=tuple(images),
+        fps=report.run.fps,
+        seconds_per_frame=report.run.seconds_per_frame,
     )
 
 
@@ -265,7 +279,21 @@ def _image_record(path: Path, root: Path, image: _Image) -> ImageRecord:
     from qconf.compare.metrics import image_size
 
     real = inside(path, root, "the image")
-    return ImageRecord(path, real, image.prompt, image.seed, image.seconds, image_size(real))
+    video = None
+    if image.video is not None:
+        if image.frames is None:
+            raise ModelSourceError(Problem(str(path.parent / "report.json"), f"lists "
+                                           f"{image.video} without its frame count",
+                                           "re-run that job"))  # fmt: skip
+        video_path = path.parent / image.video
+        if not _entry_exists(video_path):
+            raise ModelSourceError(
+                Problem(str(video_path), "missing (report.json lists it)", "re-run that job")
+            )
+        video = inside(video_path, root, "the video")
+    size = image_size(real)
+    return ImageRecord(path, real, image.prompt, image.seed, image.seconds, size, video,
+                       image.frames if video is not None else None)  # fmt: skip
 
 
 def _overrides(folder: Path, root: Path) -> tuple[str, ...]:

@@ -3,8 +3,10 @@ the same definitions everyone quotes), on the images as saved (8-bit PNG, RGB, r
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -122,3 +124,97 @@ def deviation(image: Any, reference: Any) -> tuple[float, float]:
         structural_similarity_index_measure(image, reference, data_range=1.0, kernel_size=kernel)
     )
     return psnr, ssim
+
+
+# A lossless animated WebP of qconf run: 32x32 x 5 frames is ~13 KB; 1024x1024 x 129 frames of
+# real video a few hundred MB at most. More is not a video qconf wrote.
+MAX_VIDEO_BYTES = 512 * 2**20
+
+
+def video_frames(path: Path, size: tuple[int, int], frames: int) -> Iterator[Any]:
+    """The frames of a video `qconf run` wrote, one float tensor [1, 3, H, W] at a time (one
+    decoded frame in memory), exactly `frames` of them at `size`: libwebp stores a frame equal
+    to the one before as a longer one, so each stored frame counts for its duration."""
+    from PIL import Image, ImageSequence
+
+    with open_regular(path, "the video", MAX_VIDEO_BYTES, follow_symlinks=False) as handle:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(handle, formats=["WEBP"]) as video:
+                    _check_size(path, video.size, size)
+                    if getattr(video, "n_frames", 1) > frames:
+                        raise ModelSourceError(Problem(str(path), f"holds more than the {frames} "
+                                                       "frames report.json lists",
+                                                       "re-run that job"))  # fmt: skip
+                    unit = video.info.get("duration") or 1
+                    count = 0
+                    for frame in ImageSequence.Iterator(video):
+                        repeat = max(1, round((frame.info.get("duration") or unit) / unit))
+                        tensor = image_tensor(frame)
+                        for _ in range(repeat):
+                            count += 1
+                            if count > frames:
+                                break
+                            yield tensor
+                    if count != frames:
+                        raise ModelSourceError(Problem(str(path), f"holds {count} frames, "
+                                                       f"report.json lists {frames}",
+                                                       "re-run that job"))  # fmt: skip
+        except (ModelSourceError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - as in _with_png: a malformed file
+            what = f"not a readable WebP video ({type(exc).__name__}: {str(exc)[:100]})"
+            raise ModelSourceError(Problem(str(path), what, "re-run that job")) from None
+
+
+def video_thumbnails(path: Path, size: tuple[int, int], frames: int) -> list[Any]:
+    """The first, middle and last frames (one if the video has one) as grid thumbnails."""
+    import numpy as np
+
+    wanted = sorted({0, (frames - 1) // 2, frames - 1})
+    shown = []
+    for index, frame in enumerate(video_frames(path, size, frames)):
+        if index in wanted:
+            rgb = (frame[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            shown.append(_shrunk(rgb))
+    return shown
+
+
+def _shrunk(rgb: Any) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    image = Image.fromarray(rgb)
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    return np.asarray(image)
+
+
+@dataclass
+class VideoScore:
+    psnr: float  # over all frames (of their mean squared error)
+    ssim: float
+    worst_psnr: float  # the worst frame
+    worst_ssim: float
+    temporal: float  # mean |frame-to-frame change - the reference's| (0..1): 0 = same motion
+
+
+def video_deviation(frames: Iterator[Any], reference: Iterator[Any]) -> VideoScore:
+    """Each frame against the reference's frame of the same index, and how far the change from
+    one frame to the next departs from the reference's (flicker a per-frame score misses)."""
+    scores = []
+    motion = []
+    before: tuple[Any, Any] | None = None
+    for frame, target in zip(frames, reference, strict=True):
+        scores.append(deviation(frame, target))
+        if before is not None:
+            change, reference_change = frame - before[0], target - before[1]
+            motion.append(float((change - reference_change).abs().mean()))
+        before = (frame, target)
+    psnrs = [psnr for psnr, _ in scores]
+    ssims = [ssim for _, ssim in scores]
+    # The video's PSNR: of the mean squared error over its frames (inf only if all are equal).
+    mse = sum(0.0 if math.isinf(p) else 10 ** (-p / 10) for p in psnrs) / len(psnrs)
+    psnr = math.inf if mse == 0 else -10 * math.log10(mse)
+    temporal = sum(motion) / len(motion) if motion else 0.0
+    return VideoScore(psnr, sum(ssims) / len(ssims), min(psnrs), min(ssims), temporal)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from qconf.compare.folders import RunFolder
 
-Scores = dict[tuple[str, int], tuple[float, float]]  # (run name, image index) -> (PSNR, SSIM)
+# (run name, image index) -> (PSNR, SSIM), or a video's VideoScore (qconf.compare.metrics)
+Scores = dict[tuple[str, int], Any]
 
 
 @dataclass
@@ -19,6 +21,12 @@ class ImageScore:
     seconds: float
     psnr: float | None  # dB against the reference image of the same prompt and seed
     ssim: float | None
+    # Videos: PSNR/SSIM above are over all frames; the worst frame's and the temporal check.
+    video: str | None = None  # relative to the sweep folder
+    frames: int | None = None
+    worst_psnr: float | None = None
+    worst_ssim: float | None = None
+    temporal: float | None = None  # mean |frame-to-frame change - the reference's|, 0..1
 
 
 @dataclass
@@ -28,6 +36,9 @@ class Row:
     images: list[ImageScore]
     psnr: float | None = None  # mean over the images the reference also has
     ssim: float | None = None
+    worst_psnr: float | None = None  # videos: the worst frame of any video
+    worst_ssim: float | None = None
+    temporal: float | None = None  # videos: mean temporal difference from the reference
     pareto: bool = False  # no other run is both smaller and closer to the reference
 
     @property

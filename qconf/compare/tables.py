@@ -43,6 +43,17 @@ def _row_json(row: Row) -> dict[str, Any]:
         "seconds_per_image": run.seconds_per_image,
         "psnr": row.psnr,
         "ssim": row.ssim,
+        **(
+            {
+                "fps": run.fps,
+                "seconds_per_frame": run.seconds_per_frame,
+                "worst_frame_psnr": row.worst_psnr,
+                "worst_frame_ssim": row.worst_ssim,
+                "temporal_difference": row.temporal,
+            }
+            if _is_video(row)
+            else {}
+        ),  # fmt: skip
         "pareto": row.pareto,
         "images": [vars(image) for image in row.images],
     }
@@ -104,10 +115,40 @@ def markdown(comparison: Comparison) -> str:
                 f"| {_cell(row.label)} | {_cell(short(image.prompt))} | {image.seed} "
                 f"| {image.seconds:.3f} | {psnr_text(image.psnr)} | {ssim_text(image.ssim)} |"
             )
+    if any(_is_video(row) for row in comparison.rows):
+        lines += _video_lines(comparison)
     if comparison.unfinished:
         lines += ["", f"Unfinished job folders (no report.json): "
                   f"{', '.join(_cell(n) for n in comparison.unfinished)}."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _is_video(row: Row) -> bool:
+    return any(image.video is not None for image in row.images)
+
+
+def _video_lines(comparison: Comparison) -> list[str]:
+    """Per video: frames, its worst frame against the reference's, the temporal check, and a
+    link (a relative path inside the sweep folder: the file names are qconf's own)."""
+    lines = ["", "## Videos", "",
+             "PSNR/SSIM above are over every frame. Worst frame: the frame furthest from the "
+             "reference's. Temporal: mean absolute difference between the frame-to-frame change "
+             "and the reference's (0 = moves as the reference does; pixel values 0..1).", "",
+             "| plan | prompt | seed | frames | s / frame | worst PSNR | worst SSIM | temporal "
+             "| video |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
+    for row in comparison.rows:
+        for image in row.images:
+            if image.video is None:
+                continue
+            per_frame = image.seconds / image.frames if image.frames else 0.0
+            temporal = "—" if image.temporal is None else f"{image.temporal:.4f}"
+            lines.append(
+                f"| {_cell(row.label)} | {_cell(short(image.prompt))} | {image.seed} "
+                f"| {image.frames} | {per_frame:.3f} | {psnr_text(image.worst_psnr)} "
+                f"| {ssim_text(image.worst_ssim)} | {temporal} | [{image.video}]({image.video}) |"
+            )
+    return lines
 
 
 _PEAK_KINDS = {

@@ -18,6 +18,7 @@ from qconf.trust.reading import read_regular
 
 MAX_REPORT_BYTES = 4 * 2**20  # as qconf.compare.folders reads a report
 _IMAGE = re.compile(r"^image(-\d{3})?\.png$")  # what `qconf run` names its images
+_VIDEO = re.compile(r"^video(-\d{3})?\.webp$")  # and a video pipeline's videos
 
 
 def plan_text(resolved_json: dict[str, Any]) -> str:
@@ -40,10 +41,16 @@ def finished_run(folder: Path, plan_yaml: str, overrides: list[str], images: int
     listed = run.get("images")
     if not isinstance(listed, list) or len(listed) != images:
         return False
-    names = [item.get("file") if isinstance(item, dict) else None for item in listed]
-    return all(
-        isinstance(name, str) and _IMAGE.match(name) and _regular(folder / name) for name in names
+    if not all(isinstance(item, dict) for item in listed):
+        return False
+    videos = [item["video"] for item in listed if "video" in item]
+    return all(_written(folder, item.get("file"), _IMAGE) for item in listed) and all(
+        _written(folder, video, _VIDEO) for video in videos
     )
+
+
+def _written(folder: Path, name: Any, pattern: re.Pattern[str]) -> bool:
+    return isinstance(name, str) and bool(pattern.match(name)) and _regular(folder / name)
 
 
 def _read(path: Path, limit: int) -> str:

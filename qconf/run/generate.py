@@ -1,6 +1,7 @@
-"""One job's generation (what `qconf run` does after the load): one image per (prompt, seed) of
-`run:`, each timed, and the job's peak memory — CUDA's allocator peak on a GPU, the process's
-resident-set peak on CPU. Sits above the load façade: it gets a loaded pipeline."""
+"""One job's generation (what `qconf run` does after the load): one image (or video) per
+(prompt, seed) of `run:`, each timed, and the job's peak memory — CUDA's allocator peak on a
+GPU, the process's resident-set peak on CPU.
+Sits above the load façade: it gets a loaded pipeline."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ _STATUS = Path("/proc/self/status")
 
 @dataclass
 class Generated:
-    image: Any  # PIL.Image
+    image: Any  # PIL.Image (a video's first frame)
     prompt: str
     seed: int
     seconds: float
+    frames: list[Any] | None = None  # a video's frames (PIL images); None: an image pipeline
+    fps: int | None = None  # a video's frame rate
 
 
 @dataclass
@@ -83,13 +86,21 @@ def _rss_peak() -> int:
 
 
 def generate(pipeline: Any, run: Any, on_step: StepCallback | None = None) -> list[Generated]:
-    """One image per (prompt, seed) of `run` (a RunSpec), in that order. Video pipelines give
-    their first frame, so a comparison still has one picture per prompt and seed. `on_step`
-    hears (steps done, steps in all, label) after each denoising step, where the pipeline
-    reports steps (`callback_on_step_end`)."""
+    """One image per (prompt, seed) of `run` (a RunSpec), in that order. A video pipeline makes
+    run.num_frames frames (its own clip when null; a count it cannot make is rounded to the
+    nearest it can, with a note on stderr); `image` is then the first frame, so a comparison
+    still has one picture per prompt and seed. `on_step` hears (steps done, steps in all,
+    label) after each denoising step, where the pipeline reports steps
+    (`callback_on_step_end`)."""
     import torch
 
+    from qconf.run.video import fps_of, video_call
+    from qconf.text import safe
+
     device = getattr(pipeline, "device", torch.device("cpu"))
+    video, notes = video_call(pipeline, run)
+    for note in notes:
+        print(f"note: {safe(note)}", file=sys.stderr)
     results = []
     jobs = list(run.images())
     total = len(jobs) * run.steps
@@ -107,12 +118,15 @@ def generate(pipeline: Any, run: Any, on_step: StepCallback | None = None) -> li
             width=run.width,
             guidance_scale=run.guidance_scale,
             generator=generator,
+            **video,
             **steps,
         )
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        results.append(Generated(_first_picture(output), prompt, seed, seconds))
+        frames = _frames(output)
+        picture = frames[0] if frames is not None else _picture(output.images[0])
+        results.append(Generated(picture, prompt, seed, seconds, frames, fps_of(pipeline, run)))
     return results
 
 
@@ -135,12 +149,19 @@ def _step_reporter(pipeline: Any, on_step: StepCallback | None, before: int, tot
     return {"callback_on_step_end": step_end}
 
 
-def _first_picture(output: Any) -> Any:
+def _frames(output: Any) -> list[Any] | None:
+    """A video output's frames of its first (only) video as PIL images; None for images.
+    Pipelines give a list of PIL images (LTX, HunyuanVideo, CogVideoX) or an array of frames
+    in 0..1 (Wan's default output type)."""
+    if getattr(output, "images", None) is not None:
+        return None
+    return [_picture(frame) for frame in output.frames[0]]
+
+
+def _picture(picture: Any) -> Any:
     import numpy as np
     from PIL import Image
 
-    images = getattr(output, "images", None)
-    picture = images[0] if images is not None else output.frames[0][0]
     if isinstance(picture, Image.Image):
         return picture
     array = np.asarray(picture)
