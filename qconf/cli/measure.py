@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qconf.errors import BackendUnavailableError, PlanError, Problem
+from qconf.text import safe
 
 
 def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,9 +65,14 @@ def choices_from_args(args: argparse.Namespace) -> Choices:
 def setting_from_args(args: argparse.Namespace, choices: Choices) -> Any:
     """The measuring setting (model fingerprint: a tiny pipeline is built here, with torch)."""
     from qconf.sensitivity.parts import setting
+    from qconf.source.video import measuring_note
 
-    return setting(list(args.overrides), choices.config_dir, plan_file=args.plan,
-                   plan=choices.plan)  # fmt: skip
+    where = setting(list(args.overrides), choices.config_dir, plan_file=args.plan,
+                    plan=choices.plan)  # fmt: skip
+    note = measuring_note(where.plan)  # a video model: measured on a few frames, said once
+    if note is not None:
+        print(safe(note), file=sys.stderr)
+    return where
 
 
 def chosen(text: str | None, known: list[str], flag: str) -> list[str]:

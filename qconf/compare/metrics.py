@@ -218,3 +218,13 @@ def video_deviation(frames: Iterator[Any], reference: Iterator[Any]) -> VideoSco
     psnr = math.inf if mse == 0 else -10 * math.log10(mse)
     temporal = sum(motion) / len(motion) if motion else 0.0
     return VideoScore(psnr, sum(ssims) / len(ssims), min(psnrs), min(ssims), temporal)
+
+
+def generated_tensor(generated: Any) -> Any:
+    """What a generation made, as one tensor [N, 3, H, W]: its frames for a video (PSNR over
+    the batch is that of the mean squared error over frames), else the image."""
+    import torch
+
+    if generated.frames is None:
+        return image_tensor(generated.image)
+    return torch.cat([image_tensor(frame) for frame in generated.frames])

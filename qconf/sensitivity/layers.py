@@ -240,6 +240,7 @@ def capture_part(base: Sequence[str] | Any, part: str) -> Captured:
 
     import qconf
     from qconf.run.generate import generate
+    from qconf.source.video import measuring_run
 
     cfg = part_cfg(base, part)
     pipeline = qconf.load(cfg).pipeline
@@ -253,7 +254,7 @@ def capture_part(base: Sequence[str] | Any, part: str) -> Captured:
     handle = module.register_forward_hook(stop) if entry_point(module) == "forward" else None
     try:
         with torch.no_grad(), first_call(module, keep_inputs=True) as call:
-            generate(pipeline, qconf.validate(cfg).run)
+            generate(pipeline, measuring_run(qconf.validate(cfg)))
     except _Seen:
         pass
     finally:

@@ -24,6 +24,7 @@ from qconf.sensitivity.cache import (
     Similarity,
     Text,
 )
+from qconf.source.video import measuring_run
 
 CLEAR_QUANT = ["quant.backend=null", "quant.kwargs={}", "quant.components=null",
                "quant.mapping={}"]  # fmt: skip
@@ -82,7 +83,7 @@ class Setting:
 
     def cell_key(self, part: str, entry: Any) -> str:
         return cache.key(kind=KIND, model=self.fingerprint, part=part, entry=entry,
-                         run=self.plan.run.model_dump(mode="json"),
+                         run=measuring_run(self.plan).model_dump(mode="json"),
                          dtype=self.plan.model.torch_dtype, versions=self.versions)  # fmt: skip
 
 
@@ -212,7 +213,7 @@ class _Reference:
 @contextmanager
 def _reference(where: Setting) -> Iterator[_Reference]:
     import qconf
-    from qconf.compare.metrics import image_tensor
+    from qconf.compare.metrics import generated_tensor
     from qconf.run.generate import generate
     from qconf.sensitivity.capture import first_call
 
@@ -224,7 +225,7 @@ def _reference(where: Setting) -> Iterator[_Reference]:
     with ExitStack() as stack:
         records = {p: stack.enter_context(first_call(getattr(pipeline, p)))
                    for p in weight_bearing_parts(where.plan)}  # fmt: skip
-        images = [image_tensor(g.image) for g in generate(pipeline, where.plan.run)]
+        images = [generated_tensor(g) for g in generate(pipeline, measuring_run(where.plan))]
     try:
         yield _Reference(pipeline, {p: r.output for p, r in records.items()}, images)
     finally:
@@ -234,7 +235,7 @@ def _reference(where: Setting) -> Iterator[_Reference]:
 
 def _measure(where: Setting, reference: _Reference, cell: Cell, plan: Any) -> None:
     import qconf
-    from qconf.compare.metrics import deviation, image_tensor
+    from qconf.compare.metrics import deviation, generated_tensor
     from qconf.run.generate import generate
     from qconf.sensitivity.capture import first_call, output_deviation
 
@@ -246,7 +247,7 @@ def _measure(where: Setting, reference: _Reference, cell: Cell, plan: Any) -> No
         _to_device(module, original)
         setattr(pipeline, cell.part, module)
         with first_call(module) as record:
-            images = [image_tensor(g.image) for g in generate(pipeline, where.plan.run)]
+            images = [generated_tensor(g) for g in generate(pipeline, measuring_run(where.plan))]
     except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
         cell.status = "failed"
         cell.reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"

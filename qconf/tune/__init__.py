@@ -153,9 +153,10 @@ def _images(where: Setting, cfg: Any, check: Callable[[Any], None] | None = None
     import gc
 
     import qconf
-    from qconf.compare.metrics import image_tensor
+    from qconf.compare.metrics import generated_tensor
     from qconf.quiet import no_progress_bars
     from qconf.run.generate import generate
+    from qconf.source.video import measuring_run
 
     no_progress_bars()
     with qconf.quiet():
@@ -163,7 +164,7 @@ def _images(where: Setting, cfg: Any, check: Callable[[Any], None] | None = None
     if check is not None:
         check(loaded.pipeline)
     loaded.pipeline.set_progress_bar_config(disable=True)
-    images = [image_tensor(g.image) for g in generate(loaded.pipeline, where.plan.run)]
+    images = [generated_tensor(g) for g in generate(loaded.pipeline, measuring_run(where.plan))]
     del loaded
     gc.collect()
     return images
