@@ -87,12 +87,16 @@ def print_estimate(result: Any) -> None:
 
 def print_peak(result: Any) -> None:
     from qconf.cli.tables import human_bytes
+    from qconf.source.video import video_rule
 
+    rule = video_rule(result.pipeline)
+    grows = (f"a video's grow with run.num_frames (this pipeline's own clip is "
+             f"{rule.default_frames} frames), resolution and batch" if rule is not None
+             else "they grow with resolution and batch")  # fmt: skip
     print(
         f"weights after load {human_bytes(result.total_bytes)}; peak while loading about "
         f"{human_bytes(result.load_peak_bytes)} ({result.peak_rule}); inference needs "
-        "activations on top "
-        "(not estimated: they grow with resolution, frames and batch)"
+        f"activations on top (not estimated: {grows})"
     )
 
 

@@ -24,8 +24,10 @@ _FIXES: dict[Stage, str] = {
     "loading": "compare `qconf estimate` (weights and load peak) with your memory, pick a plan "
     "that fits (`qconf list presets --fits SIZE`), quantize more parts, or spread parts over "
     "devices with model.device_map=balanced",
-    "generating": "activations grow with run.height, run.width and frames: lower them, or pick "
-    "a smaller plan (`qconf list presets --fits SIZE`) to leave more room",
+    "generating": "activations grow with run.height, run.width and, for a video pipeline, "
+    "run.num_frames (null makes the model's whole clip, e.g. 81 frames for Wan): lower them "
+    "(e.g. run.num_frames=5), or pick a smaller plan (`qconf list presets --fits SIZE`) to "
+    "leave more room",
     "running": "check the plan's weights and load peak with `qconf estimate`, and pick a plan "
     "that fits (`qconf list presets --fits SIZE`)",
 }
