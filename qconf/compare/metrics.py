@@ -135,7 +135,7 @@ def video_frames(path: Path, size: tuple[int, int], frames: int) -> Iterator[Any
     """The frames of a video `qconf run` wrote, one float tensor [1, 3, H, W] at a time (one
     decoded frame in memory), exactly `frames` of them at `size`: libwebp stores a frame equal
     to the one before as a longer one, so each stored frame counts for its duration."""
-    from PIL import Image, ImageSequence
+    from PIL import Image
 
     with open_regular(path, "the video", MAX_VIDEO_BYTES, follow_symlinks=False) as handle:
         try:
@@ -147,15 +147,10 @@ def video_frames(path: Path, size: tuple[int, int], frames: int) -> Iterator[Any
                         raise ModelSourceError(Problem(str(path), f"holds more than the {frames} "
                                                        "frames report.json lists",
                                                        "re-run that job"))  # fmt: skip
-                    unit = video.info.get("duration") or 1
                     count = 0
-                    for frame in ImageSequence.Iterator(video):
-                        repeat = max(1, round((frame.info.get("duration") or unit) / unit))
-                        tensor = image_tensor(frame)
-                        for _ in range(repeat):
-                            count += 1
-                            if count > frames:
-                                break
+                    for tensor in _expanded(video, frames):
+                        count += 1
+                        if count <= frames:
                             yield tensor
                     if count != frames:
                         raise ModelSourceError(Problem(str(path), f"holds {count} frames, "
@@ -166,6 +161,25 @@ def video_frames(path: Path, size: tuple[int, int], frames: int) -> Iterator[Any
         except Exception as exc:  # noqa: BLE001 - as in _with_png: a malformed file
             what = f"not a readable WebP video ({type(exc).__name__}: {str(exc)[:100]})"
             raise ModelSourceError(Problem(str(path), what, "re-run that job")) from None
+
+
+def _expanded(video: Any, frames: int) -> Iterator[Any]:
+    """Each stored frame as a tensor, repeated for as many frames as its duration spans (a
+    frame's duration is known once it is decoded: a first pass reads them)."""
+    from PIL import ImageSequence
+
+    durations = [_duration(frame) for frame in ImageSequence.Iterator(video)]
+    unit = sum(durations) / frames if sum(durations) else 0
+    for frame, duration in zip(ImageSequence.Iterator(video), durations, strict=True):
+        tensor = image_tensor(frame)
+        for _ in range(max(1, round(duration / unit)) if unit else 1):
+            yield tensor
+
+
+def _duration(frame: Any) -> int:
+    frame.load()
+    duration = frame.info.get("duration")
+    return duration if isinstance(duration, int | float) and duration >= 0 else 0
 
 
 def video_thumbnails(path: Path, size: tuple[int, int], frames: int) -> list[Any]:
