@@ -27,6 +27,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "load": ("bench_load.py", [], ["--runs", "5"]),
     "bytes": ("bench_bytes.py", [], []),
     "estimate": ("bench_estimate_full_width.py", [], []),
+    "video": ("bench_video.py", [], ["--runs", "1"]),
     "layer-proxy": (
         "bench_layer_proxy.py",
         [],
