@@ -77,6 +77,7 @@ def capture(family: str, dtype: str, extra: Iterable[str] = ()) -> Family:
     from qconf.quiet import no_progress_bars
     from qconf.run.generate import generate
     from qconf.sensitivity.capture import first_call
+    from qconf.source.video import measuring_run
 
     no_progress_bars()
     plan = qconf.intake(overrides=plan_overrides(family, dtype, extra))
@@ -87,7 +88,7 @@ def capture(family: str, dtype: str, extra: Iterable[str] = ()) -> Family:
     with ExitStack() as stack, torch.no_grad():
         calls = {p: stack.enter_context(first_call(getattr(pipeline, p), keep_inputs=True))
                  for p in parts}  # fmt: skip
-        generate(pipeline, plan.run)
+        generate(pipeline, measuring_run(plan))  # a video on a few frames, as sensitivity does
     folder = plan.source.local_folder()
     classes = {p: plan.parts().parts[p].class_name for p in parts}
     digests = {p: _digest(folder, p) for p in parts}
