@@ -432,8 +432,13 @@ def _generate(plan: Any, out: Path, overrides: list[str], *, quiet: bool = False
     run = {
         "overrides": overrides,  # the job's, as typed (Hydra records qconf's rewritten form)
         "images": [
-            {"file": name, "prompt": g.prompt, "seed": g.seed, "seconds": round(g.seconds, 4),
-             **({"video": video, "frames": len(g.frames)} if g.frames is not None else {})}
+            {
+                "file": name,
+                "prompt": g.prompt,
+                "seed": g.seed,
+                "seconds": round(g.seconds, 4),
+                **({"video": video, "frames": len(g.frames)} if g.frames is not None else {}),
+            }
             for name, video, g in zip(names, videos, images, strict=True)
         ],  # fmt: skip
         "seconds_per_image": round(sum(g.seconds for g in images) / len(images), 4),

@@ -88,9 +88,12 @@ def plan_sections(cfg: Any) -> Any:
     if not others:
         return cfg
     problems = [
-        Problem(key, f"looks like the plan section '{close[0]}' misspelt",
-                f"rename it to {close[0]}, or pass the plan yourself: "
-                "qconf.load_pipeline(model=cfg.model, quant=cfg.quant)")  # fmt: skip
+        Problem(
+            key,
+            f"looks like the plan section '{close[0]}' misspelt",
+            f"rename it to {close[0]}, or pass the plan yourself: "
+            "qconf.load_pipeline(model=cfg.model, quant=cfg.quant)",
+        )  # fmt: skip
         for key in others
         if (close := difflib.get_close_matches(key.lower(), _FIELDS, n=1, cutoff=0.7))
     ]
