@@ -143,8 +143,30 @@ def prepare(argv: list[str], *, extra_overrides: tuple[str, ...] = (), quiet: bo
         # folder, and a sweep never dies halfway on a plan it could have refused up front.
         jobs = _preflight(overrides, rewritten, multirun=multirun, sweep=sweep)
     search = [item for d in secondary_dirs(user_dirs) for item in ("--config-dir", str(d))]
-    hydra_argv = [*flags, *search, *rewritten, *SEARCH_OVERRIDES]
+    hydra_argv = [*flags, *search, *_logs_to_stderr(rewritten), *rewritten, *SEARCH_OVERRIDES]
     return Launch(hydra_argv, primary_dir(user_dirs), sweep, jobs)
+
+
+# stdout carries qconf's own output (reports, paths): Hydra's console handlers write to stderr
+# instead (the run folder's qconf.log keeps every line; qconf.cli.quiet shows a library's repeated
+# message once). Given on Hydra's command line by qconf itself, like SEARCH_OVERRIDES, so that a
+# config of your own that leaves qconf's primary config out is not told it changed logging.
+_STDERR_CONSOLES = (
+    "hydra.job_logging.handlers.console.stream=ext://sys.stderr",
+    "hydra.hydra_logging.handlers.console.stream=ext://sys.stderr",
+)
+
+
+def _logs_to_stderr(rewritten: list[str]) -> list[str]:
+    """The console redirections, except for a logging config the command line picks or sets
+    itself (`hydra/job_logging=disabled` has no console handler to redirect)."""
+    typed = {override.lstrip("+~").split("=", 1)[0] for override in rewritten}
+    kept = []
+    for redirect in _STDERR_CONSOLES:
+        config = redirect.split(".")[1]  # job_logging | hydra_logging
+        if not any(key == f"hydra/{config}" or key.startswith(f"hydra.{config}") for key in typed):
+            kept.append(redirect)
+    return kept
 
 
 def launch(checked: Launch) -> int:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 
-from qconf.quiet import OncePerMessage, library_logs_to_stderr, silence
+from qconf.quiet import library_logs_to_stderr, silence
 
-__all__ = ["OncePerMessage", "quiet_library_noise"]  # OncePerMessage: named by conf/qconf.yaml
+__all__ = ["quiet_library_noise"]
 
 
 def quiet_library_noise() -> None:
