@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import qconf
-from qconf.backends import REGISTRY
+from qconf.backends import REGISTRY, known_failures_ignored
 from qconf.cli.main import main
 from qconf.loading.environment import cpu_runnable_options
 from qconf.plan.conftree import backend_options
@@ -51,7 +51,10 @@ def test_estimate_matches_a_real_load(model: str, option: str) -> None:
         *(f"quant.mapping.{p}={option}" for p in _case_parts(model, option)),
     ]
     plan = qconf.validate(qconf.compose(overrides))
-    measured = qconf.load(plan).report.parts
+    # bytes, not forwards: a combination whose forward is known to fail here (quanto-int8 on a
+    # bf16 AutoencoderKL on CPU) still loads, and its bytes are what the estimate is about
+    with known_failures_ignored():
+        measured = qconf.load(plan).report.parts
     estimated = estimate(plan).parts
     assert set(measured) <= set(estimated)
     for name, real in measured.items():
