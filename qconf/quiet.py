@@ -23,20 +23,20 @@ import sys
 import warnings
 from collections.abc import Iterable, Iterator
 
+from qconf.backends import REGISTRY
+
 # logger -> level below which its records are dropped
 LOGGERS: dict[str, int] = {
     "torch.utils._pytree": logging.ERROR,  # "... is an Enum subclass ... register_constant()"
-    "torchao": logging.ERROR,  # "Failed to load .../_C_cutlass_90a.abi3.so"
-    "torchao.kernel.intmm": logging.ERROR,  # "Detected no triton" (CPU torch has none)
-    "bitsandbytes.backends.cpu.ops": logging.ERROR,  # "pip install kernels" (optional CPU kernel)
-    "diffusers.quantizers.torchao.torchao_quantizer": logging.ERROR,  # "Unable to import `torchao`"
     "transformers.utils.import_utils": logging.ERROR,  # "requires torchvision (not installed)"
+    # each backend's own noise: Backend.quiet_loggers
+    **{name: level for spec in REGISTRY.values() for name, level in spec.quiet_loggers.items()},
 }
 # (category, message regex) of warnings.warn calls that are known and harmless
 WARNINGS: list[tuple[type[Warning], str]] = [
-    (FutureWarning, r"`Quanto(Config|Quantizer)` is deprecated"),  # diffusers; see list backends
     (DeprecationWarning, r"`torch\.jit\.script_method` is deprecated"),
     (FutureWarning, r"`FluxPosEmbed` is deprecated"),  # diffusers' own Chroma module imports it
+    *(warning for spec in REGISTRY.values() for warning in spec.quiet_warnings),
 ]
 # Loggers that comment on a config.json's keys (a key the class no longer takes, RoPE spelling).
 # Hub configs carry such keys (Qwen-Image's `pooled_projection_dim`); an estimate built from a

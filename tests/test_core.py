@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from qconf import PlanError
+from qconf.backends import REGISTRY
 from qconf.errors import ModelSourceError, Problem
 from qconf.loading.saving import check_can_save, library_versions, save_pipeline, save_problems
 from qconf.plan.checks import mode_problems, raw_name_problems, saved_entries
@@ -892,11 +893,8 @@ def test_plan_json_schema() -> None:
             "then": {"properties": {"kwargs": {"$ref": f"#/$defs/{ref}"}}},
         }
         for key, ref in [
-            ("bitsandbytes_4bit", "BitsAndBytesKwargs"),
-            ("bitsandbytes_8bit", "BitsAndBytesKwargs"),
-            ("torchao", "TorchaoKwargs"),
-            ("quanto", "QuantoKwargs"),
-            ("gguf", "GGUFKwargs"),
+            (key, spec.entry.model_fields["kwargs"].annotation.__name__)
+            for key, spec in REGISTRY.items()
         ]
     ]
     values = quant["properties"]["mapping"]["additionalProperties"]["anyOf"]

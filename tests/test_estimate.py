@@ -24,11 +24,18 @@ PARTS = {
     "tiny-sd": ("unet", "text_encoder", "vae"),
     "tiny-sd3": ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae"),
 }
-# torchao and quanto run on every part on CPU; bitsandbytes only on transformers parts (diffusers'
-# bnb quantizer insists on a GPU).
+# Options that quantize on load and run on CPU on every part; the ones that need a GPU on
+# diffusers parts only are checked on the text encoders (e.g. bitsandbytes).
 OPTIONS = backend_options()
-CPU_OPTIONS = [n for n in cpu_runnable_options() if OPTIONS[n]["backend"] in ("torchao", "quanto")]
-BNB_OPTIONS = [n for n, o in OPTIONS.items() if o["backend"].startswith("bitsandbytes")]
+CPU_OPTIONS = [
+    n for n in cpu_runnable_options() if REGISTRY[OPTIONS[n]["backend"]].quantizes_on_load
+]
+BNB_OPTIONS = [
+    n
+    for n, o in OPTIONS.items()
+    if set(REGISTRY[o["backend"]].needs_cuda) == {"diffusers"}
+    and "transformers" in REGISTRY[o["backend"]].config_class
+]
 TOLERANCE = 0.03
 
 
@@ -153,7 +160,9 @@ def test_hub_id_without_local_files_is_a_user_error(
 def test_every_quantizing_backend_has_a_byte_model() -> None:
     from qconf.estimate import BYTE_MODELS
 
-    assert set(REGISTRY) - {"gguf"} == set(BYTE_MODELS)
+    on_load = {key for key, spec in REGISTRY.items() if spec.quantizes_on_load}
+    assert on_load == set(BYTE_MODELS)
+    assert all(spec.quantizes_on_load or spec.byte_model is None for spec in REGISTRY.values())
 
 
 def test_an_exact_parameter_name_on_the_skip_list_is_priced_as_diffusers_loads_it() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import qconf
-from qconf.backends import known_failures_ignored
+from qconf.backends import REGISTRY, known_failures_ignored
 from qconf.loading.environment import cpu_runnable_options
 from qconf.plan.conftree import backend_options
 
@@ -20,9 +20,15 @@ FLUX_PARTS = ("transformer", "text_encoder", "text_encoder_2", "vae")
 CPU_OPTIONS = [
     name
     for name in cpu_runnable_options()
-    if backend_options()[name]["backend"] in ("torchao", "quanto")
+    if REGISTRY[backend_options()[name]["backend"]].quantizes_on_load
 ]
-BNB_OPTIONS = [n for n, o in backend_options().items() if o["backend"].startswith("bitsandbytes")]
+# quantized on load, on CPU for transformers parts only (diffusers' quantizer wants a GPU)
+BNB_OPTIONS = [
+    n
+    for n, o in backend_options().items()
+    if set(REGISTRY[o["backend"]].needs_cuda) == {"diffusers"}
+    and "transformers" in REGISTRY[o["backend"]].config_class
+]
 
 
 def linear_weights(module: torch.nn.Module) -> list[torch.Tensor]:

@@ -9,7 +9,7 @@ from typing import Annotated
 from pydantic import Field
 
 from qconf.backends.base import LIBRARIES, Backend, EntryBase, KnownFailure, Library, StrictModel
-from qconf.backends.bitsandbytes import BNB_4BIT, BNB_8BIT, CPU_ALTERNATIVE
+from qconf.backends.bitsandbytes import BNB_4BIT, BNB_8BIT
 from qconf.backends.capabilities import known_failure, known_failures_ignored
 from qconf.backends.gguf import GGUF
 from qconf.backends.quanto import QUANTO
@@ -27,7 +27,6 @@ __all__ = [
     "REGISTRY",
     "Backend",
     "BackendEntry",
-    "CPU_ALTERNATIVE",
     "EntryBase",
     "KnownFailure",
     "Library",

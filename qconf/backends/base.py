@@ -8,6 +8,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from qconf.backends.bytes import ByteModel
+from qconf.backends.measure import Measure
 from qconf.errors import Problem
 
 Library = Literal["diffusers", "transformers"]
@@ -128,6 +130,24 @@ class EntryBase(StrictModel):
         the part's weights after load (the estimate's load-peak rule)."""
         return self.spec.load_peak_ratio
 
+    def save_problem(self) -> tuple[str, str] | None:
+        """(what, fix) when this entry's variant cannot be saved though the backend can."""
+        return None
+
+    # --- entries that name a pre-quantized file (Backend.quantizes_on_load False) ---
+
+    def check_file(self, where: str) -> None:
+        """Refuse a truncated or malformed file before anything loads (raises)."""
+
+    def file_bytes(self, dtype_size: int) -> tuple[int, str] | None:
+        """(bytes after load, a note) read from the file's own header, or None."""
+        return None
+
+    def load_from_file(self, model_cls: Any, source: str, subfolder: str, dtype: Any,
+                       torch_dtype: str | None) -> Any:  # fmt: skip
+        """The part loaded from its file, as a ready pipeline component."""
+        raise NotImplementedError
+
     # Library defaults, as a saved config.json spells them: dropped by `canonical` so that a
     # plan and a saved checkpoint compare equal when they mean the same thing.
     defaults: ClassVar[Mapping[str, Any]] = {}
@@ -153,6 +173,9 @@ def saved_names(value: Any) -> Any:
 
 
 Device = Literal["cpu", "cuda"]
+
+# The fix line when a plan needs a CUDA GPU that is not there.
+CPU_ALTERNATIVE = "on CPU use a torchao option (int8wo, int4wo) or quanto-int8/quanto-int4"
 
 
 @dataclass(frozen=True)
@@ -196,3 +219,27 @@ class Backend:
     # Combinations measured to fail (qconf.backends.capabilities; python -m
     # qconf.sensitivity.capability_walk measures them, tests/test_capability.py keeps them honest).
     known_failures: tuple[KnownFailure, ...] = ()
+    # The estimator's byte model and layer rules (None: the backend does not quantize on load,
+    # e.g. a pre-quantized file; the entry's `file_bytes` prices it instead).
+    byte_model: ByteModel | None = None
+    # How a loaded layer is read (report bytes, sensitivity's dequantized weight).
+    measure: Measure = field(default_factory=Measure)
+    # Whether the part is quantized on load from a plain checkpoint (False: it is read from a
+    # pre-quantized file the entry names, e.g. GGUF: see EntryBase.load_from_file).
+    quantizes_on_load: bool = True
+    # Load dtype a plan that sets none gets when this backend is used (None: the library's).
+    plan_dtype: str | None = None
+    # The backend quantizes on the device the weights load to (a CUDA-only variant then needs
+    # a device map, not just a visible GPU).
+    quantizes_where_loaded: bool = False
+    # What to use instead on a machine without a CUDA GPU (the fix line of that refusal).
+    cpu_alternative: str = CPU_ALTERNATIVE
+    # Harmless noise the backend's library prints (qconf.quiet drops it): logger -> level below
+    # which its records are dropped, and (category, message regex) of warnings.
+    quiet_loggers: Mapping[str, int] = field(default_factory=dict)
+    quiet_warnings: tuple[tuple[type[Warning], str], ...] = ()
+    # Tagged unions inside the kwargs: discriminator field -> (what a tag names, {tag: model});
+    # validation messages find the models and spell the tags from here.
+    nested_tags: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
+    # Dotted callables (beyond config_class) that a config file may name as `_target_`.
+    config_targets: tuple[str, ...] = ()

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from qconf.backends.base import Backend, EntryBase, FloatDType, KwargsBase, Library, saved_names
+from qconf.backends.bytes import ByteModel, Layer, linear_only
+from qconf.backends.measure import Measure
 from qconf.errors import Problem
 
 _CUDA_REASON = (
     "diffusers' bitsandbytes quantizer refuses to load a diffusers part without a GPU "
     "('No GPU found. A GPU is needed for quantization.')"
 )
-_CPU_ALTERNATIVE = "on CPU use a torchao option (int8wo, int4wo) or quanto-int8/quanto-int4"
 
 
 class BitsAndBytesKwargs(KwargsBase):
@@ -136,6 +139,84 @@ class BitsAndBytes8bitEntry(_BitsAndBytesEntry):
     bits: ClassVar[int] = 8
 
 
+def _bnb_4bit(layer: Layer, entry: Any) -> int:
+    # Params4bit: two 4-bit codes per byte, whatever bnb_4bit_quant_storage says; one fp32 absmax
+    # per 64 weights and the 16-entry fp32 NF4/FP4 code table, both kept per layer. Double
+    # quant stores absmax as uint8 plus their mean (fp32), one fp32 absmax per 256 blocks and the
+    # 256-entry fp32 dynamic code (so it only pays off for layers above ~64k weights).
+    blocks = math.ceil(layer.numel / 64)
+    base = math.ceil(layer.numel / 2) + 16 * 4
+    if entry.kwargs.bnb_4bit_use_double_quant:
+        return base + blocks + 4 + 4 * math.ceil(blocks / 256) + 256 * 4
+    return base + 4 * blocks
+
+
+def _bnb_8bit(layer: Layer, entry: Any) -> int:
+    if entry.kwargs.llm_int8_has_fp16_weight:  # weights stay in the load dtype until the matmul
+        return layer.numel * layer.dtype_size
+    return layer.numel + 4 * layer.rows  # int8 weights + fp32 row scales (SCB)
+
+
+def _is_target(module: Any, library: str, entry: Any) -> bool:
+    if library == "transformers":
+        import torch
+
+        # replace_with_bnb_linear: exact nn.Linear (not subclasses) and GPT-2 style Conv1D
+        return type(module) is torch.nn.Linear or type(module).__name__ == "Conv1D"
+    return linear_only(module, library, entry)
+
+
+def _quant_state_bytes(state: Any) -> int:
+    total = 0
+    for name in ("absmax", "code", "offset"):
+        value = getattr(state, name, None)
+        if value is not None and hasattr(value, "element_size"):
+            total += value.numel() * value.element_size()
+    nested = getattr(state, "state2", None)
+    return total + (_quant_state_bytes(nested) if nested is not None else 0)
+
+
+def _packed_numel(tensor: Any) -> int | None:
+    state = getattr(tensor, "quant_state", None)
+    if state is None or getattr(state, "shape", None) is None:
+        return None
+    return math.prod(state.shape)
+
+
+def _dequantize_4bit(weight: Any) -> Any:  # packed codes + blockwise absmax
+    import bitsandbytes.functional as bnb
+
+    return bnb.dequantize_4bit(weight.data, weight.quant_state)
+
+
+def _dequantize_8bit(weight: Any) -> Any:  # LLM.int8: int8 rows (CB) + a scale per row (SCB)
+    import bitsandbytes.functional as bnb
+
+    if weight.SCB is None:  # has_fp16_weight: still the float weight
+        return None
+    return bnb.int8_vectorwise_dequant(weight.data, weight.SCB)
+
+
+def _scb_bytes(tensor: Any) -> int:
+    scb = getattr(tensor, "SCB", None)
+    return 0 if scb is None else scb.numel() * scb.element_size()
+
+
+def _state_bytes(tensor: Any) -> int:
+    state = getattr(tensor, "quant_state", None)
+    return (0 if state is None else _quant_state_bytes(state)) + _scb_bytes(tensor)
+
+
+# Params4bit keeps its quant state (absmax, nested absmax, code) beside the packed codes;
+# Int8Params its row scales (SCB).
+_MEASURE = Measure(
+    numel={"Params4bit": _packed_numel},
+    state_bytes={"Params4bit": _state_bytes, "Int8Params": _state_bytes},
+    dequantize={"Params4bit": _dequantize_4bit, "Int8Params": _dequantize_8bit},
+    layer_modules=("bitsandbytes",),
+)
+
+
 def _spec(key: str, entry: type[_BitsAndBytesEntry], description: str,
           trains_on_diffusers: bool) -> Backend:  # fmt: skip
     entry.spec = Backend(
@@ -155,6 +236,14 @@ def _spec(key: str, entry: type[_BitsAndBytesEntry], description: str,
         # real CPU path 1.03-1.06; diffusers parts (emulated on CPU) nf4 1.09, 8-bit 1.09,
         # fp4 1.18. Loads on a GPU were not measured.
         load_peak_ratio=1.2,
+        byte_model=ByteModel(
+            _bnb_4bit if entry.bits == 4 else _bnb_8bit,
+            default_dtype={"diffusers": "float16"},
+            is_target=_is_target,
+        ),
+        measure=_MEASURE,
+        # "pip install kernels" (an optional CPU kernel)
+        quiet_loggers={"bitsandbytes.backends.cpu.ops": logging.ERROR},
     )
     return entry.spec
 
@@ -165,4 +254,3 @@ BNB_4BIT = _spec("bitsandbytes_4bit", BitsAndBytes4bitEntry, "bitsandbytes 4-bit
                  trains_on_diffusers=True)  # fmt: skip
 BNB_8BIT = _spec("bitsandbytes_8bit", BitsAndBytes8bitEntry, "bitsandbytes 8-bit (LLM.int8())",
                  trains_on_diffusers=False)  # fmt: skip
-CPU_ALTERNATIVE = _CPU_ALTERNATIVE

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -16,6 +17,8 @@ from qconf.backends.base import (
     Library,
     saved_names,
 )
+from qconf.backends.bytes import ByteModel, Layer, Left
+from qconf.backends.measure import Measure
 
 
 class QuantoKwargs(KwargsBase):
@@ -58,6 +61,33 @@ class QuantoEntry(EntryBase):
         else:
             from transformers import QuantoConfig
         return QuantoConfig(**self.library_kwargs(library, default_skips))
+
+
+def _quanto_group(cols: int) -> int | None:
+    """optimum-quanto's own int4/int2 group size (QModuleMixin.__init__): 128, stepped down by
+    32 until it divides in_features; per-row scales when in_features <= 128 or none fits."""
+    group = 128
+    if cols <= group:
+        return None
+    while cols % group and group > 32:
+        group -= 32
+    return None if cols % group else group
+
+
+def _layer_bytes(layer: Layer, entry: Any) -> int | Left:
+    weights = entry.kwargs.weights_dtype
+    if weights in ("int8", "float8"):  # one byte per weight + a row scale in the weight dtype
+        return layer.numel + layer.rows * layer.dtype_size
+    bits = 4 if weights == "int4" else 2
+    group = _quanto_group(layer.cols)
+    if bits == 4 and group == 128 and layer.dtype == "bfloat16" and layer.rows % 16:
+        # WeightQBitsTensor.create hands bf16 int4 weights in groups of 128 to tinygemm, whose
+        # CPU packing (torch._convert_weight_to_int4pack_for_cpu) needs out_features % 16 == 0;
+        # the same bytes as below when it packs.
+        return Left(f"out_features {layer.rows} not a multiple of 16 (int4 packing)", fails=True)
+    scales = layer.numel // group if group else layer.rows
+    packed = math.ceil(layer.rows * bits / 8) * layer.cols  # packed along the rows
+    return packed + 2 * scales * layer.dtype_size  # scale and shift, both in the weight dtype
 
 
 QUANTO = QuantoEntry.spec = Backend(
@@ -109,6 +139,17 @@ QUANTO = QuantoEntry.spec = Backend(
             "int4 weights in the load dtype)",
         ),
     ),
+    byte_model=ByteModel(
+        _layer_bytes,
+        # input/output scale scalars per quantized module: fp32 in transformers, the weight
+        # dtype in diffusers
+        module_extra=lambda library, size: 2 * (4 if library == "transformers" else size),
+        # diffusers replaces children by their own (leaf) name only
+        skipped={"diffusers": lambda name, patterns: name.rsplit(".", 1)[-1] in patterns},
+    ),
+    measure=Measure(layer_modules=("optimum",)),
+    # diffusers' deprecation: `qconf list backends` says it once
+    quiet_warnings=((FutureWarning, r"`Quanto(Config|Quantizer)` is deprecated"),),
     deprecated={
         "diffusers": "diffusers deprecates QuantoConfig (removal planned for diffusers 1.0); "
         "torchao offers the same int8/int4/float8 weights"

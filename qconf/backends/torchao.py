@@ -3,12 +3,16 @@ torchao config objects only at resolve time (string quant types are gone from bo
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
 from qconf.backends.base import Backend, EntryBase, KwargsBase, Library, StrictModel, saved_names
+from qconf.backends.bytes import ByteModel, Layer, Left, groups, transformers_skipped
+from qconf.errors import PlanError, Problem
 
 
 class _QuantType(StrictModel):
@@ -295,6 +299,11 @@ class TorchaoEntry(EntryBase):
             return None
         return f"torchao {quant_type.name}: {quant_type.train_reason}"
 
+    def save_problem(self) -> tuple[str, str] | None:
+        if self.kwargs.quant_type.can_save:
+            return None
+        return f"torchao {self.kwargs.quant_type.name} cannot be saved", "drop --save"
+
     def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
         if library == "diffusers":
             from diffusers import TorchAoConfig
@@ -303,6 +312,53 @@ class TorchaoEntry(EntryBase):
         kwargs = self.library_kwargs(library, default_skips)
         kwargs["quant_type"] = self.kwargs.quant_type.to_torchao()
         return TorchAoConfig(**kwargs)
+
+
+def _layer_bytes(layer: Layer, entry: Any) -> int | Left:
+    quant_type = entry.kwargs.quant_type
+    name, group = quant_type.name, getattr(quant_type, "group_size", None)
+    # IntxWeightOnly and Int8 configs assert in_features % group == 0 (the load fails, in
+    # diffusers and transformers alike); Int4WeightOnlyConfig logs and leaves the layer alone.
+    if name in ("Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig"):
+        count = groups(layer, group)  # Int8Tensor: int8 + fp32 scale + int8 zero point
+        return count if isinstance(count, Left) else layer.numel + count * (4 + 1)
+    if name == "Float8WeightOnlyConfig":  # Float8Tensor: float8 + fp32 scale per row
+        return layer.numel + 4 * layer.rows
+    if name == "Float8DynamicActivationFloat8WeightConfig":
+        return layer.numel + 4 * (layer.rows if quant_type.granularity == "per_row" else 1)
+    if name == "IntxWeightOnlyConfig":
+        # IntxUnpackedToInt8Tensor: any width is stored one int8 per weight (no packing), with a
+        # scale in the weight's dtype and an int8 zero point per group (per row without one).
+        count = groups(layer, group)
+        return count if isinstance(count, Left) else layer.numel + count * (layer.dtype_size + 1)
+    if name == "Int4WeightOnlyConfig":  # Int4Tensor (CUDA): packed int4, scale + zero per group
+        count = groups(layer, group or 128, fails=False)
+        if isinstance(count, Left):
+            return count
+        return math.ceil(layer.numel / 2) + count * 2 * layer.dtype_size
+    raise PlanError(Problem("quant", f"no byte model for torchao {name}", "add one to estimate"))
+
+
+def _diffusers_skipped(name: str, patterns: list[str]) -> bool:
+    # substring test on the parameter name, or the exact name
+    param = f"{name}.weight"
+    return any(f"{key}." in param or key == param for key in patterns)
+
+
+def _transformers_skipped(name: str, patterns: list[str]) -> bool:
+    # torchao checks the parameter name, so a bare suffix like "wo" never matches there
+    return transformers_skipped(f"{name}.weight", patterns)
+
+
+def _adjust_patterns(model: Any, library: str, entry: Any, patterns: list[str]) -> list[str]:
+    # transformers' include_input_output_embeddings un-skips the output embedding (a Linear) but
+    # its quantize_ call keeps torchao's Linear-only filter, so nn.Embedding weights stay
+    # unquantized unless the quant type is an FqnToConfig.
+    if library != "transformers" or not entry.kwargs.include_input_output_embeddings:
+        return patterns
+    embeddings = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
+    names = {n for n, m in model.named_modules() if id(m) in embeddings}
+    return [p for p in patterns if p not in names]
 
 
 TORCHAO = TorchaoEntry.spec = Backend(
@@ -321,4 +377,23 @@ TORCHAO = TorchaoEntry.spec = Backend(
     trainable={"diffusers": True, "transformers": True},  # per quant type: train_reason
     quant_method="torchao",
     load_peak_ratio=_QuantType.load_peak_ratio,  # the largest; per quant type: TorchaoEntry
+    byte_model=ByteModel(
+        _layer_bytes,
+        default_dtype={"diffusers": "bfloat16"},
+        skipped={"diffusers": _diffusers_skipped, "transformers": _transformers_skipped},
+        adjust_patterns=_adjust_patterns,
+    ),
+    # With None diffusers forces bf16 on the quantized diffusers parts only, and float8/int4
+    # then fail on a dtype mismatch.
+    plan_dtype="bfloat16",
+    # Without a device map the weights load on the CPU, where CUDA-only kernels fail deep
+    # inside the load.
+    quantizes_where_loaded=True,
+    quiet_loggers={
+        "torchao": logging.ERROR,  # "Failed to load .../_C_cutlass_90a.abi3.so"
+        "torchao.kernel.intmm": logging.ERROR,  # "Detected no triton" (CPU torch has none)
+        "diffusers.quantizers.torchao.torchao_quantizer": logging.ERROR,  # "Unable to import"
+    },
+    nested_tags={"name": ("torchao quant type", QUANT_TYPES)},
+    config_targets=tuple(f"torchao.quantization.{name}" for name in QUANT_TYPES),
 )

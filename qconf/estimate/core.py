@@ -21,7 +21,6 @@ from qconf.estimate.snapshots import is_shipped
 from qconf.estimate.sources import (
     estimate_source,
     fp32_matcher,
-    gguf_bytes,
     meta_model,
     safetensors_header,
 )
@@ -211,9 +210,10 @@ def _estimate_part(
     for why, count in left.items():
         outcome = "fails to load them" if why.fails else "leaves them unquantized"
         notes.append(f"{count} layer(s) with {why.reason}: {entry.backend} {outcome}")
-    if entry is not None and entry.backend == "gguf":
-        planned = gguf_bytes(entry.file, load_dtype.itemsize)
-        notes.append("gguf: bytes from the file's tensor table (not checked against a load)")
+    from_file = entry.file_bytes(load_dtype.itemsize) if entry is not None else None
+    if from_file is not None:  # a pre-quantized file: its header says what loads
+        planned, note = from_file
+        notes.append(note)
     return PartEstimate(
         name, library, class_name, entry.backend if entry else None, params, unquantized,
         planned, quantized, bool(header), tuple(notes),

@@ -1,5 +1,6 @@
 """Where the shapes come from: the part's module built on the meta device from config.json,
-exact shapes from *.safetensors headers, a .gguf file's tensor table. Nothing is allocated and
+exact shapes from *.safetensors headers (a pre-quantized file's own header: its backend entry's
+`file_bytes`). Nothing is allocated and
 no tensor data is read."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from qconf.errors import ModelSourceError, Problem
 from qconf.estimate.snapshots import is_shipped
 from qconf.quiet import config_notices_off
-from qconf.source.files import part_header, read_gguf, read_part_config
+from qconf.source.files import part_header, read_part_config
 from qconf.source.limits import check_part_config, counted_build
 from qconf.source.parts import PipelineParts, from_model_index
 
@@ -183,15 +184,3 @@ def fp32_matcher(model: Any, library: str, dtype: Any) -> Callable[[str], bool]:
 def safetensors_header(part_folder: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     """{tensor: (shape, dtype)} from the part's *.safetensors headers; no tensor data is read."""
     return part_header(part_folder)
-
-
-def gguf_bytes(file: str, dtype_size: int) -> int:
-    """Quantized GGUF tensors stay as their raw blocks; float ones are cast to the load dtype."""
-    from gguf import GGMLQuantizationType
-
-    floats = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
-    reader = read_gguf(file)
-    return sum(
-        int(t.n_elements) * dtype_size if t.tensor_type in floats else int(t.n_bytes)
-        for t in reader.tensors
-    )

@@ -11,7 +11,6 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from qconf.backends import (
-    CPU_ALTERNATIVE,
     REGISTRY,
     Backend,
     EntryBase,
@@ -80,9 +79,9 @@ def environment_problems(resolved: ResolvedPlan) -> list[Problem]:
         if has_cuda is None:
             has_cuda = cuda_available()
         on_gpu = resolved.plan.model.device_map in ("balanced", "cuda")
-        if has_cuda and spec.key == "torchao" and not on_gpu:
-            # torchao quantizes where the weights are loaded; without a device map that is the
-            # CPU, where CUDA-only kernels fail deep inside the load.
+        if has_cuda and spec.quantizes_where_loaded and not on_gpu:
+            # without a device map the weights load on the CPU, where CUDA-only kernels fail
+            # deep inside the load
             problems.append(
                 Problem(
                     where,
@@ -97,7 +96,7 @@ def environment_problems(resolved: ResolvedPlan) -> list[Problem]:
                     where,
                     f"{spec.key} on '{name}' ({part.library} part) needs a CUDA GPU and none is "
                     f"visible: {reason}",
-                    CPU_ALTERNATIVE,
+                    spec.cpu_alternative,
                 )
             )
     device_map = resolved.plan.model.device_map

@@ -15,24 +15,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from qconf.backends import REGISTRY
 from qconf.errors import ModelSourceError, Problem
-from qconf.source.files import part_header, read_gguf
+from qconf.source.files import part_header
 from qconf.source.limits import check_weight_headers
 from qconf.source.parts import PipelineParts
 
 
 def check_folder(resolved: Any, folder: Path | None) -> None:
-    """Refuse before loading: truncated weights, broken GGUF files, classes not installed."""
+    """Refuse before loading: truncated weights, broken pre-quantized files, classes not
+    installed."""
     for name, part in resolved.quantized.items():
-        if part.backend == "gguf":
-            read_gguf(part.entry.file, f"quant.mapping.{name}.file")
+        part.entry.check_file(f"quant.mapping.{name}.file")
     if folder is None or not (folder / "model_index.json").is_file():
         return
     if resolved.plan.source.kind != "tiny":  # qconf builds those itself from the table
         _check_classes(resolved.parts)
     for name in resolved.parts.weighted:
-        gguf = resolved.components.get(name)
-        if (folder / name).is_dir() and not (gguf and gguf.backend == "gguf"):
+        own = resolved.components.get(name)
+        from_file = own is not None and not REGISTRY[own.backend].quantizes_on_load
+        if (folder / name).is_dir() and not from_file:
             check_weight_headers(folder / name)  # how much there is to parse, first
             part_header(folder / name)
 

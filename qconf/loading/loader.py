@@ -11,6 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from qconf.backends import REGISTRY
 from qconf.errors import ModelSourceError, Problem
 from qconf.loading.report import LoadReport, measure_part
 from qconf.loading.trainable import check_trainable
@@ -80,7 +81,7 @@ def _load(plan: Plan, *, save: str | Path | None, force: bool,
     dtype = getattr(torch, resolved.torch_dtype) if resolved.torch_dtype else None
     started = time.perf_counter()
     with default_dtype_kept():
-        ready_parts = _load_gguf_parts(resolved, source, dtype)
+        ready_parts = load_file_parts(resolved, source, dtype)
     config = resolved.to_diffusers(_transformers_default_skips(resolved, source))
     safety = load_safety(plan)
     if plan.model.device_map is not None:
@@ -168,21 +169,18 @@ def _transformers_default_skips(resolved: ResolvedPlan, source: str) -> dict[str
     return skips
 
 
-def _load_gguf_parts(resolved: ResolvedPlan, source: str, dtype: Any) -> dict[str, Any]:
-    """GGUF parts load from their file with from_single_file (the route diffusers supports)."""
+def load_file_parts(resolved: ResolvedPlan, source: str, dtype: Any) -> dict[str, Any]:
+    """Parts read from a pre-quantized file their entry names (e.g. GGUF), loaded the way the
+    backend says, handed to the pipeline as ready components."""
     import diffusers
 
     ready = {}
     for name, part in resolved.quantized.items():
-        if part.backend != "gguf":
+        if REGISTRY[part.backend].quantizes_on_load:
             continue
         model_cls = getattr(diffusers, resolved.parts.parts[name].class_name)
-        ready[name] = model_cls.from_single_file(
-            part.entry.file,  # type: ignore[attr-defined]
-            quantization_config=part.entry.config_for(resolved.torch_dtype),  # type: ignore[attr-defined]
-            config=source,
-            subfolder=name,
-            torch_dtype=dtype,
+        ready[name] = part.entry.load_from_file(
+            model_cls, source, name, dtype, resolved.torch_dtype
         )
     return ready
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from qconf.backends import REGISTRY
 from qconf.errors import ModelSourceError, PlanError, Problem
 from qconf.loading.load_checks import check_folder
 from qconf.loading.loader import (
-    _load_gguf_parts,
     _transformers_default_skips,
     default_dtype_kept,
+    load_file_parts,
     load_safety,
 )
 from qconf.loading.trainable import check_trainable
@@ -56,9 +57,9 @@ def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
 
     dtype = getattr(torch, resolved.torch_dtype) if resolved.torch_dtype else None
     resolved_part = resolved.components[part]
-    if resolved_part is not None and resolved_part.backend == "gguf":
+    if resolved_part is not None and not REGISTRY[resolved_part.backend].quantizes_on_load:
         only = ResolvedPlan(plan, resolved.parts, {part: resolved_part})
-        return _load_gguf_parts(only, source, dtype)[part]
+        return load_file_parts(only, source, dtype)[part]
     skips = _transformers_default_skips(resolved, source)
     config = resolved_part.build(skips.get(part, ())) if resolved_part is not None else None
     info = resolved.parts.parts[part]

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from typing import Any
+
+from qconf.backends.measure import Measure
 
 _PLAIN_TENSOR_TYPES = ("Parameter", "Tensor")
 
@@ -57,46 +60,36 @@ class LoadReport(PartTotals):
 
 
 def tensor_bytes(tensor: Any) -> int:
-    """Real bytes of a tensor: inner tensors of subclasses (torchao, quanto) and the quant state
-    bitsandbytes keeps beside its packed weights (absmax, nested absmax, code, SCB)."""
+    """Real bytes of a tensor: inner tensors of subclasses and the quant state a backend keeps
+    beside its packed weights (each backend's `Measure.state_bytes`)."""
     flatten = getattr(tensor, "__tensor_flatten__", None)
     if flatten is not None and type(tensor).__name__ not in _PLAIN_TENSOR_TYPES:
         names, _ = flatten()
         return sum(tensor_bytes(getattr(tensor, name)) for name in names)
     total = tensor.numel() * tensor.element_size()
-    state = getattr(tensor, "quant_state", None)
-    if state is not None:
-        total += _quant_state_bytes(state)
-    scb = getattr(tensor, "SCB", None)
-    if scb is not None:
-        total += scb.numel() * scb.element_size()
-    return total
-
-
-def _quant_state_bytes(state: Any) -> int:
-    total = 0
-    for name in ("absmax", "code", "offset"):
-        value = getattr(state, name, None)
-        if value is not None and hasattr(value, "element_size"):
-            total += value.numel() * value.element_size()
-    nested = getattr(state, "state2", None)
-    return total + (_quant_state_bytes(nested) if nested is not None else 0)
+    state = backend_measures().state_bytes.get(type(tensor).__name__)
+    return total + (state(tensor) if state is not None else 0)
 
 
 def logical_numel(tensor: Any) -> int:
-    quant_type = getattr(tensor, "quant_type", None)
-    if type(tensor).__name__ == "GGUFParameter" and quant_type is not None:
-        from gguf import GGML_QUANT_SIZES  # (weights per block, bytes per block)
+    """Weights the tensor stands for (block and packed formats store fewer elements)."""
+    count = backend_measures().numel.get(type(tensor).__name__)
+    numel = count(tensor) if count is not None else None
+    return tensor.numel() if numel is None else numel
 
-        block, block_bytes = GGML_QUANT_SIZES[quant_type]
-        return tensor.numel() * tensor.element_size() // block_bytes * block
-    state = getattr(tensor, "quant_state", None)
-    if state is not None and getattr(state, "shape", None) is not None:  # packed 4-bit
-        numel = 1
-        for dim in state.shape:
-            numel *= dim
-        return numel
-    return tensor.numel()
+
+@cache
+def backend_measures() -> Measure:
+    """Every backend's measures in one (tensor class names do not collide across backends)."""
+    from qconf.backends import REGISTRY
+
+    specs = [spec.measure for spec in REGISTRY.values()]
+    return Measure(
+        numel={k: v for m in specs for k, v in m.numel.items()},
+        state_bytes={k: v for m in specs for k, v in m.state_bytes.items()},
+        dequantize={k: v for m in specs for k, v in m.dequantize.items()},
+        layer_modules=tuple(dict.fromkeys(root for m in specs for root in m.layer_modules)),
+    )
 
 
 def measure_part(
@@ -142,7 +135,7 @@ def _layer_label(module: Any, weight: Any) -> str | None:
     """'Linear4bit[Params4bit]', 'Linear[Int8Tensor]', ... or None for an unquantized layer."""
     module_kind = type(module).__name__
     tensor_kind = _tensor_label(weight)
-    quantizing_module = type(module).__module__.split(".")[0] in ("bitsandbytes", "optimum")
+    quantizing_module = type(module).__module__.split(".")[0] in backend_measures().layer_modules
     if tensor_kind is None and not quantizing_module:
         return None
     return f"{module_kind}[{tensor_kind or type(weight).__name__}]"

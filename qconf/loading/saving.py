@@ -40,7 +40,7 @@ def save_problems(resolved: ResolvedPlan) -> list[Problem]:
     for name, part in resolved.quantized.items():
         spec = REGISTRY[part.backend]
         where = f"quant.mapping.{name}" if resolved.mode == "granular" else "quant.backend"
-        quant_type = getattr(part.entry.kwargs, "quant_type", None)
+        variant = part.entry.save_problem()
         if not spec.can_save.get(part.library, False):  # type: ignore[call-overload]
             problems.append(
                 Problem(
@@ -49,10 +49,8 @@ def save_problems(resolved: ResolvedPlan) -> list[Problem]:
                     "pick a backend that saves there (qconf list backends), or drop --save",
                 )
             )
-        elif quant_type is not None and not quant_type.can_save:
-            problems.append(
-                Problem(where, f"torchao {quant_type.name} cannot be saved", "drop --save")
-            )
+        elif variant is not None:
+            problems.append(Problem(where, *variant))
     return problems
 
 

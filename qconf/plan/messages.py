@@ -10,7 +10,6 @@ from typing import Any
 from pydantic import BaseModel
 
 from qconf.backends import REGISTRY
-from qconf.backends.torchao import QUANT_TYPES
 from qconf.errors import Problem, QconfError
 from qconf.plan.conftree import backend_options
 
@@ -24,9 +23,14 @@ class PlanProblems(ValueError):
 
 
 # Discriminator values of tagged unions: pydantic puts them in error locations.
+# Tagged unions inside a backend's kwargs: discriminator -> (what a tag names, {tag: model}).
+_NESTED: dict[str, tuple[str, dict[str, Any]]] = {}
+for _spec in REGISTRY.values():
+    for _field, (_label, _models) in _spec.nested_tags.items():
+        _NESTED.setdefault(_field, (_label, {}))[1].update(_models)
 _TAGGED: dict[str, type[BaseModel]] = {
     **{key: spec.entry for key, spec in REGISTRY.items()},
-    **QUANT_TYPES,
+    **{tag: model for _, models in _NESTED.values() for tag, model in models.items()},
 }
 
 
@@ -42,7 +46,7 @@ _KINDS = {int: "a number", float: "a number", bool: "a boolean", type(None): "nu
 
 def _tags(field: str) -> str:
     """The values a tagged union accepts (pydantic leaves them out when the tag is missing)."""
-    return ", ".join(QUANT_TYPES if field == "name" else REGISTRY)
+    return ", ".join(_NESTED[field][1] if field in _NESTED else REGISTRY)
 
 
 def _model_at(
@@ -148,7 +152,7 @@ def _one_problem(
         hint = did_you_mean(str(found), expected.split(", "))
         if field == "backend" and found in backend_options():
             hint = f"'{found}' is a backend option: write the part's value as just {found}. "
-        what = "unknown torchao quant type" if field == "name" else f"unknown {field}"
+        what = f"unknown {_NESTED[field][0] if field in _NESTED else field}"
         return Problem(where, f"{what} '{found}'", hint + f"available: {expected}")
     if kind == "literal_error" and loc and loc[-1] == "backend":
         hint = (

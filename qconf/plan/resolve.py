@@ -45,12 +45,12 @@ class ResolvedPlan:
 
     @property
     def torch_dtype(self) -> str | None:
-        """Load dtype. torchao needs bfloat16 when unset: with None diffusers forces bf16 on the
-        quantized diffusers parts only and float8/int4 then fail on a dtype mismatch."""
+        """Load dtype: the plan's, else the first one a backend of the plan needs when unset
+        (`Backend.plan_dtype`), else None (the library's default)."""
         if self.plan.model.torch_dtype is not None:
             return self.plan.model.torch_dtype
-        uses_torchao = any(p and p.backend == "torchao" for p in self.components.values())
-        return "bfloat16" if uses_torchao else None
+        needed = (REGISTRY[p.backend].plan_dtype for p in self.components.values() if p)
+        return next((dtype for dtype in needed if dtype is not None), None)
 
     @property
     def quantized(self) -> dict[str, ResolvedPart]:
@@ -79,17 +79,18 @@ class ResolvedPlan:
     def quant_mapping(self, default_skips: Mapping[str, Sequence[str]] = {}) -> dict[str, Any]:  # noqa: B006 - read only
         """{part: library config object} for PipelineQuantizationConfig(quant_mapping=...).
         `default_skips[part]`: what the library would skip by itself, which `skip` extends.
-        GGUF parts are absent (they load from their file, see qconf.loading.loader), and so
+        Parts read from a pre-quantized file are absent (qconf.loading.loader), and so
         are parts saved pre-quantized (their config.json already says how)."""
         return {
             name: part.build(default_skips.get(name, ()))
             for name, part in self.quantized.items()
-            if part.backend != "gguf" and self.parts.parts[name].saved_quantization is None
+            if REGISTRY[part.backend].quantizes_on_load
+            and self.parts.parts[name].saved_quantization is None
         }
 
     def to_diffusers(self, default_skips: Mapping[str, Sequence[str]] = {}) -> Any:  # noqa: B006
-        """diffusers' PipelineQuantizationConfig, always in granular form (global torchao/quanto
-        plans are rejected by diffusers' own global mode), or None when nothing is quantized."""
+        """diffusers' PipelineQuantizationConfig, always in granular form (diffusers' own
+        global mode refuses most backends), or None when nothing is quantized."""
         from diffusers import PipelineQuantizationConfig
 
         mapping = self.quant_mapping(default_skips)

@@ -17,7 +17,6 @@ from functools import cache
 from typing import Any
 
 from qconf.backends import REGISTRY
-from qconf.backends.torchao import QUANT_TYPES
 from qconf.errors import PlanError, Problem
 from qconf.plan.interpolation import (
     EnvironmentRead,
@@ -30,7 +29,12 @@ from qconf.plan.trust import app_trust_problems
 LOADERS = ("qconf.load_pipeline", "qconf.load")
 # Top-level packages whose attributes may be resolved to compare against the allow-list;
 # anything else is refused without importing it (an import can itself run code).
-_RESOLVABLE_ROOTS = ("qconf", "diffusers", "transformers", "torchao")
+_RESOLVABLE_ROOTS = (
+    "qconf",
+    "diffusers",
+    "transformers",
+    *dict.fromkeys(t.split(".")[0] for s in REGISTRY.values() for t in s.config_targets),
+)
 _MAX_DEPTH = 100
 
 
@@ -39,7 +43,7 @@ def allowed_targets() -> frozenset[str]:
     """The canonical spellings of every callable a config may name."""
     names = {f"{library}.{cls}" for spec in REGISTRY.values() for library, cls in
              spec.config_class.items()}  # fmt: skip
-    names |= {f"torchao.quantization.{name}" for name in QUANT_TYPES}
+    names |= {target for spec in REGISTRY.values() for target in spec.config_targets}
     return frozenset(names | set(LOADERS))
 
 

@@ -25,9 +25,16 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from qconf.backends import REGISTRY
 from qconf.errors import PlanError, Problem, QconfError
 
-VERSIONED = ("torch", "diffusers", "transformers", "torchao", "optimum-quanto", "bitsandbytes")
+# torch, the two libraries, and every backend's distribution (the registry's)
+VERSIONED = (
+    "torch",
+    "diffusers",
+    "transformers",
+    *dict.fromkeys(spec.distribution for spec in REGISTRY.values()),
+)
 WHERE = "QCONF_CACHE"
 WHAT = "a cached measurement"
 MAX_ENTRY_BYTES = 64 * 2**10  # a cell or a score is < 1 KiB

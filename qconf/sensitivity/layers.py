@@ -125,20 +125,14 @@ def dequantized(weight: Any) -> Any:
     """The float weight a quantized tensor stands for; None for a plain (unquantized) one."""
     import torch
 
-    kind = type(weight).__name__
-    if kind == "Params4bit":  # bitsandbytes 4-bit: packed codes + blockwise absmax
-        import bitsandbytes.functional as bnb
+    from qconf.loading.report import backend_measures
 
-        return bnb.dequantize_4bit(weight.data, weight.quant_state)
-    if kind == "Int8Params":  # bitsandbytes LLM.int8: int8 rows (CB) + a scale per row (SCB)
-        import bitsandbytes.functional as bnb
-
-        if weight.SCB is None:  # has_fp16_weight: still the float weight
-            return None
-        return bnb.int8_vectorwise_dequant(weight.data, weight.SCB)
+    own = backend_measures().dequantize.get(type(weight).__name__)
+    if own is not None:  # the backend's own reading (e.g. packed codes + block scales)
+        return own(weight)
     if type(weight) in (torch.Tensor, torch.nn.Parameter) and weight.dtype.is_floating_point:
         return None
-    if callable(getattr(weight, "dequantize", None)):  # torchao subclasses, quanto QTensors
+    if callable(getattr(weight, "dequantize", None)):  # tensor subclasses that dequantize
         return weight.dequantize()
     return None
 
@@ -189,12 +183,7 @@ def _covered(library: str, backend: str, key: str, names: Sequence[str]) -> list
     """The layers among `names` that skip entry `key` leaves unquantized."""
     from qconf.estimate.byte_models import skipped
 
-    def hit(name: str) -> bool:
-        # diffusers' torchao quantizer also skips a parameter whose full name equals the key
-        exact = library == "diffusers" and backend == "torchao" and key == f"{name}.weight"
-        return exact or skipped(library, backend, name, [key])
-
-    return [name for name in names if hit(name)]
+    return [name for name in names if skipped(library, backend, name, [key])]
 
 
 def propose_skip(

@@ -1,0 +1,22 @@
+"""How the report and the sensitivity walk read a loaded layer of one backend, keyed by the
+class name of the tensor the backend puts in place of a weight (no import of the library
+unless such a tensor is met). Each backend module fills its own `Measure` (`Backend.measure`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Measure:
+    # tensor class -> weights it stands for (packed or block formats store fewer elements)
+    numel: Mapping[str, Callable[[Any], int | None]] = field(default_factory=dict)
+    # tensor class -> bytes of quant state kept beside the tensor's own storage
+    state_bytes: Mapping[str, Callable[[Any], int]] = field(default_factory=dict)
+    # tensor class -> the float weight it stands for (None: it still is the float weight)
+    dequantize: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    # top-level packages of the modules the backend swaps in for quantized layers (their
+    # layers count as quantized even when the weight is a plain tensor)
+    layer_modules: tuple[str, ...] = ()
