@@ -17,8 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "qconf"
 # The layer order the package tree shows (README "Layout"); the façade (qconf/__init__) is the
 # public API the capabilities call, so it counts as the top.
-LAYERS = {"errors": 0, "text": 0, "units": 0, "quiet": 0, "data": 0, "trust": 1, "source": 2,
-          "backends": 3, "plan": 4, "loading": 5, "run": 6, "estimate": 6, "train": 7,
+LAYERS = {"errors": 0, "text": 0, "units": 0, "data": 0, "trust": 1, "source": 2,
+          "backends": 3, "quiet": 4, "plan": 4, "loading": 5, "run": 6, "estimate": 6, "train": 7,
           "compare": 7, "sensitivity": 7, "tune": 8, "cli": 9}  # fmt: skip
 
 
