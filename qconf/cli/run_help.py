@@ -61,7 +61,9 @@ def overrides_section() -> str:
         text = f"run.{key}=" + {"prompt": "TEXT", "guidance_scale": "X"}.get(key, "N")
         if key in ("prompt", "seed"):
             text += " | '[a,b]'"
-        lines.append(f"  {text:<35}{_yaml(value)}")
+        video = {"num_frames": " (video pipelines; null: the pipeline's own clip)",
+                 "fps": " (video pipelines; null: the model's rate)"}.get(key, "")  # fmt: skip
+        lines.append(f"  {text:<35}{_yaml(value)}{video}")
     lines.append(f"  {'':<35}a list of prompts or seeds makes one image each")
     return "\n".join(lines)
 
