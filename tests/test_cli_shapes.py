@@ -51,3 +51,43 @@ def test_argument_mistakes_are_answered_before_torch_is_imported(argv: list[str]
                             timeout=120)  # fmt: skip
     assert result.stdout.split() == ["2", "False"], result.stderr
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+# --- the CLI guard: exit 2 only for qconf's own errors, a bug stays exit 1 ---
+
+
+@pytest.mark.parametrize(
+    ("raised", "code"),
+    [
+        (RuntimeError("boom"), 1),
+        (ValueError("a library's own ValueError"), 1),  # a ValueError is not a user error
+        (KeyError("missing"), 1),
+        (TypeError("bad call"), 1),
+        (OSError("disk"), 1),
+        ("plan", 2),  # qconf.PlanError
+        ("backend", 2),  # qconf.BackendUnavailableError (an ImportError)
+        (KeyboardInterrupt(), 130),
+    ],
+)
+def test_only_qconfs_own_errors_are_exit_2_and_a_bug_stays_exit_1(
+    raised: object, code: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import qconf
+    import qconf.cli.validate_cmd as validate_cmd
+
+    errors = {
+        "plan": qconf.PlanError(qconf.Problem("quant.backend", "wrong", "fix it")),
+        "backend": qconf.BackendUnavailableError(qconf.Problem("quanto", "missing", "install")),
+    }
+
+    def run(_args: object) -> int:
+        raise errors.get(raised, raised)  # type: ignore[misc, call-overload]
+
+    monkeypatch.setattr(validate_cmd, "run", run)
+    assert main(["validate"]) == code
+    err = capsys.readouterr().err
+    if code == 1:
+        assert "Traceback" in err and "this is a bug in qconf" in err
+        assert err.rstrip().splitlines()[-1].startswith("error: this is a bug in qconf")
+    elif code == 2:
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
