@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,26 @@ def test_only_qconfs_own_errors_are_exit_2_and_a_bug_stays_exit_1(
         assert err.rstrip().splitlines()[-1].startswith("error: this is a bug in qconf")
     elif code == 2:
         assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_bug_inside_a_run_job_is_exit_1_with_qconfs_report_and_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import qconf.cli.hydra_run as hydra_run
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise IndexError("index 0 is out of bounds")  # what a library bug looks like
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hydra_run, "_generate", broken)
+    assert main(["run", "model=tiny-flux"]) == 1
+    err = capsys.readouterr().err
+    assert "IndexError" in err and "this is a bug in qconf" in err
+    assert "HYDRA_FULL_ERROR" not in err  # qconf's report, not Hydra's
+    assert list(tmp_path.iterdir()) == []  # the job folder and its parents removed
+
+
+def test_a_scheduler_that_cannot_run_one_step_is_refused_before_the_load() -> None:
+    assert main(["validate", "model=tiny-ltx", "run.steps=1"]) == 2
+    assert main(["validate", "model=tiny-ltx", "run.steps=2"]) == 0
+    assert main(["validate", "model=tiny-wan", "run.steps=1"]) == 0

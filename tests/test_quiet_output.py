@@ -77,6 +77,9 @@ def test_a_misspelt_plan_section_in_an_app_config_is_refused_not_ignored(app_cfg
     bigger = {**app_cfg, "qaunt": {"mapping": {"vae": "int8wo"}}}
     with pytest.raises(qconf.PlanError, match="qaunt: looks like the plan section 'quant'"):
         qconf.load_pipeline(bigger)
+    # keys of the app's own that only resemble a section are left to the app
+    own = {**app_cfg, "mode": "train", "models": ["a"], "runs": 3, "quants": {}}
+    assert qconf.intake(app_config=True, cfg=own).model.source == "tiny-flux"
     with pytest.raises(qconf.PlanError, match="model: missing from the app config"):
         qconf.load_pipeline({"out": "somewhere", "steps": 3})
 

@@ -13,6 +13,20 @@ from qconf.errors import PlanError, Problem
 from qconf.trust.bounds import check_override_depth
 
 USER_ERROR = 2
+BUG = 1
+
+
+def report_bug() -> int:
+    """Anything not qconf's own error is a bug (exit 1, never 2: a user is not told their input
+    was wrong when it was qconf): the traceback being handled, then what to report."""
+    import traceback
+
+    traceback.print_exc()
+    print("error: this is a bug in qconf, not a mistake in your input — please report it with "
+          "the command you typed and the traceback above (qconf --verbose shows library "
+          "warnings too)", file=sys.stderr)  # fmt: skip
+    return BUG
+
 
 # `--train [PARTS]` is one shape in every command: the parts that get a LoRA adapter (a,b), or
 # alone every part the plan quantizes.

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qconf.cli.common import USER_ERROR
+from qconf.cli.common import BUG, USER_ERROR, report_bug
 from qconf.errors import PlanError, Problem, QconfError
 from qconf.plan.compose import (
     CONFIG_NAME,
@@ -59,6 +59,7 @@ class _Sweep:
     plans: dict[tuple[str, ...], Any] = field(default_factory=dict)
     typed: dict[tuple[str, ...], list[str]] = field(default_factory=dict)  # as the user typed
     failed: list[str] = field(default_factory=list)
+    bugs: list[str] = field(default_factory=list)  # jobs that ended in a bug (exit 1)
     quiet: bool = False  # jobs print no per-part report (`qconf compare` prints one table)
     resume: bool = False  # skip a job whose folder already holds its finished run (compare)
     measuring: bool = False  # compare: video on a few frames unless run.num_frames is set
@@ -171,6 +172,8 @@ def _logs_to_stderr(rewritten: list[str]) -> list[str]:
 
 def launch(checked: Launch) -> int:
     code = _hydra_run(checked.hydra_argv, checked.config_path, checked.sweep)
+    if checked.sweep.bugs:
+        return BUG
     return USER_ERROR if checked.sweep.failed else code
 
 
@@ -412,6 +415,10 @@ def generate(cfg: Any, sweep: _Sweep) -> None:
         sweep.interrupted = str(out)
         _remove_job_folder(out)
         raise
+    except Exception:  # a bug: qconf's own report (not Hydra's), and no half-made job folder
+        report_bug()
+        sweep.bugs.append(" ".join(task))
+        _remove_job_folder(out)
 
 
 def _already_finished(plan: Any, out: Path, typed: list[str]) -> bool:

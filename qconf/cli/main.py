@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from qconf.cli.common import USER_ERROR, bare_flags_kept_bare
+from qconf.cli.common import USER_ERROR, bare_flags_kept_bare, report_bug
 from qconf.errors import QconfError
 
 COMMANDS = {
@@ -100,24 +100,9 @@ def _guard(action) -> int:  # noqa: ANN001
 
         problem = out_of_memory_problem(exc)
         if problem is None:
-            return _bug()
+            return report_bug()
         print(f"error: {safe(str(problem))}", file=sys.stderr)
         return USER_ERROR
-
-
-BUG = 1
-
-
-def _bug() -> int:
-    """Anything not qconf's own error is a bug (exit 1, never 2: a user is not told their input
-    was wrong when it was qconf): the traceback, then what to report."""
-    import traceback
-
-    traceback.print_exc()
-    print("error: this is a bug in qconf, not a mistake in your input — please report it with "
-          "the command you typed and the traceback above (qconf --verbose shows library "
-          "warnings too)", file=sys.stderr)  # fmt: skip
-    return BUG
 
 
 def entry() -> None:

@@ -76,9 +76,9 @@ def intake(
 
 def plan_sections(cfg: Any) -> Any:
     """The plan sections (model, quant, run) of a bigger app config, e.g. a Hydra app whose
-    config also holds `out:` or `train:`. A key that looks like a misspelt section (`quant_`,
-    `modle`) is refused rather than ignored, so a typo cannot load an unquantized pipeline."""
-    import difflib
+    config also holds `out:`, `mode:` or `models:`. A key that is a section misspelt (`qaunt`,
+    `modle`, `Quant`, `quamt`) is refused rather than ignored, so a typo cannot load an
+    unquantized pipeline."""
     from collections.abc import Mapping
 
     if not isinstance(cfg, Mapping):
@@ -95,7 +95,7 @@ def plan_sections(cfg: Any) -> Any:
             "qconf.load_pipeline(model=cfg.model, quant=cfg.quant)",
         )  # fmt: skip
         for key in others
-        if (close := difflib.get_close_matches(key.lower(), _FIELDS, n=1, cutoff=0.7))
+        if (close := [section for section in _FIELDS if _misspelt(key, section)])
     ]
     if problems:
         raise PlanError(problems)
@@ -109,6 +109,18 @@ def plan_sections(cfg: Any) -> Any:
             )
         )
     return {key: cfg[key] for key in _FIELDS if key in keys}
+
+
+def _misspelt(key: str, section: str) -> bool:
+    """`key` is `section` with letters swapped (`qaunt`), in other case (`Model`) or with one
+    letter wrong (`quamt`); a word of its own (`mode`, `models`, `runs`) is not."""
+    key = key.lower()
+    if key == section:
+        return True  # only the case differs
+    if len(key) != len(section) or len(key) < 4:
+        return False
+    wrong = sum(a != b for a, b in zip(key, section, strict=True))
+    return sorted(key) == sorted(section) or wrong == 1
 
 
 def _holds_app_config(value: Any, depth: int = 0) -> bool:

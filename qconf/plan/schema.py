@@ -263,7 +263,8 @@ class Plan(StrictModel):
             problems += source_problems(self.model, found)
             problems += part_problems(self.quant, found)
             problems += dtype_problems(self.model, self.quant)
-            problems += run_problems(self.run.num_frames, self.run.fps, found.pipeline)
+            problems += run_problems(self.run.num_frames, self.run.fps, found.pipeline,
+                                     self.run.steps)  # fmt: skip
             if not problems:
                 problems += saved_problems(self, found)
         if problems:

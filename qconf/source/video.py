@@ -25,6 +25,7 @@ class VideoRule:
     step: int  # the VAE's temporal compression in the released model: frames are step * k + 1
     fps: int  # frames per second the video is written at (the model's own examples)
     fps_argument: str | None = None  # the `__call__` keyword that takes the frame rate, if any
+    min_steps: int = 1  # fewest denoising steps its scheduler settings can run
 
     def legal(self, frames: int, step: int | None = None) -> int:
         """The frame count the pipeline makes nearest to `frames` (ties go up)."""
@@ -43,7 +44,9 @@ def round_half_up(value: float) -> int:
 
 VIDEO_PIPELINES: dict[str, VideoRule] = {
     "WanPipeline": VideoRule(81, 4, 16),  # Wan 2.1 and 2.2 (two experts)
-    "LTXPipeline": VideoRule(161, 8, 25, "frame_rate"),
+    # LTX-Video's scheduler stretches its sigmas to shift_terminal=0.1, dividing by 1 - sigma of
+    # the last step: with one step that is 1 - 1.0 = 0 (an IndexError in index_for_timestep)
+    "LTXPipeline": VideoRule(161, 8, 25, "frame_rate", min_steps=2),
     "HunyuanVideoPipeline": VideoRule(129, 4, 15),
     "CogVideoXPipeline": VideoRule(49, 4, 8),
 }
@@ -120,10 +123,16 @@ def measuring_note(plan: Any) -> str | None:
             "set run.num_frames=N to measure on more)")  # fmt: skip
 
 
-def run_problems(num_frames: int | None, fps: int | None, pipeline: str) -> list[Problem]:
+def run_problems(num_frames: int | None, fps: int | None, pipeline: str,
+                 steps: int | None = None) -> list[Problem]:  # fmt: skip
     """run.num_frames / run.fps on a pipeline that makes images: refused (nothing would use
-    them)."""
-    if video_rule(pipeline) is not None:
+    them); run.steps below what a video pipeline's scheduler can run: refused."""
+    rule = video_rule(pipeline)
+    if rule is not None:
+        if steps is not None and steps < rule.min_steps:
+            return [Problem("run.steps", f"{steps} step is too few for {pipeline} (its "
+                            "scheduler divides by zero on a single step)",
+                            f"use run.steps={rule.min_steps} or more")]  # fmt: skip
         return []
     videos = ", ".join(VIDEO_PIPELINES)
     return [
