@@ -115,3 +115,11 @@ def test_a_scheduler_that_cannot_run_one_step_is_refused_before_the_load() -> No
     assert main(["validate", "model=tiny-ltx", "run.steps=1"]) == 2
     assert main(["validate", "model=tiny-ltx", "run.steps=2"]) == 0
     assert main(["validate", "model=tiny-wan", "run.steps=1"]) == 0
+
+
+@pytest.mark.parametrize(
+    "override", ["run.steps=true", "run.seed=true", "run.steps=2.0", "run.width=false"]
+)
+def test_a_boolean_or_a_float_is_not_a_count(override: str) -> None:
+    assert main(["validate", override]) == 2
+    assert main(["validate", "model=tiny-wan", "run.num_frames=true"]) == 2

@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     StrictBool,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     model_validator,
@@ -151,7 +152,8 @@ class QuantSpec(StrictModel):
 
 
 MAX_RUN_IMAGES = 256  # prompts x seeds of one job (bounded work)
-Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]  # what torch.Generator.manual_seed takes
+# what torch.Generator.manual_seed takes (strict: `run.seed=true` is not seed 1)
+Seed = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
 
 
 class RunSpec(StrictModel):
@@ -159,15 +161,16 @@ class RunSpec(StrictModel):
     and/or seeds makes one image per (prompt, seed): what `qconf compare` puts side by side."""
 
     prompt: str | Annotated[list[str], Field(min_length=1)] = "a photo of a cat wearing a tiny hat"
-    steps: int = Field(2, ge=1, le=1000)
-    height: int = Field(32, ge=8, le=2**20)
-    width: int = Field(32, ge=8, le=2**20)
+    # strict: `run.steps=true` is not 1 step
+    steps: StrictInt = Field(2, ge=1, le=1000)
+    height: StrictInt = Field(32, ge=8, le=2**20)
+    width: StrictInt = Field(32, ge=8, le=2**20)
     guidance_scale: float = Field(3.5, allow_inf_nan=False, ge=-1000, le=1000)
     seed: Seed | Annotated[list[Seed], Field(min_length=1)] = 0
     # Video pipelines only (checked against the pipeline): null = the pipeline's own clip for
     # `qconf run`, a few frames for compare/sensitivity/tune (qconf.source.video).
-    num_frames: int | None = Field(None, ge=1, le=MAX_FRAMES)
-    fps: int | None = Field(None, ge=1, le=240)
+    num_frames: StrictInt | None = Field(None, ge=1, le=MAX_FRAMES)
+    fps: StrictInt | None = Field(None, ge=1, le=240)
 
     @model_validator(mode="after")
     def _bounded(self) -> RunSpec:
