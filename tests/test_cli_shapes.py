@@ -123,3 +123,23 @@ def test_a_scheduler_that_cannot_run_one_step_is_refused_before_the_load() -> No
 def test_a_boolean_or_a_float_is_not_a_count(override: str) -> None:
     assert main(["validate", override]) == 2
     assert main(["validate", "model=tiny-wan", "run.num_frames=true"]) == 2
+
+
+def test_argument_mistakes_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["list", "foo", "--json"], ["list", "presets", "--fits"],
+                 ["estimate", "--rank", "1e9"], ["nonsense"], ["validate", "--bogus"],
+                 ["estimate", "--rank", "8", "model=tiny-flux"]):  # fmt: skip
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: "), (argv, err)
+
+
+def test_a_budget_no_preset_meets_says_the_smallest(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "presets", "--fits", "1KiB"]) == 0
+    out = capsys.readouterr().out
+    assert "no preset loads in 1.0 KiB: the smallest peak while loading is" in out
+
+
+def test_train_parts_may_be_spaced() -> None:
+    plan = ["preset=flux-int8wo", "model=tiny-flux"]
+    assert main(["validate", "--train", "transformer, text_encoder_2", *plan]) == 0

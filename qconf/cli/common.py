@@ -67,7 +67,7 @@ def train_parts(value: str | None, resolved: Any, *, need_parts: bool = False) -
             raise PlanError(Problem("--train", "the plan quantizes no part",
                                     "name the parts to train: --train transformer"))  # fmt: skip
     else:
-        parts = [p for p in value.split(",") if p]
+        parts = [p.strip() for p in value.split(",") if p.strip()]
         if not parts:
             raise PlanError(Problem("--train", "names no part", "e.g. --train transformer"))
     check_trainable(resolved, parts)

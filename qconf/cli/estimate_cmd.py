@@ -17,6 +17,8 @@ from qconf.cli.common import (
 )
 from qconf.text import safe
 
+DEFAULT_RANK = 4  # estimate's LoRA rank when --rank is not given
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the JSON contract")
@@ -29,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_train_argument(parser, f"{TRAIN_HELP}: also estimate the adapter weights, gradients "
                        "and AdamW states on top of the frozen base")  # fmt: skip
-    parser.add_argument("--rank", type=int, default=4, help="LoRA rank for --train (default 4)")
+    parser.add_argument("--rank", type=int, help=f"LoRA rank for --train (default {DEFAULT_RANK})")
     add_plan_arguments(parser)
 
 
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_from_args(args)
     train_parts = _train_parts(plan, args)  # refused before torch is imported
     result = estimate(plan, folder)
-    training = _training(plan, train_parts, args.rank, folder)
+    rank = DEFAULT_RANK if args.rank is None else args.rank
+    training = _training(plan, train_parts, rank, folder)
     if args.plot:
         plot(result, args.plot)
     if args.json:
@@ -102,12 +105,16 @@ def print_peak(result: Any) -> None:
 
 def _train_parts(plan: Any, args: argparse.Namespace) -> list[str] | None:
     """The parts of `--train` after the torch-free checks (rank, part names, trainable)."""
-    if args.train is None:
-        return None
     from qconf.errors import PlanError, Problem
+
+    if args.train is None:
+        if args.rank is not None:  # it would be ignored: say so rather than drop it
+            raise PlanError(Problem("--rank", "given without --train",
+                                    "add --train [PARTS], or drop --rank"))  # fmt: skip
+        return None
     from qconf.train.adapter_settings import MAX_RANK  # what an adapter file may hold
 
-    if not 1 <= args.rank <= MAX_RANK:
+    if args.rank is not None and not 1 <= args.rank <= MAX_RANK:
         raise PlanError(Problem("--rank", f"{args.rank} is not a LoRA rank (1..{MAX_RANK})",
                                 "use 4..64"))  # fmt: skip
     return train_parts(args.train, plan.resolve(), need_parts=True)

@@ -43,6 +43,14 @@ def run(args: argparse.Namespace) -> int:
         }, indent=2))  # fmt: skip
         return 0
     _print(budget, fits, over, unknown)
+    known = [e for e in estimates if e.load_peak_bytes is not None]
+    if not fits and known:
+        from qconf.text import safe
+        from qconf.units import human_bytes
+
+        smallest = min(known, key=lambda e: (e.load_peak_bytes, e.preset))
+        print(f"no preset loads in {human_bytes(budget)}: the smallest peak while loading is "
+              f"{human_bytes(smallest.load_peak_bytes)} ({safe(smallest.preset)})")  # fmt: skip
     return 0
 
 

@@ -9,6 +9,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from qconf.cli.common import USER_ERROR, bare_flags_kept_bare, report_bug
 from qconf.errors import QconfError
@@ -31,9 +32,19 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a mistake answered in one line (what, and where the help is), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        from qconf.text import safe
+
+        print(f"error: {safe(message)} — see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(USER_ERROR)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser (for `qconf --help` and unknown commands)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="qconf",
         description="Declarative, validated quantization plans for diffusers pipelines.",
         epilog="Exit codes: 0 ok, 2 your input is wrong (one line per problem), 1 a bug. "
@@ -47,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def command_parser(name: str) -> argparse.ArgumentParser:
     """One subcommand's parser; only that subcommand's module is imported."""
-    parser = argparse.ArgumentParser(prog=f"qconf {name}", description=COMMANDS[name])
+    parser = OneLineParser(prog=f"qconf {name}", description=COMMANDS[name])
     _module(name).add_arguments(parser)
     return parser
 
