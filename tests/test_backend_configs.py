@@ -56,9 +56,7 @@ EXPECTED: dict[str, Callable[[str], Any]] = {
     ),
     "int4wo-gpu": lambda lib: _ao(
         lib,
-        torchao_quant.Int4WeightOnlyConfig(
-            group_size=128, int4_packing_format="tile_packed_to_4d"
-        ),
+        torchao_quant.Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d"),
     ),
     "nf4": lambda lib: _bnb(
         lib, load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
@@ -80,6 +78,10 @@ def _same(built: Any, expected: Any) -> None:
     # the attributes a library reads are the ones it serializes; dtypes must be torch dtypes
     for name, value in vars(built).items():
         assert type(value) is type(vars(expected)[name]), name
+
+
+def _ao_entry(name: str, **fields: Any) -> dict[str, Any]:
+    return {"backend": "torchao", "kwargs": {"quant_type": {"name": name, **fields}}}
 
 
 def _resolve(mapping: dict[str, Any]) -> Any:
@@ -150,23 +152,17 @@ FULL_CASES: list[tuple[str, dict[str, Any], Callable[[str], Any]]] = [
     ),
     (
         "int8wo-group",
-        {"backend": "torchao", "kwargs": {"quant_type": {"name": "Int8WeightOnlyConfig",
-                                                         "group_size": 64}}},  # fmt: skip
+        _ao_entry("Int8WeightOnlyConfig", group_size=64),
         lambda lib: _ao(lib, torchao_quant.Int8WeightOnlyConfig(granularity=PerGroup(64))),
     ),
     (
         "float8wo-e5m2",
-        {"backend": "torchao", "kwargs": {"quant_type": {"name": "Float8WeightOnlyConfig",
-                                                         "weight_dtype": "float8_e5m2"}}},  # fmt: skip
-        lambda lib: _ao(
-            lib, torchao_quant.Float8WeightOnlyConfig(weight_dtype=torch.float8_e5m2)
-        ),
+        _ao_entry("Float8WeightOnlyConfig", weight_dtype="float8_e5m2"),
+        lambda lib: _ao(lib, torchao_quant.Float8WeightOnlyConfig(weight_dtype=torch.float8_e5m2)),
     ),
     (
         "intx-int2-group16",
-        {"backend": "torchao", "kwargs": {"quant_type": {"name": "IntxWeightOnlyConfig",
-                                                         "weight_dtype": "int2",
-                                                         "group_size": 16}}},  # fmt: skip
+        _ao_entry("IntxWeightOnlyConfig", weight_dtype="int2", group_size=16),
         lambda lib: _ao(
             lib,
             torchao_quant.IntxWeightOnlyConfig(weight_dtype=torch.int2, granularity=PerGroup(16)),
@@ -174,14 +170,12 @@ FULL_CASES: list[tuple[str, dict[str, Any], Callable[[str], Any]]] = [
     ),
     (
         "intx-defaults",
-        {"backend": "torchao", "kwargs": {"quant_type": {"name": "IntxWeightOnlyConfig"}}},
+        _ao_entry("IntxWeightOnlyConfig"),
         lambda lib: _ao(lib, torchao_quant.IntxWeightOnlyConfig()),
     ),
     (
         "int4-plain-int32-64",
-        {"backend": "torchao", "kwargs": {"quant_type": {"name": "Int4WeightOnlyConfig",
-                                                         "group_size": 64,
-                                                         "packing_format": "plain_int32"}}},  # fmt: skip
+        _ao_entry("Int4WeightOnlyConfig", group_size=64, packing_format="plain_int32"),
         lambda lib: _ao(
             lib,
             torchao_quant.Int4WeightOnlyConfig(group_size=64, int4_packing_format="plain_int32"),
@@ -189,29 +183,26 @@ FULL_CASES: list[tuple[str, dict[str, Any], Callable[[str], Any]]] = [
     ),
     (
         "int4-defaults",
-        {"backend": "torchao", "kwargs": {"quant_type": {"name": "Int4WeightOnlyConfig"}}},
+        _ao_entry("Int4WeightOnlyConfig"),
         lambda lib: _ao(lib, torchao_quant.Int4WeightOnlyConfig()),
     ),
     (
         "float8dq-per-row",
-        {"backend": "torchao", "kwargs": {"quant_type": {
-            "name": "Float8DynamicActivationFloat8WeightConfig", "granularity": "per_row"}}},  # fmt: skip
+        _ao_entry("Float8DynamicActivationFloat8WeightConfig", granularity="per_row"),
         lambda lib: _ao(
             lib, torchao_quant.Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
         ),
     ),
     (
         "float8dq-per-tensor",
-        {"backend": "torchao", "kwargs": {"quant_type": {
-            "name": "Float8DynamicActivationFloat8WeightConfig", "granularity": "per_tensor"}}},  # fmt: skip
+        _ao_entry("Float8DynamicActivationFloat8WeightConfig", granularity="per_tensor"),
         lambda lib: _ao(
             lib, torchao_quant.Float8DynamicActivationFloat8WeightConfig(granularity=PerTensor())
         ),
     ),
     (
         "float8dq-defaults",
-        {"backend": "torchao", "kwargs": {"quant_type": {
-            "name": "Float8DynamicActivationFloat8WeightConfig"}}},  # fmt: skip
+        _ao_entry("Float8DynamicActivationFloat8WeightConfig"),
         lambda lib: _ao(lib, torchao_quant.Float8DynamicActivationFloat8WeightConfig()),
     ),
     (
@@ -386,15 +377,11 @@ def test_canonical_drops_library_defaults_only() -> None:
     assert intx.canonical()["kwargs"] == {
         "quant_type": {"name": "IntxWeightOnlyConfig", "weight_dtype": "int4", "group_size": 32}
     }
-    intx8 = _entry({"backend": "torchao", "kwargs": {"quant_type": {
-        "name": "IntxWeightOnlyConfig", "weight_dtype": "int8"}}})  # fmt: skip
+    intx8 = _entry(_ao_entry("IntxWeightOnlyConfig", weight_dtype="int8"))
     assert intx8.canonical()["kwargs"] == {"quant_type": {"name": "IntxWeightOnlyConfig"}}
-    f8 = _entry({"backend": "torchao", "kwargs": {"quant_type": {
-        "name": "Float8WeightOnlyConfig", "weight_dtype": "float8_e4m3fn"}}})  # fmt: skip
+    f8 = _entry(_ao_entry("Float8WeightOnlyConfig", weight_dtype="float8_e4m3fn"))
     assert f8.canonical()["kwargs"] == {"quant_type": {"name": "Float8WeightOnlyConfig"}}
-    f8dq = _entry({"backend": "torchao", "kwargs": {"quant_type": {
-        "name": "Float8DynamicActivationFloat8WeightConfig", "granularity": "per_tensor"}},
-        })  # fmt: skip
+    f8dq = _entry(_ao_entry("Float8DynamicActivationFloat8WeightConfig", granularity="per_tensor"))
     assert f8dq.canonical()["kwargs"] == {
         "quant_type": {"name": "Float8DynamicActivationFloat8WeightConfig"}
     }
@@ -433,8 +420,10 @@ def test_inspect_reads_back_each_part_and_the_dtype(tmp_path: Path) -> None:
     plans = {
         "transformer": ("diffusers", backend_options()["int4wo"]),
         "text_encoder": ("transformers", backend_options()["nf4"]),
-        "text_encoder_2": ("transformers", {"backend": "quanto", "kwargs": {"weights_dtype":
-                                                                            "int4"}}),  # fmt: skip
+        "text_encoder_2": (
+            "transformers",
+            {"backend": "quanto", "kwargs": {"weights_dtype": "int4"}},
+        ),  # fmt: skip
     }
     for part, (library, data) in plans.items():
         path = tmp_path / part / "config.json"
