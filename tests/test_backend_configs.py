@@ -408,15 +408,26 @@ def test_8bit_from_saved_ignores_4bit_fields() -> None:
 # --- inspect: a saved folder's config.json blocks become the plan again ------------------------
 
 
-def test_inspect_reads_back_each_part_and_the_dtype(tmp_path: Path) -> None:
-    from qconf.loading.inspect import inspect_folder
+def _saved_folder(folder: Path, configs: dict[str, dict[str, Any]]) -> Path:
+    """tiny-flux's config files (no weights) with `configs[part]` merged into a part's config.json
+    (no load dtype recorded unless given)."""
     from qconf.source.tiny import tiny_pipeline_path
 
     source = tiny_pipeline_path("tiny-flux")
-    shutil.copy(source / "model_index.json", tmp_path)
+    shutil.copy(source / "model_index.json", folder)
     for config in source.glob("*/config.json"):
-        (tmp_path / config.parent.name).mkdir()
-        shutil.copy(config, tmp_path / config.parent.name)
+        (folder / config.parent.name).mkdir()
+        data = json.loads(config.read_text())
+        data.pop("torch_dtype", None)
+        data.pop("dtype", None)
+        data.update(configs.get(config.parent.name, {}))
+        (folder / config.parent.name / "config.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_inspect_reads_back_each_part(tmp_path: Path) -> None:
+    from qconf.loading.inspect import inspect_folder
+
     plans = {
         "transformer": ("diffusers", backend_options()["int4wo"]),
         "text_encoder": ("transformers", backend_options()["nf4"]),
@@ -425,18 +436,58 @@ def test_inspect_reads_back_each_part_and_the_dtype(tmp_path: Path) -> None:
             {"backend": "quanto", "kwargs": {"weights_dtype": "int4"}},
         ),  # fmt: skip
     }
-    for part, (library, data) in plans.items():
-        path = tmp_path / part / "config.json"
-        config = json.loads(path.read_text())
-        config["quantization_config"] = _saved_block(_entry(data).build(library))
-        config.pop("torch_dtype", None)
-        config.pop("dtype", None)
-        if part == "text_encoder":
-            config["torch_dtype"] = "float16"
-        path.write_text(json.dumps(config))
-    found = inspect_folder(tmp_path)
-    assert found["model"]["pipeline"] == "FluxPipeline"
-    assert found["model"]["torch_dtype"] == "float16"
+    configs = {
+        part: {"quantization_config": _saved_block(_entry(data).build(library))}
+        for part, (library, data) in plans.items()
+    }
+    configs["text_encoder"]["torch_dtype"] = "float16"
+    found = inspect_folder(_saved_folder(tmp_path, configs))
+    assert found["model"] == {
+        "source": str(tmp_path),
+        "pipeline": "FluxPipeline",
+        "torch_dtype": "float16",
+    }
     assert found["quant"]["mapping"] == {
         part: _entry(data).canonical() for part, (_, data) in plans.items()
     }
+
+
+@pytest.mark.parametrize(
+    ("configs", "expected"),
+    [
+        ({"text_encoder": {"dtype": "float32"}}, "float32"),
+        ({"text_encoder": {"dtype": "float16"}}, "float16"),
+        ({"text_encoder": {"dtype": "bfloat16"}}, "bfloat16"),
+        ({"text_encoder_2": {"torch_dtype": "float32"}}, "float32"),
+        ({"text_encoder_2": {"torch_dtype": "bfloat16"}}, "bfloat16"),
+        # transformers' newer key wins over the old one
+        ({"text_encoder": {"dtype": "bfloat16", "torch_dtype": "float16"}}, "bfloat16"),
+        # parts in name order: the first that records a float dtype
+        ({"text_encoder": {"dtype": "float16"}, "text_encoder_2": {"dtype": "float32"}}, "float16"),
+        ({"text_encoder": {"dtype": "int8"}, "text_encoder_2": {"dtype": "float32"}}, "float32"),
+        ({"text_encoder": {"torch_dtype": "auto"}}, None),
+        ({}, None),
+    ],
+)
+def test_inspect_reads_the_recorded_load_dtype(
+    tmp_path: Path, configs: dict[str, dict[str, Any]], expected: str | None
+) -> None:
+    from qconf.loading.inspect import inspect_folder
+
+    found = inspect_folder(_saved_folder(tmp_path, configs))
+    assert found["model"]["torch_dtype"] == expected
+    assert found["quant"]["mapping"] == {}
+
+
+def test_inspect_refuses_a_folder_that_is_not_a_pipeline(tmp_path: Path) -> None:
+    from qconf.errors import ModelSourceError, PlanError, Problem
+    from qconf.loading.inspect import inspect_folder
+
+    with pytest.raises(ModelSourceError) as caught:
+        inspect_folder(tmp_path)
+    assert caught.value.problems == [
+        Problem(str(tmp_path), "no model_index.json here", "give a saved diffusers pipeline folder")
+    ]
+    with pytest.raises(PlanError) as caught_empty:
+        inspect_folder("")
+    assert caught_empty.value.problems[0].where == "inspect"
