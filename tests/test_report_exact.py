@@ -145,3 +145,36 @@ def test_per_layer_bytes_of_a_real_load() -> None:
         assert tensor_bytes(weight) == byte_model.weight_bytes(layer, entry)
         seen += 1
     assert seen == LINEARS[TRANSFORMERS_PART]
+
+
+# float16 loads: T5's `wo` stays float32 (transformers' _keep_in_fp32_modules), which torchao
+# still quantizes and quanto/bitsandbytes skip; the VAE's Linear layers are diffusers targets
+# among convolutions. option -> (parts, quantized layers per part)
+FP16_CASES: dict[str, dict[str, int]] = {
+    "int8wo": {"text_encoder_2": 14, "vae": 8},
+    "int4wo": {"text_encoder_2": 14, "vae": 8},
+    "quanto-int8": {"text_encoder_2": 12, "vae": 8},
+    "quanto-int4": {"text_encoder_2": 12},
+    "nf4": {"text_encoder_2": 12},
+    "bnb-int8": {"text_encoder_2": 12},
+}
+
+
+@pytest.mark.parametrize("option", sorted(FP16_CASES))
+def test_float16_load_with_fp32_keeps_matches_estimate_exactly(option: str) -> None:
+    from qconf.estimate import estimate
+
+    pytest.importorskip(REGISTRY[backend_options()[option]["backend"]].module)
+    counts = FP16_CASES[option]
+    plan = qconf.intake(
+        model={"source": MODEL, "torch_dtype": "float16"},
+        quant={"mapping": dict.fromkeys(counts, option)},
+    )
+    with known_failures_ignored():
+        report = qconf.load(plan).report
+    est = estimate(plan)
+    for name, part in report.parts.items():
+        guess = est.parts[name]
+        assert (part.params, part.bytes) == (guess.params, guess.bytes), name
+        assert sum(part.quantized_layers.values()) == guess.quantized_layers, name
+        assert guess.quantized_layers == counts.get(name, 0), name
