@@ -491,3 +491,28 @@ def test_inspect_refuses_a_folder_that_is_not_a_pipeline(tmp_path: Path) -> None
     with pytest.raises(PlanError) as caught_empty:
         inspect_folder("")
     assert caught_empty.value.problems[0].where == "inspect"
+
+
+def test_transformers_only_flags_read_back_from_a_saved_block() -> None:
+    data = _ao_entry("Int8WeightOnlyConfig")
+    data["kwargs"] |= {"include_input_output_embeddings": True, "untie_embedding_weights": True}
+    entry = _entry({**data, "skip": ["lm_head"]})
+    back = type(entry).from_saved(_saved_block(entry.build("transformers")))
+    assert back == {**data, "skip": ["lm_head"]}
+    plain = _entry(_ao_entry("Int8WeightOnlyConfig"))
+    assert type(plain).from_saved(_saved_block(plain.build("transformers"))) == _ao_entry(
+        "Int8WeightOnlyConfig"
+    )
+
+
+def test_quanto_saved_block_without_a_weight_dtype_is_int8() -> None:
+    quanto = REGISTRY["quanto"].entry
+    assert quanto.from_saved({"quant_method": "quanto"}) == {
+        "backend": "quanto",
+        "kwargs": {"weights_dtype": "int8"},
+    }
+    assert quanto.from_saved({"weights": "int2", "modules_to_not_convert": ("a", "b")}) == {
+        "backend": "quanto",
+        "kwargs": {"weights_dtype": "int2"},
+        "skip": ["a", "b"],
+    }
