@@ -1,12 +1,16 @@
-"""Mutation testing of the torch-free core (`make mutate`): mutmut plants one small bug at a time
-in qconf/plan/{schema,checks,messages,compose,safety,resolve,interpolation,trust}.py, saving.py
-and runs the fast torch-free tests against each (configured in pyproject.toml, [tool.mutmut]).
+"""Mutation testing (`make mutate`): mutmut plants one small bug at a time in the torch-free core
+(qconf/plan/{schema,checks,messages,compose,safety,resolve,interpolation,trust}.py, saving.py)
+and in the code that turns a plan into library objects and numbers (qconf/backends/*,
+qconf/estimate/*, loading/report.py, loading/inspect.py, cli/main.py), and runs the fast tests
+that reach each mutant (configured in pyproject.toml, [tool.mutmut]).
 Prints the kill rate per module and every mutant that no test kills, with the reason recorded
 for it in bench/mutation-survivors.md (equivalent mutant, or covered only by the torch tests).
 A survivor without a recorded reason is shown with its diff: add a test that kills it, or record
 why none can. Exits 1 when the kill rate is below 90 % or a survivor has no recorded reason.
 
-    python bench/mutate.py [--reuse]   # --reuse: keep mutants/ results from an earlier run
+    python bench/mutate.py [--reuse] [PATTERN ...]
+    # --reuse: keep mutants/ results from an earlier run
+    # PATTERN: only these mutants, e.g. 'qconf.loading.inspect.*' (one module at a time)
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,30 +47,33 @@ def recorded_reasons() -> dict[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reuse", action="store_true", help="keep earlier results in mutants/")
+    parser.add_argument("patterns", nargs="*", help="mutant name globs (default: all)")
     args = parser.parse_args()
     if not args.reuse:
         shutil.rmtree(ROOT / "mutants", ignore_errors=True)
     started = time.perf_counter()
-    run = mutmut("run", stdout=subprocess.DEVNULL)
+    run = mutmut("run", *args.patterns, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - started
     if run.returncode != 0:
         print(f"mutmut run failed (exit {run.returncode})", file=sys.stderr)
         return run.returncode
     listing = mutmut("results", "--all", "true", capture_output=True).stdout
     status = dict(re.findall(r"^\s*(\S+): (.+)$", listing, flags=re.M))
+    if args.patterns:  # results of other modules (an earlier run) are not this run's
+        status = {n: v for n, v in status.items() if any(fnmatch(n, p) for p in args.patterns)}
     by_module: dict[str, Counter] = defaultdict(Counter)
     for name, verdict in status.items():
         by_module[name.split(".x")[0]][verdict] += 1
 
-    print(f"mutation testing of the torch-free core: {len(status)} mutants in {seconds:.0f} s\n")
-    print(f"{'module':<18} {'mutants':>8} {'killed':>8} {'rate':>7}")
+    print(f"mutation testing: {len(status)} mutants in {seconds:.0f} s\n")
+    print(f"{'module':<34} {'mutants':>8} {'killed':>8} {'rate':>7}")
     for module, counts in sorted(by_module.items()):
         total, killed = sum(counts.values()), sum(counts[k] for k in KILLED)
-        print(f"{module:<18} {total:>8} {killed:>8} {100 * killed / total:>6.1f}%")
+        print(f"{module:<34} {total:>8} {killed:>8} {100 * killed / total:>6.1f}%")
     total = len(status)
     killed = sum(1 for verdict in status.values() if verdict in KILLED)
     rate = 100 * killed / total if total else 0.0
-    print(f"{'all':<18} {total:>8} {killed:>8} {rate:>6.1f}%")
+    print(f"{'all':<34} {total:>8} {killed:>8} {rate:>6.1f}%")
 
     reasons = recorded_reasons()
     survivors = sorted(name for name, verdict in status.items() if verdict not in KILLED)
