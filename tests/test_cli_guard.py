@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from qconf.cli.main import BUG, main
+from qconf.cli.common import BUG
+from qconf.cli.main import main
 
 
 def _raising(monkeypatch: pytest.MonkeyPatch, raised: BaseException) -> None:
