@@ -88,7 +88,9 @@ def test_verbose_is_taken_anywhere_and_removed(monkeypatch: pytest.MonkeyPatch) 
     import qconf.cli.validate_cmd as validate_cmd
 
     seen = []
-    monkeypatch.delenv("QCONF_VERBOSE", raising=False)
+    # setenv (not delenv): the value main() writes is undone after the test, so later tests'
+    # subprocesses do not inherit --verbose
+    monkeypatch.setenv("QCONF_VERBOSE", "0")
     monkeypatch.setattr(validate_cmd, "run", lambda args: seen.append(args) or 0)
     assert main(["validate", "--verbose"]) == 0
     assert os.environ["QCONF_VERBOSE"] == "1"
