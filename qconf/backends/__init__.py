@@ -13,12 +13,14 @@ from qconf.backends.bitsandbytes import BNB_4BIT, BNB_8BIT
 from qconf.backends.capabilities import known_failure, known_failures_ignored
 from qconf.backends.gguf import GGUF
 from qconf.backends.quanto import QUANTO
+from qconf.backends.sdnq import SDNQ
 from qconf.backends.torchao import TORCHAO
 
-REGISTRY: dict[str, Backend] = {b.key: b for b in (BNB_4BIT, BNB_8BIT, TORCHAO, QUANTO, GGUF)}
+REGISTRY: dict[str, Backend] = {b.key: b for b in (BNB_4BIT, BNB_8BIT, TORCHAO, QUANTO, SDNQ, GGUF)
+}
 
 BackendEntry = Annotated[
-    BNB_4BIT.entry | BNB_8BIT.entry | TORCHAO.entry | QUANTO.entry | GGUF.entry,
+    BNB_4BIT.entry | BNB_8BIT.entry | TORCHAO.entry | QUANTO.entry | SDNQ.entry | GGUF.entry,
     Field(discriminator="backend"),
 ]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -243,3 +243,9 @@ class Backend:
     nested_tags: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
     # Dotted callables (beyond config_class) that a config file may name as `_target_`.
     config_targets: tuple[str, ...] = ()
+    # Run before any load or reload of a part this backend quantized or will quantize, with
+    # whether adapters will be trained: imports and environment the library needs first (a
+    # library that registers itself with transformers on import), or a refusal (raises).
+    prepare: Callable[[bool], None] | None = None
+    # Library kwargs qconf does not offer -> why (what a plan that sets one is told).
+    withheld: Mapping[str, str] = field(default_factory=dict)

@@ -1,12 +1,22 @@
 """How the report and the sensitivity walk read a loaded layer of one backend, keyed by the
-class name of the tensor the backend puts in place of a weight (no import of the library
-unless such a tensor is met). Each backend module fills its own `Measure` (`Backend.measure`)."""
+class name of the tensor the backend puts in place of a weight, or of the layer module it puts
+in place of a Linear (no import of the library unless such a tensor or layer is met). Each backend module fills its own `Measure` (`Backend.measure`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class LayerMeasure:
+    """A backend whose quantized layers are modules of its own holding plain tensors (codes,
+    scales): the tensors alone cannot say what they stand for."""
+
+    weight_numel: Callable[[Any], int]  # module -> weights its `weight` codes stand for
+    state: tuple[str, ...]  # its tensors that are quant state (real bytes only, no weights)
+    dequantize: Callable[[Any], Any]  # module -> the float weight it computes with
 
 
 @dataclass(frozen=True)
@@ -20,3 +30,5 @@ class Measure:
     # top-level packages of the modules the backend swaps in for quantized layers (their
     # layers count as quantized even when the weight is a plain tensor)
     layer_modules: tuple[str, ...] = ()
+    # layer class -> how to read it (backends whose layer, not tensor, carries the format)
+    layers: Mapping[str, LayerMeasure] = field(default_factory=dict)

@@ -32,13 +32,15 @@ def skipped(library: str, backend: str, name: str, patterns: list[str]) -> bool:
 def skip_patterns(model: Any, library: str, entry: Any) -> list[str]:
     """The library's final modules_to_not_convert for this part."""
     param = entry.skip_param
+    model_bytes = BYTE_MODELS[entry.backend]
     if library == "diffusers":
         given = entry.library_kwargs(library).get(param) or []
-        return [*given, *(type(model)._keep_in_fp32_modules or [])]
+        patterns = [*given, *(type(model)._keep_in_fp32_modules or [])]
+        return model_bytes.adjust_patterns(model, library, entry, patterns)
     from transformers.quantizers.base import get_keys_to_not_convert
 
     defaults = sorted(get_keys_to_not_convert(model))
     given = entry.library_kwargs(library, defaults).get(param)
     patterns = list(defaults if given is None else given)
     patterns += list(model._keep_in_fp32_modules or [])
-    return BYTE_MODELS[entry.backend].adjust_patterns(model, library, entry, patterns)
+    return model_bytes.adjust_patterns(model, library, entry, patterns)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
@@ -188,6 +189,15 @@ def check_environment(resolved: ResolvedPlan) -> None:
     problems = environment_problems(resolved)
     if problems:
         raise BackendUnavailableError(problems)
+
+
+def prepare_backends(resolved: ResolvedPlan, train: bool | Sequence[str] = False) -> None:
+    """Just before a load: what each backend in play (planned, or saved in the folder) needs
+    first, e.g. importing a library that registers itself with transformers (Backend.prepare)."""
+    for key in dict.fromkeys(part.backend for part in resolved.quantized.values()):
+        prepare = REGISTRY[key].prepare
+        if prepare is not None:
+            prepare(bool(train))
 
 
 def cpu_runnable_options(extra_dirs: tuple[Path, ...] = ()) -> list[str]:

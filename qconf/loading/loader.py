@@ -58,11 +58,12 @@ def load(
 def _load(plan: Plan, *, save: str | Path | None, force: bool,
           max_shard_size: str | int | None, train: bool | Sequence[str]) -> Loaded:  # fmt: skip
     resolved = plan.resolve()
-    from qconf.loading.environment import check_environment
+    from qconf.loading.environment import check_environment, prepare_backends
 
     check_environment(resolved)
     if train:  # True: every quantized part; or the names of the parts that will be trained
         check_trainable(resolved, None if train is True else list(train))
+    prepare_backends(resolved, train)
     if save is not None:
         from qconf.loading.saving import check_can_save, check_shard_size, snapshot
 

@@ -45,11 +45,12 @@ def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
     plan = intake(cfg)
     resolved = plan.resolve()
     _check_part(resolved, part)
-    from qconf.loading.environment import check_environment
+    from qconf.loading.environment import check_environment, prepare_backends
 
     check_environment(resolved)
     if train:
         check_trainable(resolved, [part])
+    prepare_backends(resolved, train)
     check_folder(resolved, plan.source.local_folder())
     source = plan.source.load_path()
 

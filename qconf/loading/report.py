@@ -89,6 +89,7 @@ def backend_measures() -> Measure:
         state_bytes={k: v for m in specs for k, v in m.state_bytes.items()},
         dequantize={k: v for m in specs for k, v in m.dequantize.items()},
         layer_modules=tuple(dict.fromkeys(root for m in specs for root in m.layer_modules)),
+        layers={k: v for m in specs for k, v in m.layers.items()},
     )
 
 
@@ -98,10 +99,16 @@ def measure_part(
     import torch
 
     params = unquantized = real = 0
-    tensors = list(module.named_parameters()) + list(module.named_buffers())
-    for _, tensor in tensors:
-        numel = logical_numel(tensor)
-        is_quantized = numel != tensor.numel() or _tensor_label(tensor) is not None
+    for owner, local, tensor in _tensors(module):
+        layer = backend_measures().layers.get(type(owner).__name__)
+        if layer is not None and local in layer.state:  # quant state: bytes, not weights
+            real += tensor_bytes(tensor)
+            continue
+        if layer is not None and local == "weight":  # codes standing for the float weight
+            numel, is_quantized = layer.weight_numel(owner), True
+        else:
+            numel = logical_numel(tensor)
+            is_quantized = numel != tensor.numel() or _tensor_label(tensor) is not None
         dtype = tensor.dtype
         if is_quantized or not dtype.is_floating_point:
             dtype = load_dtype if (is_quantized and load_dtype is not None) else dtype
@@ -126,6 +133,18 @@ def measure_part(
     )
 
 
+def _tensors(module: Any) -> list[tuple[Any, str, Any]]:
+    """(owning module, local name, tensor) of every parameter and buffer, each tensor once."""
+    seen: set[int] = set()
+    found = []
+    for owner in module.modules():
+        for local, tensor in [*owner._parameters.items(), *owner._buffers.items()]:
+            if tensor is not None and id(tensor) not in seen:
+                seen.add(id(tensor))
+                found.append((owner, local, tensor))
+    return found
+
+
 def _tensor_label(tensor: Any) -> str | None:
     kind = type(tensor).__name__
     return None if kind in _PLAIN_TENSOR_TYPES else kind
@@ -135,7 +154,11 @@ def _layer_label(module: Any, weight: Any) -> str | None:
     """'Linear4bit[Params4bit]', 'Linear[Int8Tensor]', ... or None for an unquantized layer."""
     module_kind = type(module).__name__
     tensor_kind = _tensor_label(weight)
-    quantizing_module = type(module).__module__.split(".")[0] in backend_measures().layer_modules
+    measures = backend_measures()
+    quantizing_module = (
+        type(module).__module__.split(".")[0] in measures.layer_modules
+        or type(module).__name__ in measures.layers
+    )
     if tensor_kind is None and not quantizing_module:
         return None
     return f"{module_kind}[{tensor_kind or type(weight).__name__}]"

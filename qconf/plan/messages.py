@@ -49,6 +49,14 @@ def _tags(field: str) -> str:
     return ", ".join(_NESTED[field][1] if field in _NESTED else REGISTRY)
 
 
+# (kwargs model, library kwarg) -> why qconf does not offer it (Backend.withheld)
+_WITHHELD: dict[tuple[Any, str], str] = {
+    (spec.entry.model_fields["kwargs"].annotation, name): why
+    for spec in REGISTRY.values()
+    for name, why in spec.withheld.items()
+}
+
+
 def _model_at(
     loc: tuple[Any, ...], tag: str | None, root: type[BaseModel] | None
 ) -> type[BaseModel] | None:
@@ -136,6 +144,9 @@ def _one_problem(
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1], tag, root)
         fields = list(model.model_fields) if model else []
+        why = _WITHHELD.get((model, str(loc[-1])))
+        if why is not None:  # a library kwarg qconf refuses on purpose
+            return Problem(path, f"not offered: {why}", "remove it")
         hint = did_you_mean(str(loc[-1]), fields)
         return Problem(
             path,

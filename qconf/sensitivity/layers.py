@@ -108,8 +108,7 @@ def weight_errors(base: Sequence[str] | Any, part: str, option: Option) -> dict[
     quantized = qconf.load_part(quantized_cfg, part)
     errors = {}
     for name, module in quantized.named_modules():
-        weight = getattr(module, "weight", None)
-        approx = dequantized(weight) if weight is not None else None
+        approx = dequantized(module)
         if approx is None:
             continue
         source = original.get_submodule(name)
@@ -121,13 +120,21 @@ def weight_errors(base: Sequence[str] | Any, part: str, option: Option) -> dict[
     }
 
 
-def dequantized(weight: Any) -> Any:
-    """The float weight a quantized tensor stands for; None for a plain (unquantized) one."""
+def dequantized(layer: Any) -> Any:
+    """The float weight a quantized layer computes with; None for a plain (unquantized) one or
+    a module without a weight."""
     import torch
 
     from qconf.loading.report import backend_measures
 
-    own = backend_measures().dequantize.get(type(weight).__name__)
+    measures = backend_measures()
+    own_layer = measures.layers.get(type(layer).__name__)
+    if own_layer is not None:  # the backend's layer holds the format (plain-tensor codes)
+        return own_layer.dequantize(layer)
+    weight = getattr(layer, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return None
+    own = measures.dequantize.get(type(weight).__name__)
     if own is not None:  # the backend's own reading (e.g. packed codes + block scales)
         return own(weight)
     if type(weight) in (torch.Tensor, torch.nn.Parameter) and weight.dtype.is_floating_point:
@@ -212,7 +219,7 @@ def quantized_linears(module: Any) -> list[str]:
     import torch
 
     linears = (n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear))
-    return [n for n in linears if dequantized(module.get_submodule(n).weight) is not None]
+    return [n for n in linears if dequantized(module.get_submodule(n)) is not None]
 
 
 # --- the check --------------------------------------------------------------------------------
@@ -312,7 +319,7 @@ def linearized_deviation(
     deltas = {}
     for name in names:
         weight = module.get_submodule(name).weight
-        approx = dequantized(quantized.get_submodule(name).weight).to(weight.device)
+        approx = dequantized(quantized.get_submodule(name)).to(weight.device)
         deltas[name] = approx.float() - weight.float()
     dots: dict[str, float] = dict.fromkeys(names, 0.0)  # r·(J dW x) of the current probe
     device = next(module.parameters()).device
