@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from qconf.backends import set_library_environment
+
 os.environ["HF_HUB_OFFLINE"] = "1"
+# tests import backend libraries themselves (pytest.importorskip): with qconf's settings
+set_library_environment()
 if "QCONF_CACHE" not in os.environ:
     os.environ["QCONF_CACHE"] = tempfile.mkdtemp(prefix="qconf-test-cache-")
     atexit.register(shutil.rmtree, os.environ["QCONF_CACHE"], ignore_errors=True)

@@ -16,8 +16,7 @@ from qconf.backends.quanto import QUANTO
 from qconf.backends.sdnq import SDNQ
 from qconf.backends.torchao import TORCHAO
 
-REGISTRY: dict[str, Backend] = {b.key: b for b in (BNB_4BIT, BNB_8BIT, TORCHAO, QUANTO, SDNQ, GGUF)
-}
+REGISTRY: dict[str, Backend] = {b.key: b for b in (BNB_4BIT, BNB_8BIT, TORCHAO, QUANTO, SDNQ, GGUF)}
 
 BackendEntry = Annotated[
     BNB_4BIT.entry | BNB_8BIT.entry | TORCHAO.entry | QUANTO.entry | SDNQ.entry | GGUF.entry,
@@ -36,7 +35,18 @@ __all__ = [
     "entry_from_saved",
     "known_failure",
     "known_failures_ignored",
+    "set_library_environment",
 ]
+
+
+def set_library_environment() -> None:
+    """Set, as defaults, the environment each backend's library reads at import (for code that
+    imports a backend library before qconf does)."""
+    import os
+
+    for spec in REGISTRY.values():
+        for name, value in (spec.environment() if spec.environment else {}).items():
+            os.environ.setdefault(name, value)
 
 
 def entry_from_saved(saved: dict) -> dict | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -243,9 +244,23 @@ class Backend:
     nested_tags: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
     # Dotted callables (beyond config_class) that a config file may name as `_target_`.
     config_targets: tuple[str, ...] = ()
+    # library -> the module its config class lives in, when not the library itself (a backend
+    # that ships one config class for both libraries)
+    config_module: Mapping[Library, str] = field(default_factory=dict)
     # Run before any load or reload of a part this backend quantized or will quantize, with
     # whether adapters will be trained: imports and environment the library needs first (a
     # library that registers itself with transformers on import), or a refusal (raises).
     prepare: Callable[[bool], None] | None = None
+    # Environment variables the library reads once, at import, and the values qconf needs
+    # (set as defaults before qconf imports it; `library_environment` sets them for callers
+    # that import the library themselves, e.g. a test session).
+    environment: Callable[[], Mapping[str, str]] | None = None
+    # A context entered while the weights load (e.g. a fixed seed for a randomized step, so
+    # that two loads of one plan give the same weights).
+    during_load: Callable[[], AbstractContextManager[Any]] | None = None
     # Library kwargs qconf does not offer -> why (what a plan that sets one is told).
     withheld: Mapping[str, str] = field(default_factory=dict)
+
+    def config_path(self, library: Library) -> str:
+        """The config class's dotted name for `library` parts ("diffusers.QuantoConfig")."""
+        return f"{self.config_module.get(library, library)}.{self.config_class[library]}"

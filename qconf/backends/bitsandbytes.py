@@ -228,6 +228,11 @@ def _spec(key: str, entry: type[_BitsAndBytesEntry], description: str,
         entry=entry,
         config_class={"diffusers": "BitsAndBytesConfig", "transformers": "BitsAndBytesConfig"},
         params={"diffusers": _PARAMS, "transformers": _PARAMS},
+        # the backend key sets them (build); the kwargs may only repeat it
+        withheld={
+            "load_in_4bit": "set by the backend key (bitsandbytes_4bit)",
+            "load_in_8bit": "set by the backend key (bitsandbytes_8bit)",
+        },
         needs_cuda={"diffusers": _CUDA_REASON},
         can_save={"diffusers": True, "transformers": True},
         trainable={"diffusers": trains_on_diffusers, "transformers": True},  # QLoRA

@@ -1,6 +1,7 @@
 """How the report and the sensitivity walk read a loaded layer of one backend, keyed by the
 class name of the tensor the backend puts in place of a weight, or of the layer module it puts
-in place of a Linear (no import of the library unless such a tensor or layer is met). Each backend module fills its own `Measure` (`Backend.measure`)."""
+in place of a Linear (no import of the library unless such a tensor or layer is met). Each
+backend module fills its own `Measure` (`Backend.measure`)."""
 
 from __future__ import annotations
 

@@ -103,8 +103,6 @@ QUANTO = QuantoEntry.spec = Backend(
             "weights_dtype": "weights_dtype",
             "modules_to_not_convert": "modules_to_not_convert",
         },
-        # transformers' QuantoConfig also takes `activations`, but its quantizer refuses them
-        # at load ("We don't support quantizing the activations"), so qconf does not offer it.
         "transformers": {
             "weights_dtype": "weights",
             "modules_to_not_convert": "modules_to_not_convert",
@@ -114,6 +112,10 @@ QUANTO = QuantoEntry.spec = Backend(
     can_save={"diffusers": True, "transformers": False},
     trainable={"diffusers": True, "transformers": True},
     quant_method="quanto",
+    withheld={
+        "activations": "transformers' quanto quantizer refuses quantized activations at load "
+        '("We don\'t support quantizing the activations")'
+    },
     load_peak_ratio=max(_LOAD_PEAK_RATIOS.values()),  # per weights_dtype: QuantoEntry
     # Measured with python -m qconf.sensitivity.capability_walk (optimum-quanto 0.2.7, torch 2.13
     # CPU); tests/test_capability.py re-measures the bfloat16 ones.

@@ -18,11 +18,12 @@ silently, qconf handles here (each covered by tests/test_sdnq.py):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -125,25 +126,78 @@ class SdnqEntry(EntryBase):
         return sdnq.SDNQConfig(**kwargs)
 
 
-# Offered by sdnq, refused by qconf: what a user who sets them is told.
-_WITHHELD = {
+# sdnq.SDNQConfig parameters qconf does not offer -> why (the line a plan that sets one gets).
+_WITHHELD: dict[str, str] = {
     "scale_dtype": "sdnq 0.2.8 drops the second-level scales (scale_2) when a saved folder is "
     "reloaded: the weights come back wrong",
     "zero_point_dtype": "sdnq 0.2.8 drops zero_point_scale when a saved folder is reloaded: the "
     "weights come back wrong",
+    **dict.fromkeys(
+        (
+            "use_quantized_matmul",
+            "use_quantized_matmul_conv",
+            "quantized_matmul_dtype",
+            "modules_to_not_use_matmul",
+        ),
+        "quantized matmul kernels are not measured by qconf yet (same bytes, other kernels)",
+    ),  # fmt: skip
+    **dict.fromkeys(
+        (
+            "use_hadamard",
+            "hadamard_group_size",
+            "use_codebook",
+            "use_codebook_scale",
+            "codebook_steps",
+            "use_dynamic_quantization",
+            "dynamic_loss_threshold",
+            "use_static_quantization",
+            "use_stochastic_rounding",
+            "dequantize_fp32",
+        ),
+        "a layout qconf's estimate and report do not model yet",
+    ),  # fmt: skip
+    **dict.fromkeys(
+        ("quant_conv", "quant_embedding"),
+        "qconf models sdnq on Linear layers only (convolutions and embeddings stay as loaded)",
+    ),
+    **dict.fromkeys(
+        ("modules_dtype_dict", "modules_quant_config"),
+        "per-module settings: give each part its own option under quant.mapping instead",
+    ),
+    **dict.fromkeys(
+        ("is_training", "use_grad_ckpt"),
+        "sdnq's own full-weight training; qconf trains LoRA adapters (--train)",
+    ),
+    **dict.fromkeys(
+        ("quantization_device", "return_device", "non_blocking"),
+        "qconf places parts itself (model.device_map)",
+    ),
+    "add_skip_keys": "sdnq's per-architecture skips are always applied (the estimate models them)",
+    "sdnq_version": "written by sdnq when it saves",
 }
 
 
-def import_sdnq() -> Any:
-    """sdnq, imported with qconf's environment (see `prepare`)."""
-    if "sdnq" not in sys.modules:
-        import torch
+def environment() -> dict[str, str]:
+    """What sdnq reads once, at import, set the way qconf needs it."""
+    # gradients through the quantized forward (LoRA); with no tensor that needs one
+    # (inference) no graph is built
+    wanted = {"SDNQ_INFERENCE_CONTEXT": "enable_grad"}
+    if not _has_cuda():  # torch.compile costs 12-18 s per config on CPU and saves little
+        wanted["SDNQ_USE_TORCH_COMPILE"] = "0"
+    return wanted
 
-        if not torch.cuda.is_available():  # compile costs more than it saves on CPU
-            os.environ.setdefault("SDNQ_USE_TORCH_COMPILE", "0")
-        # gradients through the quantized forward (LoRA); without tensors that need them
-        # (inference) no graph is built
-        os.environ.setdefault("SDNQ_INFERENCE_CONTEXT", "enable_grad")
+
+def _has_cuda() -> bool:
+    if "torch" in sys.modules:
+        return bool(sys.modules["torch"].cuda.is_available())
+    return os.path.exists("/dev/nvidia0")
+
+
+def import_sdnq() -> Any:
+    """sdnq, imported with qconf's environment (a setting the user made is kept)."""
+    if "sdnq" not in sys.modules:
+        for name, value in environment().items():
+            os.environ.setdefault(name, value)
     import sdnq
 
     return sdnq
@@ -165,6 +219,17 @@ def prepare(train: bool) -> None:
                 "set SDNQ_INFERENCE_CONTEXT=enable_grad before anything imports sdnq",
             )
         )
+
+
+@contextlib.contextmanager
+def _seeded() -> Iterator[None]:
+    """SVDQuant starts from torch.svd_lowrank, which draws random numbers: with a fixed seed
+    (and the caller's random state restored after) two loads of one plan give the same weights."""
+    import torch
+
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        torch.manual_seed(0)
+        yield
 
 
 def _groups(cols: int, group_size: int, bits: int, svd: bool) -> int:
@@ -238,8 +303,16 @@ def _dequantize(module: Any) -> Any:
 
 _LAYER = LayerMeasure(
     weight_numel=_weight_numel,
-    state=("scale", "scale_2", "scale_zero_point", "zero_point", "zero_point_scale",
-           "zero_point_2", "svd_up", "svd_down"),  # fmt: skip
+    state=(
+        "scale",
+        "scale_2",
+        "scale_zero_point",
+        "zero_point",
+        "zero_point_scale",
+        "zero_point_2",
+        "svd_up",
+        "svd_down",
+    ),  # fmt: skip
     dequantize=_dequantize,
 )
 
@@ -251,6 +324,8 @@ SDNQ = SdnqEntry.spec = Backend(
     distribution="sdnq",
     entry=SdnqEntry,
     config_class={"diffusers": "SDNQConfig", "transformers": "SDNQConfig"},
+    # diffusers.SDNQConfig is a factory returning this class; transformers has none of its own
+    config_module={"diffusers": "sdnq", "transformers": "sdnq"},
     params={"diffusers": _PARAMS, "transformers": _PARAMS},
     can_save={"diffusers": True, "transformers": True},
     trainable={"diffusers": True, "transformers": True},
@@ -262,7 +337,9 @@ SDNQ = SdnqEntry.spec = Backend(
         adjust_patterns=_adjust_patterns,
     ),
     measure=Measure(layers={f"SDNQ{kind}": _LAYER for kind in ("Linear", "Conv1d", "Conv2d")}),
+    environment=environment,
     prepare=prepare,
+    during_load=_seeded,
     withheld=_WITHHELD,
     quiet_loggers={"sdnq": logging.ERROR},  # "OpenVINO MM kernels are not available"
 )

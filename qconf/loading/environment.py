@@ -3,9 +3,10 @@ Torch-free unless torch is already imported, so `qconf validate` stays fast."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
@@ -191,13 +192,22 @@ def check_environment(resolved: ResolvedPlan) -> None:
         raise BackendUnavailableError(problems)
 
 
-def prepare_backends(resolved: ResolvedPlan, train: bool | Sequence[str] = False) -> None:
-    """Just before a load: what each backend in play (planned, or saved in the folder) needs
-    first, e.g. importing a library that registers itself with transformers (Backend.prepare)."""
-    for key in dict.fromkeys(part.backend for part in resolved.quantized.values()):
-        prepare = REGISTRY[key].prepare
-        if prepare is not None:
-            prepare(bool(train))
+@contextlib.contextmanager
+def backends_prepared(
+    resolved: ResolvedPlan, train: bool | Sequence[str] = False
+) -> Iterator[None]:
+    """Around a load: what each backend in play (planned, or saved in the folder) needs first,
+    e.g. importing a library that registers itself with transformers (Backend.prepare), and
+    the state its quantization needs while the weights load (Backend.during_load)."""
+    specs = [REGISTRY[key] for key in dict.fromkeys(p.backend for p in resolved.quantized.values())]
+    for spec in specs:
+        if spec.prepare is not None:
+            spec.prepare(bool(train))
+    with contextlib.ExitStack() as stack:
+        for spec in specs:
+            if spec.during_load is not None:
+                stack.enter_context(spec.during_load())
+        yield
 
 
 def cpu_runnable_options(extra_dirs: tuple[Path, ...] = ()) -> list[str]:

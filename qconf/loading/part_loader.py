@@ -45,12 +45,11 @@ def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
     plan = intake(cfg)
     resolved = plan.resolve()
     _check_part(resolved, part)
-    from qconf.loading.environment import check_environment, prepare_backends
+    from qconf.loading.environment import backends_prepared, check_environment
 
     check_environment(resolved)
     if train:
         check_trainable(resolved, [part])
-    prepare_backends(resolved, train)
     check_folder(resolved, plan.source.local_folder())
     source = plan.source.load_path()
 
@@ -60,14 +59,15 @@ def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
     resolved_part = resolved.components[part]
     if resolved_part is not None and not REGISTRY[resolved_part.backend].quantizes_on_load:
         only = ResolvedPlan(plan, resolved.parts, {part: resolved_part})
-        return load_file_parts(only, source, dtype)[part]
+        with backends_prepared(only, train):
+            return load_file_parts(only, source, dtype)[part]
     skips = _transformers_default_skips(resolved, source)
     config = resolved_part.build(skips.get(part, ())) if resolved_part is not None else None
     info = resolved.parts.parts[part]
     model_class = _part_class(info.library, info.class_name)
     dtype_key = "torch_dtype" if info.library == "diffusers" else "dtype"
     try:
-        with default_dtype_kept():
+        with backends_prepared(resolved, train), default_dtype_kept():
             return model_class.from_pretrained(
                 source,
                 subfolder=part,

@@ -34,6 +34,7 @@ _RESOLVABLE_ROOTS = (
     "diffusers",
     "transformers",
     *dict.fromkeys(t.split(".")[0] for s in REGISTRY.values() for t in s.config_targets),
+    *dict.fromkeys(m.split(".")[0] for s in REGISTRY.values() for m in s.config_module.values()),
 )
 _MAX_DEPTH = 100
 
@@ -41,8 +42,8 @@ _MAX_DEPTH = 100
 @cache
 def allowed_targets() -> frozenset[str]:
     """The canonical spellings of every callable a config may name."""
-    names = {f"{library}.{cls}" for spec in REGISTRY.values() for library, cls in
-             spec.config_class.items()}  # fmt: skip
+    names = {spec.config_path(library) for spec in REGISTRY.values() for library in
+             spec.config_class}  # fmt: skip
     names |= {target for spec in REGISTRY.values() for target in spec.config_targets}
     return frozenset(names | set(LOADERS))
 
