@@ -113,9 +113,9 @@ class SdnqEntry(EntryBase):
         data: dict[str, Any] = {"backend": "sdnq", "kwargs": kwargs}
         if saved.get("modules_to_not_convert"):
             data["skip"] = saved_names(saved["modules_to_not_convert"])
-        for withheld in _WITHHELD:  # saved by sdnq itself: a setting qconf cannot reload
-            if saved.get(withheld) not in (None, "none"):
-                data["kwargs"][withheld] = saved[withheld]  # validation names it
+        for broken in _BREAKS_RELOAD:  # a folder sdnq cannot reload right: validation says so
+            if saved.get(broken) not in (None, "none"):
+                data["kwargs"][broken] = saved[broken]
         return data
 
     def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
@@ -126,7 +126,10 @@ class SdnqEntry(EntryBase):
         return sdnq.SDNQConfig(**kwargs)
 
 
+# Settings whose saved folders sdnq 0.2.8 reloads wrong (the second-level scales go missing).
+_BREAKS_RELOAD = ("scale_dtype", "zero_point_dtype")
 # sdnq.SDNQConfig parameters qconf does not offer -> why (the line a plan that sets one gets).
+# A saved folder's other settings are read by sdnq itself from its config.json.
 _WITHHELD: dict[str, str] = {
     "scale_dtype": "sdnq 0.2.8 drops the second-level scales (scale_2) when a saved folder is "
     "reloaded: the weights come back wrong",

@@ -192,22 +192,26 @@ def check_environment(resolved: ResolvedPlan) -> None:
         raise BackendUnavailableError(problems)
 
 
-@contextlib.contextmanager
-def backends_prepared(
-    resolved: ResolvedPlan, train: bool | Sequence[str] = False
-) -> Iterator[None]:
-    """Around a load: what each backend in play (planned, or saved in the folder) needs first,
-    e.g. importing a library that registers itself with transformers (Backend.prepare), and
-    the state its quantization needs while the weights load (Backend.during_load)."""
-    specs = [REGISTRY[key] for key in dict.fromkeys(p.backend for p in resolved.quantized.values())]
-    for spec in specs:
+def prepare_backends(resolved: ResolvedPlan, train: bool | Sequence[str] = False) -> None:
+    """Before a load: what each backend in play (planned, or saved in the folder) needs first,
+    e.g. importing a library that registers itself with transformers (Backend.prepare)."""
+    for spec in _specs_in_play(resolved):
         if spec.prepare is not None:
             spec.prepare(bool(train))
+
+
+@contextlib.contextmanager
+def while_loading(resolved: ResolvedPlan) -> Iterator[None]:
+    """The state each backend in play needs while the weights load (Backend.during_load)."""
     with contextlib.ExitStack() as stack:
-        for spec in specs:
+        for spec in _specs_in_play(resolved):
             if spec.during_load is not None:
                 stack.enter_context(spec.during_load())
         yield
+
+
+def _specs_in_play(resolved: ResolvedPlan) -> list[Backend]:
+    return [REGISTRY[key] for key in dict.fromkeys(p.backend for p in resolved.quantized.values())]
 
 
 def cpu_runnable_options(extra_dirs: tuple[Path, ...] = ()) -> list[str]:

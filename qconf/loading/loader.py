@@ -58,11 +58,12 @@ def load(
 def _load(plan: Plan, *, save: str | Path | None, force: bool,
           max_shard_size: str | int | None, train: bool | Sequence[str]) -> Loaded:  # fmt: skip
     resolved = plan.resolve()
-    from qconf.loading.environment import backends_prepared, check_environment
+    from qconf.loading.environment import check_environment, prepare_backends, while_loading
 
     check_environment(resolved)
     if train:  # True: every quantized part; or the names of the parts that will be trained
         check_trainable(resolved, None if train is True else list(train))
+    prepare_backends(resolved, train)
     if save is not None:
         from qconf.loading.saving import check_can_save, check_shard_size, snapshot
 
@@ -80,14 +81,14 @@ def _load(plan: Plan, *, save: str | Path | None, force: bool,
     check_folder(resolved, plan.source.local_folder())
     dtype = getattr(torch, resolved.torch_dtype) if resolved.torch_dtype else None
     started = time.perf_counter()
-    with backends_prepared(resolved, train), default_dtype_kept():
+    with while_loading(resolved), default_dtype_kept():
         ready_parts = load_file_parts(resolved, source, dtype)
     config = resolved.to_diffusers(_transformers_default_skips(resolved, source))
     safety = load_safety(plan)
     if plan.model.device_map is not None:
         safety["device_map"] = plan.model.device_map
     try:
-        with missing_keys() as missing, backends_prepared(resolved), default_dtype_kept():
+        with missing_keys() as missing, while_loading(resolved), default_dtype_kept():
             pipeline = DiffusionPipeline.from_pretrained(
                 source, quantization_config=config, dtype=dtype, **safety, **ready_parts
             )

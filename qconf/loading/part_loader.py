@@ -45,11 +45,12 @@ def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
     plan = intake(cfg)
     resolved = plan.resolve()
     _check_part(resolved, part)
-    from qconf.loading.environment import backends_prepared, check_environment
+    from qconf.loading.environment import check_environment, prepare_backends, while_loading
 
     check_environment(resolved)
     if train:
         check_trainable(resolved, [part])
+    prepare_backends(resolved, train)
     check_folder(resolved, plan.source.local_folder())
     source = plan.source.load_path()
 
@@ -59,7 +60,7 @@ def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
     resolved_part = resolved.components[part]
     if resolved_part is not None and not REGISTRY[resolved_part.backend].quantizes_on_load:
         only = ResolvedPlan(plan, resolved.parts, {part: resolved_part})
-        with backends_prepared(only, train):
+        with while_loading(only):
             return load_file_parts(only, source, dtype)[part]
     skips = _transformers_default_skips(resolved, source)
     config = resolved_part.build(skips.get(part, ())) if resolved_part is not None else None
@@ -67,7 +68,7 @@ def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
     model_class = _part_class(info.library, info.class_name)
     dtype_key = "torch_dtype" if info.library == "diffusers" else "dtype"
     try:
-        with backends_prepared(resolved, train), default_dtype_kept():
+        with while_loading(resolved), default_dtype_kept():
             return model_class.from_pretrained(
                 source,
                 subfolder=part,
