@@ -2214,7 +2214,7 @@ def test_estimate_folder_named_like_a_built_in(tmp_path: Path, qconf_cache: Path
 def test_a_gguf_file_claiming_more_than_it_holds_is_refused_at_once(tmp_path: Path) -> None:
     import struct
 
-    from qconf.source.files import read_gguf
+    from qconf.backends.gguf_file import read_gguf
 
     forged = tmp_path / "evil.gguf"
     key = b"k"
@@ -2435,7 +2435,7 @@ def test_a_plan_files_aliases_cannot_expand_into_huge_overrides(tmp_path: Path) 
 def test_gguf_metadata_arrays_are_bounded_in_items(tmp_path: Path) -> None:
     import struct
 
-    from qconf.source.files import MAX_GGUF_ARRAY_ITEMS, read_gguf
+    from qconf.backends.gguf_file import MAX_GGUF_ARRAY_ITEMS, read_gguf
 
     count = MAX_GGUF_ARRAY_ITEMS + 1
     forged = tmp_path / "wide.gguf"

@@ -43,7 +43,7 @@ class GGUFEntry(EntryBase):
         return self.config_for(None)
 
     def check_file(self, where: str) -> None:
-        from qconf.source.files import read_gguf
+        from qconf.backends.gguf_file import read_gguf
 
         read_gguf(self.file, where)
 
@@ -52,7 +52,7 @@ class GGUFEntry(EntryBase):
         dtype."""
         from gguf import GGMLQuantizationType
 
-        from qconf.source.files import read_gguf
+        from qconf.backends.gguf_file import read_gguf
 
         floats = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
         total = sum(
