@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import Field
 
 from qconf.backends.base import LIBRARIES, Backend, EntryBase, KnownFailure, Library, StrictModel
+from qconf.backends.bfl import BFL
 from qconf.backends.bitsandbytes import BNB_4BIT, BNB_8BIT
 from qconf.backends.capabilities import known_failure, known_failures_ignored
 from qconf.backends.gguf import GGUF
@@ -16,10 +17,18 @@ from qconf.backends.quanto import QUANTO
 from qconf.backends.sdnq import SDNQ
 from qconf.backends.torchao import TORCHAO
 
-REGISTRY: dict[str, Backend] = {b.key: b for b in (BNB_4BIT, BNB_8BIT, TORCHAO, QUANTO, SDNQ, GGUF)}
+REGISTRY: dict[str, Backend] = {
+    b.key: b for b in (BNB_4BIT, BNB_8BIT, TORCHAO, QUANTO, SDNQ, GGUF, BFL)
+}
 
 BackendEntry = Annotated[
-    BNB_4BIT.entry | BNB_8BIT.entry | TORCHAO.entry | QUANTO.entry | SDNQ.entry | GGUF.entry,
+    BNB_4BIT.entry
+    | BNB_8BIT.entry
+    | TORCHAO.entry
+    | QUANTO.entry
+    | SDNQ.entry
+    | GGUF.entry
+    | BFL.entry,
     Field(discriminator="backend"),
 ]
 

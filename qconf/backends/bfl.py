@@ -1,0 +1,147 @@
+"""Black Forest Labs' pre-quantized checkpoints (`fp8r`, `nvfp4`): one .safetensors file per
+part, read with `from_single_file` as diffusers supports them (its `from_pretrained` path fails
+on them). Every Linear whose weight comes with a `weight_scale` loads as diffusers'
+BFLFP8RLinear / BFLNVFP4Linear; on a CPU they dequantize in every forward (the fused FP8/NVFP4
+kernels need a recent NVIDIA GPU)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from qconf.backends.base import Backend, EntryBase, FloatDType, KwargsBase, Library
+from qconf.backends.measure import LayerMeasure, Measure
+from qconf.errors import PlanError, Problem
+from qconf.trust.userpath import user_path
+
+# safetensors dtype names -> bytes per element
+_SIZES = {"F8_E4M3": 1, "F8_E5M2": 1, "U8": 1, "I8": 1, "BOOL": 1, "F16": 2, "BF16": 2,
+          "I16": 2, "F32": 4, "I32": 4, "F64": 8, "I64": 8}  # fmt: skip
+_FLOATS = {"F16", "BF16", "F32", "F64"}
+_SCALES = ("weight_scale", "weight_scale_2", "input_scale")
+
+
+class BFLKwargs(KwargsBase):
+    compute_dtype: FloatDType | None = Field(
+        None, description="dtype of the activations and unquantized layers (default bfloat16)."
+    )
+
+
+class BFLEntry(EntryBase):
+    backend: Literal["bfl"]
+    file: str = Field(description="Path to the part's fp8r or nvfp4 .safetensors file.")
+    kwargs: BFLKwargs = Field(default_factory=BFLKwargs)
+
+    skip_param: ClassVar[str | None] = None
+
+    def check_backend_rules(self) -> list[Problem]:
+        try:
+            path = user_path(self.file, "file")
+        except PlanError as exc:
+            return [Problem("file", exc.problems[0].what, exc.problems[0].fix)]
+        if path.suffix != ".safetensors" or not path.is_file():
+            return [
+                Problem("file", f"'{self.file}' is not a .safetensors file", "give the path of one")
+            ]
+        return []
+
+    def variant(self) -> str:
+        return "checkpoint"
+
+    def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
+        return self.config_for(None)
+
+    def config_for(self, model_dtype: str | None) -> Any:
+        import torch
+        from diffusers import BFLQuantizationConfig
+
+        dtype = self.kwargs.compute_dtype or model_dtype
+        return BFLQuantizationConfig(compute_dtype=getattr(torch, dtype) if dtype else None)
+
+    def _header(self, where: str = "") -> dict[str, tuple[tuple[int, ...], str]]:
+        from qconf.source.files import safetensors_header
+
+        return safetensors_header(Path(self.file).expanduser())
+
+    def check_file(self, where: str) -> None:
+        """The layout diffusers' BFLQuantizer expects, before anything loads."""
+        header = self._header(where)
+        prefixes = [k.removesuffix(".weight_scale") for k in header if k.endswith(".weight_scale")]
+        if not prefixes:
+            raise PlanError(
+                Problem(
+                    where,
+                    f"'{self.file}' has no weight_scale tensors: not an fp8r or nvfp4 checkpoint",
+                    "give a BFL fp8r/nvfp4 file, or load a plain checkpoint with an option",
+                )
+            )
+        for prefix in prefixes:
+            nvfp4 = f"{prefix}.weight_scale_2" in header
+            expected = "U8" if nvfp4 else "F8_E4M3"
+            found = header.get(f"{prefix}.weight", ((), "missing"))[1]
+            missing_input = nvfp4 and f"{prefix}.input_scale" not in header
+            if found != expected or missing_input:
+                what = (
+                    f"{prefix}.weight is {found}, the {'nvfp4' if nvfp4 else 'fp8r'} layout "
+                    f"needs {expected}"
+                    if found != expected
+                    else f"{prefix} has weight_scale_2 but no input_scale (nvfp4 needs both)"
+                )
+                raise PlanError(Problem(where, f"'{self.file}': {what}", "re-export the file"))
+
+    def file_bytes(self, dtype_size: int) -> tuple[int, str] | None:
+        """Quantized weights and their scales as stored; other floats in the load dtype."""
+        header = self._header()
+        total = 0
+        for name, (shape, dtype) in header.items():
+            numel = math.prod(shape)
+            stored = name.endswith(_SCALES) or f"{name}_scale" in header
+            size = dtype_size if dtype in _FLOATS and not stored else _SIZES.get(dtype, 4)
+            total += numel * size
+        return total, "bfl: bytes from the file's safetensors header"
+
+    def load_from_file(self, model_cls: Any, source: str, subfolder: str, dtype: Any,
+                       torch_dtype: str | None) -> Any:  # fmt: skip
+        return model_cls.from_single_file(
+            self.file,
+            quantization_config=self.config_for(torch_dtype),
+            config=source,
+            subfolder=subfolder,
+            torch_dtype=dtype,
+        )
+
+
+def _dequantize(module: Any) -> Any:
+    from diffusers.quantizers.bfl.utils import dequantize_fp8r, dequantize_nvfp4
+
+    if type(module).__name__ == "BFLNVFP4Linear":
+        return dequantize_nvfp4(module.weight, module.weight_scale, module.weight_scale_2)
+    return dequantize_fp8r(module.weight, module.weight_scale)
+
+
+_LAYER = LayerMeasure(
+    weight_numel=lambda module: module.in_features * module.out_features,
+    state=_SCALES,
+    dequantize=_dequantize,
+)
+
+BFL = BFLEntry.spec = Backend(
+    key="bfl",
+    description="Black Forest Labs fp8r/nvfp4 pre-quantized file per part (from_single_file)",
+    extra="bfl",
+    module="diffusers.quantizers.bfl",
+    distribution="diffusers",
+    entry=BFLEntry,
+    config_class={"diffusers": "BFLQuantizationConfig"},
+    params={"diffusers": {"compute_dtype": "compute_dtype"}},
+    can_save={"diffusers": False},  # BFLQuantizer.is_serializable is False
+    quant_method="bfl",
+    quantizes_on_load=False,
+    plan_dtype="bfloat16",  # BFLQuantizer's compute dtype when none is given
+    measure=Measure(layers={"BFLFP8RLinear": _LAYER, "BFLNVFP4Linear": _LAYER}),
+    # Read as stored, not quantized on load; not measured, the default kept as an upper bound.
+)
