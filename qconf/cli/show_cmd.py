@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
             cells = (name, library, "—", "—", "unquantized")
         else:
             kwargs = json.dumps(part.kwargs, separators=(", ", ": "))
+            file = getattr(part.entry, "file", None)
+            kwargs = f"file: {file}, {kwargs}" if file else kwargs
             cells = (name, library, part.backend, part.config_class, kwargs)
         table.add_row(*(markup(cell) for cell in cells))
     console().print(table)

@@ -71,6 +71,8 @@ class ResolvedPlan:
                     "library": part.library,
                     "config_class": part.config_class,
                     "kwargs": part.kwargs,
+                    # a part read from a pre-quantized file names it
+                    **({"file": part.entry.file} if getattr(part.entry, "file", None) else {}),
                 }
                 for name, part in self.components.items()
             },
