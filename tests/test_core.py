@@ -21,29 +21,26 @@ from qconf.plan.conftree import backend_options
 from qconf.plan.messages import did_you_mean, problems_from_errors
 from qconf.plan.planfile import override_value as _override_value
 from qconf.plan.resolve import ResolvedPart
-from qconf.plan.safety import safe_instantiate, target_problems
+from qconf.plan.safety import allowed_targets, safe_instantiate, target_problems
 from qconf.plan.schema import ModelSpec, Plan, QuantSpec, RunSpec, plan_json_schema, validate
 
 FLUX = {"source": "tiny-flux"}
 FLUX_WEIGHTED = "text_encoder, text_encoder_2, transformer, vae"
-BACKENDS = "bitsandbytes_4bit, bitsandbytes_8bit, torchao, quanto, gguf"
+BACKENDS = ", ".join(REGISTRY)  # in registry order
 QUANT_TYPES = (
     "Int8WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig, Float8WeightOnlyConfig, "
     "IntxWeightOnlyConfig, Int4WeightOnlyConfig, Float8DynamicActivationFloat8WeightConfig"
 )
 INT8WO = {"backend": "torchao", "kwargs": {"quant_type": {"name": "Int8WeightOnlyConfig"}}}
 QUANTO8 = {"backend": "quanto", "kwargs": {"weights_dtype": "int8"}}
-TARGET_FIX = "a config may name only qconf's loaders and the quantization config classes it " + (
-    "builds: diffusers.BitsAndBytesConfig, diffusers.GGUFQuantizationConfig, "
-    "diffusers.QuantoConfig, "
-    "diffusers.TorchAoConfig, qconf.load, qconf.load_pipeline, "
-    "torchao.quantization.Float8DynamicActivationFloat8WeightConfig, "
-    "torchao.quantization.Float8WeightOnlyConfig, torchao.quantization.Int4WeightOnlyConfig, "
-    "torchao.quantization.Int8DynamicActivationInt8WeightConfig, "
-    "torchao.quantization.Int8WeightOnlyConfig, torchao.quantization.IntxWeightOnlyConfig, "
-    "transformers.BitsAndBytesConfig, transformers.QuantoConfig, transformers.TorchAoConfig"
+TARGET_FIX = (
+    "a config may name only qconf's loaders and the quantization config classes it builds: "
+    + ", ".join(sorted(allowed_targets()))
 )
 VALUE_FIX = " — fix the value (qconf schema)"
+# quant_methods of saved folders qconf reloads
+READS = ", ".join(sorted({s.quant_method for s in REGISTRY.values()
+                          if any(s.can_save.values()) or s.reloads_saved}))  # fmt: skip
 
 
 def lines(plan: Any, **kwargs: Any) -> list[str]:
@@ -428,7 +425,7 @@ def test_a_folder_saved_with_an_unknown_method(tmp_path: Path) -> None:
     unknown = flux_folder(tmp_path / "a", vae={"quantization_config": {"quant_method": "magic"}})
     assert lines({"model": {"source": str(unknown)}}) == [
         "model.source (vae/config.json): part 'vae' was saved with quant_method 'magic', which "
-        "qconf does not model — qconf reads: bitsandbytes, quanto, torchao"
+        f"qconf does not model — qconf reads: {READS}"
     ]
     broken = {"quant_method": "quanto", "weights_dtype": "int9"}
     invalid = flux_folder(tmp_path / "b", vae={"quantization_config": broken})

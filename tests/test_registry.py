@@ -34,7 +34,12 @@ def test_params_match_the_library_config_class(key: str, library: str) -> None:
 
 
 def test_every_backend_is_installed_in_the_dev_environment() -> None:
-    assert all(installed_version(spec) for spec in REGISTRY.values())
+    """...that can run on this machine's kind: the GPU-lane formats (CUDA on every library they
+    support) and the ones the installed libraries cannot run are checked without their package."""
+    for spec in REGISTRY.values():
+        gpu_lane = set(spec.needs_cuda) == set(spec.params)
+        unusable = spec.unusable is not None and spec.unusable() is not None
+        assert installed_version(spec) or gpu_lane or unusable, spec.key
 
 
 @pytest.mark.parametrize("key", list(REGISTRY))

@@ -6,6 +6,7 @@ import pytest
 
 import qconf
 from qconf import PlanError
+from qconf.backends import REGISTRY
 
 
 def problems(overrides: list[str]) -> list[str]:
@@ -32,12 +33,11 @@ def test_mapping_with_components_is_an_error() -> None:
 def test_unknown_backend_lists_the_available_ones() -> None:
     assert problems(["quant.mapping.transformer={backend:nope}"]) == [
         "quant.mapping.transformer.backend: unknown backend 'nope' — available: "
-        "bitsandbytes_4bit, bitsandbytes_8bit, torchao, quanto, gguf"
+        + ", ".join(REGISTRY)
     ]
     assert problems(["quant.backend=nf4"]) == [
         "quant.backend: unknown backend 'nf4' — 'nf4' is a backend option: use "
-        "quant.mapping.<part>=nf4. available: bitsandbytes_4bit, bitsandbytes_8bit, torchao, "
-        "quanto, gguf"
+        "quant.mapping.<part>=nf4. available: " + ", ".join(REGISTRY)
     ]
 
 

@@ -13,12 +13,15 @@ from qconf.backends.bfl import BFL
 from qconf.backends.bitsandbytes import BNB_4BIT, BNB_8BIT
 from qconf.backends.capabilities import known_failure, known_failures_ignored
 from qconf.backends.gguf import GGUF
+from qconf.backends.modelopt import MODELOPT
+from qconf.backends.nunchaku import NUNCHAKU_LITE
 from qconf.backends.quanto import QUANTO
 from qconf.backends.sdnq import SDNQ
 from qconf.backends.torchao import TORCHAO
 
 REGISTRY: dict[str, Backend] = {
-    b.key: b for b in (BNB_4BIT, BNB_8BIT, TORCHAO, QUANTO, SDNQ, GGUF, BFL)
+    b.key: b
+    for b in (BNB_4BIT, BNB_8BIT, TORCHAO, QUANTO, SDNQ, GGUF, BFL, NUNCHAKU_LITE, MODELOPT)
 }
 
 BackendEntry = Annotated[
@@ -28,7 +31,9 @@ BackendEntry = Annotated[
     | QUANTO.entry
     | SDNQ.entry
     | GGUF.entry
-    | BFL.entry,
+    | BFL.entry
+    | NUNCHAKU_LITE.entry
+    | MODELOPT.entry,
     Field(discriminator="backend"),
 ]
 

@@ -258,6 +258,12 @@ class Backend:
     # A context entered while the weights load (e.g. a fixed seed for a randomized step, so
     # that two loads of one plan give the same weights).
     during_load: Callable[[], AbstractContextManager[Any]] | None = None
+    # A saved folder of this method can be reloaded though qconf cannot save one (a format
+    # made by another tool).
+    reloads_saved: bool = False
+    # Why the backend cannot work with the libraries installed here (None: it can): a plan
+    # using it is refused in one line instead of failing inside the libraries.
+    unusable: Callable[[], str | None] | None = None
     # Library kwargs qconf does not offer -> why (what a plan that sets one is told).
     withheld: Mapping[str, str] = field(default_factory=dict)
 

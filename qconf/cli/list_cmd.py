@@ -128,8 +128,13 @@ def backends_listing(extra: tuple[Path, ...]) -> Listing:
         for key, spec in REGISTRY.items()
         for lib, why in spec.deprecated.items()
     ]
+    notes += [f"{key}: {why}" for key, spec in REGISTRY.items() if (why := _unusable(spec))]
     listing.caption = "; ".join(notes) or None
     return listing
+
+
+def _unusable(spec: Any) -> str | None:
+    return spec.unusable() if spec.unusable is not None else None
 
 
 def options_listing(extra: tuple[Path, ...]) -> Listing:

@@ -63,7 +63,17 @@ def environment_problems(resolved: ResolvedPlan) -> list[Problem]:
     for name, part in resolved.quantized.items():
         where = f"quant.mapping.{name}" if resolved.mode == "granular" else "quant.backend"
         spec = REGISTRY[part.backend]
-        if not is_installed(spec):
+        why_not = spec.unusable() if spec.unusable is not None else None
+        if why_not is not None:
+            if spec.key not in missing:
+                missing.add(spec.key)
+                problems.append(Problem(where, f"{spec.key} is {why_not}", spec.cpu_alternative))
+            continue
+        reason = part.entry.cuda_reason(part.library)  # type: ignore[arg-type]
+        if reason is not None and has_cuda is None:
+            has_cuda = cuda_available()
+        # without the GPU it needs, installing the package would not help: say that instead
+        if not is_installed(spec) and (reason is None or has_cuda):
             if spec.key not in missing:
                 missing.add(spec.key)
                 problems.append(
@@ -74,7 +84,6 @@ def environment_problems(resolved: ResolvedPlan) -> list[Problem]:
                     )
                 )
             continue
-        reason = part.entry.cuda_reason(part.library)  # type: ignore[arg-type]
         if reason is None:
             problems += _known_failure_problems(resolved, name, part, where)
             continue

@@ -170,7 +170,9 @@ def source_problems(model: Any, found: PipelineParts) -> list[Problem]:
     return problems
 
 
-_SAVED_METHODS = {s.quant_method for s in REGISTRY.values() if any(s.can_save.values())}
+_SAVED_METHODS = {
+    s.quant_method for s in REGISTRY.values() if any(s.can_save.values()) or s.reloads_saved
+}
 
 
 def saved_entries(parts: Mapping[str, Part]) -> dict[str, EntryBase]:
@@ -195,7 +197,7 @@ def _saved_entry(name: str, saved: Mapping[str, Any]) -> EntryBase:
                 f"qconf reads: {', '.join(sorted(_SAVED_METHODS))}",
             )
         )
-    if not any(spec.can_save.values()):
+    if not (any(spec.can_save.values()) or spec.reloads_saved):
         raise PlanError(
             Problem(
                 where,
