@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 torchao_quant = pytest.importorskip("torchao.quantization")
+sdnq = pytest.importorskip("sdnq")
 from torchao.quantization.granularity import PerGroup, PerRow, PerTensor  # noqa: E402
 
 # tiny-flux: a diffusers part (transformer) and a transformers part (text_encoder, CLIP)
@@ -68,6 +69,11 @@ EXPECTED: dict[str, Callable[[str], Any]] = {
     "quanto-int8": lambda lib: _quanto(lib, "int8"),
     "quanto-int4": lambda lib: _quanto(lib, "int4"),
     "quanto-float8": lambda lib: _quanto(lib, "float8"),
+    # one sdnq class for both libraries (diffusers' SDNQConfig is a factory returning it)
+    "sdnq-int8": lambda lib: sdnq.SDNQConfig(weights_dtype="int8"),
+    "sdnq-uint4": lambda lib: sdnq.SDNQConfig(weights_dtype="uint4"),
+    "sdnq-float8": lambda lib: sdnq.SDNQConfig(weights_dtype="float8_e4m3fn"),
+    "sdnq-uint4-svd": lambda lib: sdnq.SDNQConfig(weights_dtype="uint4", use_svd=True),
 }
 
 

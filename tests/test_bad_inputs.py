@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from qconf.backends import REGISTRY
 from qconf.cli.main import main
 from qconf.source.tiny import tiny_pipeline_path
 
@@ -321,7 +322,7 @@ def test_missing_backend_lists_the_backends(capsys) -> None:
     errors = fails(capsys, "validate", "quant.mapping.transformer={kwargs:{}}")
     assert errors == [
         "error: quant.mapping.transformer.backend: missing — set backend: one of "
-        "bitsandbytes_4bit, bitsandbytes_8bit, torchao, quanto, gguf"
+        + ", ".join(REGISTRY)
     ]
     errors = fails(
         capsys, "validate", "quant.mapping.transformer={backend:torchao,kwargs:{quant_type:{}}}"

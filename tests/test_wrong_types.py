@@ -12,6 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import qconf
+from qconf.backends import REGISTRY
 from qconf.cli.main import main
 
 LINE = re.compile(r"^error: \S.*?: .+ — .+$")
@@ -128,6 +129,6 @@ def test_quant_backend_of_the_wrong_type_names_the_backends() -> None:
     with pytest.raises(qconf.PlanError) as caught:
         qconf.validate(qconf.compose(["quant.backend=[]"]))
     assert caught.value.lines == [
-        "quant.backend: [] is not a backend name — set one of: bitsandbytes_4bit, "
-        "bitsandbytes_8bit, torchao, quanto, gguf; or per part: quant.mapping.<part>=<option>"
+        f"quant.backend: [] is not a backend name — set one of: {', '.join(REGISTRY)}; or per "
+        "part: quant.mapping.<part>=<option>"
     ]
