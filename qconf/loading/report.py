@@ -151,7 +151,8 @@ def _tensor_label(tensor: Any) -> str | None:
 
 
 def _layer_label(module: Any, weight: Any) -> str | None:
-    """'Linear4bit[Params4bit]', 'Linear[Int8Tensor]', ... or None for an unquantized layer."""
+    """'Linear4bit[Params4bit]', 'Linear[Int8Tensor]', 'SDNQLinear[uint8]', ... or None for an
+    unquantized layer."""
     module_kind = type(module).__name__
     tensor_kind = _tensor_label(weight)
     measures = backend_measures()
@@ -161,4 +162,6 @@ def _layer_label(module: Any, weight: Any) -> str | None:
     )
     if tensor_kind is None and not quantizing_module:
         return None
+    if module_kind in measures.layers:  # plain-tensor codes: their dtype says the format
+        return f"{module_kind}[{str(weight.dtype).removeprefix('torch.')}]"
     return f"{module_kind}[{tensor_kind or type(weight).__name__}]"
