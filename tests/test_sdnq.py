@@ -92,6 +92,25 @@ def test_reloaded_layers_match_the_saved_ones(tmp_path: Path) -> None:
     assert reloaded.report.parts["transformer"].bytes == original.report.parts["transformer"].bytes
 
 
+@pytest.mark.parametrize("weights", ["int8", "uint4"])
+def test_the_estimate_of_a_saved_folder_is_its_reload(weights: str, tmp_path: Path) -> None:
+    """A saved sdnq part is priced from its safetensors header as the reload allocates it."""
+    from qconf.estimate import estimate
+
+    entry = f"{{backend: sdnq, kwargs: {{weights_dtype: {weights}, use_svd: true, "
+    entry += "minimum_allowed_numel: 0, minimum_allowed_channel_size: 0}}"
+    parts = ("transformer", "text_encoder_2")
+    target = tmp_path / "saved"
+    qconf.load(qconf.compose([f"quant.mapping.{p}={entry}" for p in parts]), save=target)
+    plan = qconf.validate(qconf.compose([f"model.source={target}"]))
+    reloaded = qconf.load(plan).report.parts
+    predicted = estimate(plan).parts
+    for part in parts:
+        assert predicted[part].bytes == reloaded[part].bytes, part
+        assert predicted[part].quantized_layers == sum(reloaded[part].quantized_layers.values())
+        assert predicted[part].params == reloaded[part].params, part
+
+
 @pytest.mark.parametrize("kwarg", ["scale_dtype", "zero_point_dtype"])
 def test_kwargs_that_do_not_survive_a_reload_are_refused_with_the_reason(kwarg: str) -> None:
     with pytest.raises(qconf.PlanError) as caught:

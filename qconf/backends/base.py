@@ -144,6 +144,13 @@ class EntryBase(StrictModel):
         """(bytes after load, a note) read from the file's own header, or None."""
         return None
 
+    def saved_bytes(
+        self, header: Mapping[str, tuple[tuple[int, ...], str]], dtype_size: int, library: Library
+    ) -> tuple[int, int] | None:
+        """(bytes after load, quantized layers) of a part saved pre-quantized with this entry,
+        from its safetensors header (None: priced like a plan, from the built module)."""
+        return None
+
     def load_from_file(self, model_cls: Any, source: str, subfolder: str, dtype: Any,
                        torch_dtype: str | None) -> Any:  # fmt: skip
         """The part loaded from its file, as a ready pipeline component."""

@@ -14,14 +14,11 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from qconf.backends.base import Backend, EntryBase, FloatDType, KwargsBase, Library
+from qconf.backends.bytes import SAFETENSORS_FLOATS, SAFETENSORS_SIZES
 from qconf.backends.measure import LayerMeasure, Measure
 from qconf.errors import PlanError, Problem
 from qconf.trust.userpath import user_path
 
-# safetensors dtype names -> bytes per element
-_SIZES = {"F8_E4M3": 1, "F8_E5M2": 1, "U8": 1, "I8": 1, "BOOL": 1, "F16": 2, "BF16": 2,
-          "I16": 2, "F32": 4, "I32": 4, "F64": 8, "I64": 8}  # fmt: skip
-_FLOATS = {"F16", "BF16", "F32", "F64"}
 _SCALES = ("weight_scale", "weight_scale_2", "input_scale")
 
 
@@ -100,7 +97,11 @@ class BFLEntry(EntryBase):
         for name, (shape, dtype) in header.items():
             numel = math.prod(shape)
             stored = name.endswith(_SCALES) or f"{name}_scale" in header
-            size = dtype_size if dtype in _FLOATS and not stored else _SIZES.get(dtype, 4)
+            size = (
+                dtype_size
+                if dtype in SAFETENSORS_FLOATS and not stored
+                else SAFETENSORS_SIZES[dtype]
+            )
             total += numel * size
         return total, "bfl: bytes from the file's safetensors header"
 

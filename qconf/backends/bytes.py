@@ -9,6 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+# safetensors dtype names -> bytes per element (a header's tensors, priced as stored)
+SAFETENSORS_SIZES = {"F8_E4M3": 1, "F8_E5M2": 1, "U8": 1, "I8": 1, "BOOL": 1, "F16": 2,
+                     "BF16": 2, "I16": 2, "U16": 2, "F32": 4, "I32": 4, "U32": 4, "F64": 8,
+                     "I64": 8, "U64": 8}  # fmt: skip
+SAFETENSORS_FLOATS = {"F16", "BF16", "F32", "F64"}
+
 
 @dataclass(frozen=True)
 class Layer:

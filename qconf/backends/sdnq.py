@@ -29,7 +29,13 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from qconf.backends.base import Backend, EntryBase, KwargsBase, Library, saved_names
-from qconf.backends.bytes import ByteModel, Layer, Left
+from qconf.backends.bytes import (
+    SAFETENSORS_FLOATS,
+    SAFETENSORS_SIZES,
+    ByteModel,
+    Layer,
+    Left,
+)
 from qconf.backends.measure import LayerMeasure, Measure
 from qconf.errors import PlanError, Problem
 
@@ -117,6 +123,30 @@ class SdnqEntry(EntryBase):
             if saved.get(broken) not in (None, "none"):
                 data["kwargs"][broken] = saved[broken]
         return data
+
+    def saved_bytes(
+        self, header: Mapping[str, tuple[tuple[int, ...], str]], dtype_size: int, library: Library
+    ) -> tuple[int, int] | None:
+        """A saved sdnq part as its reload allocates it (measured against reloads,
+        tests/test_sdnq.py): codes as stored; their scales, zero points and SVD factors in
+        float32 in a diffusers part (diffusers casts them to the load dtype, then sdnq's
+        dequantize_fp32 back up), as stored in a transformers part; every other float tensor in
+        the load dtype."""
+        total = layers = 0
+        for name, (shape, dtype) in header.items():
+            module, _, local = name.rpartition(".")
+            quantized_layer = f"{module}.scale" in header
+            layers += quantized_layer and local == "weight"
+            if quantized_layer and local == "weight":
+                size = SAFETENSORS_SIZES[dtype]  # the codes
+            elif quantized_layer and local in _LAYER.state:
+                size = 4 if library == "diffusers" else SAFETENSORS_SIZES[dtype]
+            elif dtype in SAFETENSORS_FLOATS:
+                size = dtype_size
+            else:
+                size = SAFETENSORS_SIZES[dtype]
+            total += math.prod(shape) * size
+        return total, layers
 
     def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
         sdnq = import_sdnq()

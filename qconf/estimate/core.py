@@ -159,9 +159,16 @@ def _estimate_part(
         stand_in = read_part_config(folder / name).get("_qconf_stand_in")
         if isinstance(stand_in, str):
             notes.append(f"approximate: {stand_in}")
+    saved = None
     if isinstance(config, dict) and config.get("quantization_config"):
+        # a part saved pre-quantized: its header says what loads, where its backend can read it
+        saved = (
+            entry.saved_bytes(header, load_dtype.itemsize, library) if entry is not None else None
+        )
         notes.append(
             "config.json holds a quantization_config: the library loads that, not the plan"
+            if saved is None
+            else "saved pre-quantized: bytes from its safetensors header"
         )
     patterns = skip_patterns(model, library, entry) if model_bytes else []
     params = unquantized = planned = quantized = 0
@@ -179,7 +186,8 @@ def _estimate_part(
                 continue
             seen.add(id(tensor))
             full = f"{module_name}.{local}" if module_name else local
-            shape = _shape(header[full][0] if full in header else None, tensor, folder / name, full)
+            found = header[full][0] if full in header and saved is None else None
+            shape = _shape(found, tensor, folder / name, full)
             if shape != tuple(tensor.shape):
                 notes.append(f"{full}: checkpoint shape {shape} != config's {tuple(tensor.shape)}")
             numel = math.prod(shape)
@@ -210,6 +218,8 @@ def _estimate_part(
     for why, count in left.items():
         outcome = "fails to load them" if why.fails else "leaves them unquantized"
         notes.append(f"{count} layer(s) with {why.reason}: {entry.backend} {outcome}")
+    if saved is not None:
+        planned, quantized = saved
     from_file = entry.file_bytes(load_dtype.itemsize) if entry is not None else None
     if from_file is not None:  # a pre-quantized file: its header says what loads
         planned, note = from_file
