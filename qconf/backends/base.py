@@ -151,6 +151,11 @@ class EntryBase(StrictModel):
         from its safetensors header (None: priced like a plan, from the built module)."""
         return None
 
+    def loaded_problem(self, model: Any) -> str | None:
+        """What is wrong with a part loaded from this entry's file, judged against the file
+        (None: it loaded as the file says)."""
+        return None
+
     def load_from_file(self, model_cls: Any, source: str, subfolder: str, dtype: Any,
                        torch_dtype: str | None) -> Any:  # fmt: skip
         """The part loaded from its file, as a ready pipeline component."""
@@ -268,6 +273,8 @@ class Backend:
     # A saved folder of this method can be reloaded though qconf cannot save one (a format
     # made by another tool).
     reloads_saved: bool = False
+    # It reads saved folders only (a plan cannot map it onto a plain part).
+    saved_only: bool = False
     # Why the backend cannot work with the libraries installed here (None: it can): a plan
     # using it is refused in one line instead of failing inside the libraries.
     unusable: Callable[[], str | None] | None = None

@@ -16,7 +16,7 @@ from pydantic import Field
 from qconf.backends.base import Backend, EntryBase, FloatDType, KwargsBase, Library
 from qconf.backends.bytes import SAFETENSORS_FLOATS, SAFETENSORS_SIZES
 from qconf.backends.measure import LayerMeasure, Measure
-from qconf.errors import PlanError, Problem
+from qconf.errors import ModelSourceError, PlanError, Problem
 from qconf.trust.userpath import user_path
 
 _SCALES = ("weight_scale", "weight_scale_2", "input_scale")
@@ -107,13 +107,55 @@ class BFLEntry(EntryBase):
 
     def load_from_file(self, model_cls: Any, source: str, subfolder: str, dtype: Any,
                        torch_dtype: str | None) -> Any:  # fmt: skip
-        return model_cls.from_single_file(
-            self.file,
-            quantization_config=self.config_for(torch_dtype),
-            config=source,
-            subfolder=subfolder,
-            torch_dtype=dtype,
+        where = f"quant.mapping.{subfolder}.file"
+        fix = "give this part's fp8r/nvfp4 file (diffusers' or BFL's tensor names)"
+        try:
+            model = model_cls.from_single_file(
+                self.file,
+                quantization_config=self.config_for(torch_dtype),
+                config=source,
+                subfolder=subfolder,
+                torch_dtype=dtype,
+            )
+        except (IndexError, KeyError, RuntimeError, ValueError) as exc:
+            # diffusers converts any file whose keys do not match the model as BFL's original
+            # layout, and fails deep inside that conversion on a file for another model
+            first = (str(exc).strip().splitlines() or [""])[0][:160]
+            what = f"'{self.file}' does not load as {model_cls.__name__}"
+            problem = Problem(where, f"{what}: {type(exc).__name__}: {first}", fix)
+            raise ModelSourceError(problem) from None
+        problem = self.loaded_problem(model)
+        if problem is not None:
+            raise ModelSourceError(Problem(where, f"'{self.file}': {problem}", fix))
+        return model
+
+    def loaded_problem(self, model: Any) -> str | None:
+        """What the load made of the file's quantized layers, checked against the file: every
+        layer quantized, each with the shapes its layout needs (diffusers checks neither)."""
+        # diffusers dequantizes the layers of the model's fp32 keeps (BFLQuantizer)
+        keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
+        expected = sum(
+            1
+            for key in self._header()
+            if key.endswith(".weight_scale") and not keep & set(key.split("."))
         )
+        layers = [m for m in model.modules() if type(m).__name__ in _LAYER_CLASSES]
+        if len(layers) != expected:
+            return (
+                f"{expected} layers of the file are quantized, {len(layers)} are after the "
+                f"load into {type(model).__name__} (diffusers dequantized the others)"
+            )
+        for layer in layers:
+            rows, cols = layer.out_features, layer.in_features
+            nvfp4 = type(layer).__name__ == "BFLNVFP4Linear"
+            weight = (rows, cols // 2) if nvfp4 else (rows, cols)
+            scale = rows * cols // 16 if nvfp4 else rows
+            if tuple(layer.weight.shape) != weight or layer.weight_scale.numel() != scale:
+                return (
+                    f"a layer of {rows}x{cols} has weight {list(layer.weight.shape)} and "
+                    f"weight_scale {list(layer.weight_scale.shape)}"
+                )
+        return None
 
 
 def _dequantize(module: Any) -> Any:
@@ -124,6 +166,7 @@ def _dequantize(module: Any) -> Any:
     return dequantize_fp8r(module.weight, module.weight_scale)
 
 
+_LAYER_CLASSES = ("BFLFP8RLinear", "BFLNVFP4Linear")
 _LAYER = LayerMeasure(
     weight_numel=lambda module: module.in_features * module.out_features,
     state=_SCALES,
@@ -143,6 +186,6 @@ BFL = BFLEntry.spec = Backend(
     quant_method="bfl",
     quantizes_on_load=False,
     plan_dtype="bfloat16",  # BFLQuantizer's compute dtype when none is given
-    measure=Measure(layers={"BFLFP8RLinear": _LAYER, "BFLNVFP4Linear": _LAYER}),
+    measure=Measure(layers=dict.fromkeys(_LAYER_CLASSES, _LAYER)),
     # Read as stored, not quantized on load; not measured, the default kept as an upper bound.
 )

@@ -87,4 +87,5 @@ MODELOPT = ModelOptEntry.spec = Backend(
     can_save={"diffusers": False},
     quant_method="modelopt",
     unusable=_unusable,
+    cpu_alternative="for FP8 or INT8 weights use float8wo, int8wo or sdnq-float8/sdnq-int8",
 )

@@ -80,6 +80,7 @@ NUNCHAKU_LITE = NunchakuEntry.spec = Backend(
     },
     can_save={"diffusers": False},
     reloads_saved=True,
+    saved_only=True,
     quant_method="nunchaku_lite",
     quantizes_on_load=False,
     cpu_alternative="on CPU load the unquantized model with an option (int8wo, sdnq-uint4)",

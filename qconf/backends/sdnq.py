@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from qconf.backends.base import Backend, EntryBase, KwargsBase, Library, saved_names
 from qconf.backends.bytes import (
@@ -56,7 +56,7 @@ SdnqWeightsDtype = Literal[
 
 class SdnqKwargs(KwargsBase):
     weights_dtype: SdnqWeightsDtype = Field("int8", description="Code type of the weights.")
-    group_size: int | None = Field(
+    group_size: StrictInt | None = Field(
         None,
         ge=-1,
         description="Inputs per scale group: 0 picks by width (sdnq's default), -1 one per row.",
@@ -64,12 +64,17 @@ class SdnqKwargs(KwargsBase):
     use_svd: bool | None = Field(
         None, description="SVDQuant: keep a low-rank float part beside the codes."
     )
-    svd_rank: int | None = Field(None, ge=1, description="Rank of the SVD part (default 32).")
-    svd_steps: int | None = Field(None, ge=1, description="Power iterations of the SVD (8).")
-    minimum_allowed_numel: int | None = Field(
+    # bounded: each quantized layer keeps rank x (rows + cols) floats
+    svd_rank: StrictInt | None = Field(
+        None, ge=1, le=1024, description="Rank of the SVD part (default 32)."
+    )
+    svd_steps: StrictInt | None = Field(
+        None, ge=1, le=100, description="Power iterations of the SVD (8)."
+    )
+    minimum_allowed_numel: StrictInt | None = Field(
         None, ge=0, description="Layers with fewer weights stay unquantized (default 16384)."
     )
-    minimum_allowed_channel_size: int | None = Field(
+    minimum_allowed_channel_size: StrictInt | None = Field(
         None, ge=0, description="Layers with fewer inputs stay unquantized (default 32)."
     )
     modules_to_not_convert: list[str] | None = Field(
@@ -119,9 +124,11 @@ class SdnqEntry(EntryBase):
         data: dict[str, Any] = {"backend": "sdnq", "kwargs": kwargs}
         if saved.get("modules_to_not_convert"):
             data["skip"] = saved_names(saved["modules_to_not_convert"])
-        for broken in _BREAKS_RELOAD:  # a folder sdnq cannot reload right: validation says so
-            if saved.get(broken) not in (None, "none"):
-                data["kwargs"][broken] = saved[broken]
+        # a setting qconf does not model, saved away from sdnq's default (a folder another tool
+        # made, or a tampered one): kept, so that validation names it and says why
+        for name, default in _SAVED_DEFAULTS.items():
+            if name in saved and saved[name] not in (default, "none"):
+                data["kwargs"][name] = saved[name]
         return data
 
     def saved_bytes(
@@ -156,8 +163,23 @@ class SdnqEntry(EntryBase):
         return sdnq.SDNQConfig(**kwargs)
 
 
-# Settings whose saved folders sdnq 0.2.8 reloads wrong (the second-level scales go missing).
-_BREAKS_RELOAD = ("scale_dtype", "zero_point_dtype")
+# sdnq.SDNQConfig's defaults (0.2.8) for the settings qconf does not offer that change how the
+# weights are stored or computed: a saved folder with another value is refused at validate.
+_SAVED_DEFAULTS: dict[str, Any] = {
+    "scale_dtype": None,
+    "zero_point_dtype": None,
+    "quantized_matmul_dtype": None,
+    "use_quantized_matmul": False,
+    "use_quantized_matmul_conv": False,
+    "use_hadamard": False,
+    "use_codebook": False,
+    "use_codebook_scale": False,
+    "use_dynamic_quantization": False,
+    "quant_conv": False,
+    "quant_embedding": False,
+    "dequantize_fp32": True,
+    "is_training": False,
+}
 # sdnq.SDNQConfig parameters qconf does not offer -> why (the line a plan that sets one gets).
 # A saved folder's other settings are read by sdnq itself from its config.json.
 _WITHHELD: dict[str, str] = {
@@ -288,8 +310,9 @@ def _layer_bytes(layer: Layer, entry: Any) -> int | Left:
     bits, unsigned = _WEIGHT_DTYPES[entry.setting("weights_dtype")]
     if layer.numel * bits % 8:
         return Left(f"{layer.numel} weights do not pack into {bits}-bit bytes", fails=True)
-    rank = entry.setting("svd_rank")
-    svd = bool(entry.setting("use_svd")) and rank <= min(layer.rows, layer.cols)
+    # torch.svd_lowrank gives at most min(rows, cols) components, whatever rank is asked
+    rank = min(entry.setting("svd_rank"), layer.rows, layer.cols)
+    svd = bool(entry.setting("use_svd"))
     groups = layer.rows * _groups(layer.cols, entry.setting("group_size"), bits, svd)
     total = layer.numel * bits // 8 + groups * 4 * (2 if unsigned else 1)  # float32 scales
     if svd:  # up (rows x rank) and down (rank x cols) in the load dtype

@@ -106,6 +106,11 @@ def _load(plan: Plan, *, save: str | Path | None, force: bool,
             )
         ) from None
     problems = missing_key_problems(pipeline, resolved.parts, missing)
+    for name in ready_parts:  # the pipeline may recast what a file part loaded
+        problem = resolved.quantized[name].entry.loaded_problem(getattr(pipeline, name))
+        if problem is not None:
+            fix = "quantize this part with an option instead (this pipeline does not keep it)"
+            problems.append(Problem(f"quant.mapping.{name}", problem, fix))
     if problems:
         raise ModelSourceError(problems)
     loaded = Loaded(pipeline, resolved, time.perf_counter() - started)
@@ -177,7 +182,8 @@ def load_file_parts(resolved: ResolvedPlan, source: str, dtype: Any) -> dict[str
 
     ready = {}
     for name, part in resolved.quantized.items():
-        if REGISTRY[part.backend].quantizes_on_load:
+        saved = resolved.parts.parts[name].saved_quantization is not None
+        if REGISTRY[part.backend].quantizes_on_load or saved:  # saved: the library reads it
             continue
         model_cls = getattr(diffusers, resolved.parts.parts[name].class_name)
         ready[name] = part.entry.load_from_file(

@@ -58,7 +58,12 @@ def load_part(cfg: Any, part: str, *, train: bool = False) -> Any:
 
     dtype = getattr(torch, resolved.torch_dtype) if resolved.torch_dtype else None
     resolved_part = resolved.components[part]
-    if resolved_part is not None and not REGISTRY[resolved_part.backend].quantizes_on_load:
+    saved = resolved.parts.parts[part].saved_quantization is not None
+    if (
+        resolved_part is not None
+        and not REGISTRY[resolved_part.backend].quantizes_on_load
+        and not saved  # a saved part: the library reads its config.json
+    ):
         only = ResolvedPlan(plan, resolved.parts, {part: resolved_part})
         with while_loading(only):
             return load_file_parts(only, source, dtype)[part]

@@ -204,7 +204,9 @@ def _saved_entry(name: str, saved: Mapping[str, Any]) -> EntryBase:
                 f"part '{name}' says quant_method '{method}', which cannot be reloaded from a "
                 "saved folder",
                 f"load the original file with quant.mapping.{name}={{backend: {spec.key}, "
-                "file: ...}",
+                "file: ...}"
+                if "file" in spec.entry.model_fields
+                else "load the unquantized model and quantize it with a plan",
             )
         )
     try:
@@ -229,11 +231,24 @@ def _saved_entry(name: str, saved: Mapping[str, Any]) -> EntryBase:
 
 
 def saved_problems(plan: Any, found: PipelineParts) -> list[Problem]:
-    """A plan for a pre-quantized folder must say what was saved (or nothing at all)."""
+    """A plan for a pre-quantized folder must say what was saved (or nothing at all); a backend
+    that only reads saved folders cannot quantize a plain part."""
     saved = saved_entries(found.weighted)
-    if not saved or plan.quant.is_empty:
-        return []
     problems = []
+    if not plan.quant.is_empty:
+        for name, entry in plan.targets(found).items():
+            if entry is not None and entry.spec.saved_only and name not in saved:
+                where = f"quant.mapping.{name}" if plan.quant.mode == "granular" else "quant"
+                problems.append(
+                    Problem(
+                        where,
+                        f"{entry.spec.key} reads pre-quantized folders only; '{name}' of "
+                        f"{found.origin} is not one",
+                        f"point model.source at a {entry.spec.key} folder and leave quant empty",
+                    )
+                )
+    if not saved or plan.quant.is_empty:
+        return problems
     for name, entry in plan.targets(found).items():
         planned = entry.canonical() if entry is not None else None
         stored = saved[name].canonical() if name in saved else None
