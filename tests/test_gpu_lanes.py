@@ -77,3 +77,16 @@ def test_modelopt_kwargs_are_checked_like_any_backend() -> None:
                 ]
             )  # fmt: skip
         )
+
+
+def test_a_nunchaku_folder_loads_as_saved_not_as_a_file_part(tmp_path: Path) -> None:
+    """Its parts are read by diffusers from config.json (on a GPU), never through a file entry;
+    and a plan cannot put nunchaku_lite on a plain part."""
+    from qconf.loading.loader import load_file_parts
+
+    folder = nunchaku_folder(tmp_path)
+    resolved = qconf.validate(qconf.compose([f"model.source={folder}"])).resolve()
+    assert resolved.quantized["transformer"].backend == "nunchaku_lite"
+    assert load_file_parts(resolved, str(folder), None) == {}
+    with pytest.raises(qconf.PlanError, match="reads pre-quantized folders only"):
+        qconf.validate(qconf.compose(["quant.mapping.transformer={backend: nunchaku_lite}"]))

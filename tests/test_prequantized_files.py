@@ -100,3 +100,39 @@ def test_bfl_parts_cannot_be_saved(tmp_path: Path, bfl_file: tuple[Path, int]) -
             save=tmp_path / "saved",
         )
     assert not (tmp_path / "saved").exists()
+
+
+def test_a_file_for_another_model_or_with_wrong_shapes_is_one_line(tmp_path: Path) -> None:
+    """diffusers converts a file whose keys do not match as BFL's original layout and fails
+    deep inside; a weight of the wrong shape loads and fails at the first forward."""
+    from safetensors.torch import load_file, save_file
+
+    source = tmp_path / "ok.safetensors"
+    write_bfl_file("fp8r", source)
+    tensors = load_file(str(source))
+    missing = dict(tensors)
+    missing.pop("x_embedder.weight")
+    missing.pop("x_embedder.weight_scale")
+    wrong = dict(tensors)
+    wrong["x_embedder.weight"] = tensors["x_embedder.weight"][:3, :3].contiguous()
+    for name, data, expected in (("missing", missing, "does not load as"),
+                                 ("wrong", wrong, r"has weight \[3, 3\]")):  # fmt: skip
+        path = tmp_path / f"{name}.safetensors"
+        save_file(data, str(path))
+        cfg = qconf.compose([f"quant.mapping.transformer={{backend: bfl, file: '{path}'}}"])
+        with pytest.raises(qconf.QconfError, match=expected) as caught:
+            qconf.load(cfg)
+        assert len(str(caught.value).splitlines()) == 1
+
+
+def test_a_broken_file_is_refused_by_validate(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from qconf.cli.main import main
+
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    entry = f"{{backend: bfl, file: '{junk}'}}"
+    assert main(["validate", f"quant.mapping.transformer={entry}"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "not a complete safetensors file" in error[0]

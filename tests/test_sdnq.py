@@ -235,3 +235,51 @@ def test_two_loads_of_an_svd_plan_give_the_same_weights() -> None:
     second = dict(qconf.load_part(cfg, "transformer").named_parameters())
     assert any(n.endswith("svd_up") for n in first)
     assert all(torch.equal(first[n], second[n]) for n in first)
+
+
+def test_qconf_copies_of_sdnq_defaults_are_sdnq_s_own() -> None:
+    """The defaults qconf compares plans and saved folders against (canonical form, refused
+    saved settings) are sdnq.SDNQConfig's."""
+    import inspect
+
+    import sdnq
+
+    from qconf.backends.sdnq import _DEFAULTS, _SAVED_DEFAULTS, _WITHHELD
+
+    signature = inspect.signature(sdnq.SDNQConfig.__init__).parameters
+    for name, value in {**_DEFAULTS, **_SAVED_DEFAULTS}.items():
+        assert signature[name].default == value, name
+    assert set(_SAVED_DEFAULTS) <= set(_WITHHELD)
+
+
+def test_an_svd_rank_above_a_layer_s_size_is_estimated_as_sdnq_clamps_it() -> None:
+    """torch.svd_lowrank gives min(rows, cols) components for a larger rank."""
+    from qconf.estimate import estimate
+
+    entry = "{backend: sdnq, kwargs: {weights_dtype: uint4, use_svd: true, svd_rank: 100}}"
+    plan = qconf.validate(qconf.compose([f"quant.mapping.transformer={entry}"]))
+    loaded = qconf.load(plan).report.parts["transformer"]
+    assert estimate(plan).parts["transformer"].bytes == loaded.bytes
+
+
+@pytest.mark.parametrize(("key", "value"), [("use_hadamard", True), ("use_codebook", True),
+                                            ("scale_dtype", "int8")])  # fmt: skip
+def test_a_saved_folder_with_a_setting_qconf_does_not_model_is_refused(
+    key: str, value: object, tmp_path: Path
+) -> None:
+    """sdnq would read the setting itself and compute wrong (hadamard) or crash (codebook)."""
+    import json
+
+    target = tmp_path / "saved"
+    qconf.load(qconf.compose(["quant.mapping.transformer=sdnq-uint4"]), save=target)
+    config_file = target / "transformer" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["quantization_config"][key] = value
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(qconf.PlanError, match=f"{key}: not offered"):
+        qconf.validate(qconf.compose([f"model.source={target}"]))
+
+
+def test_the_report_names_the_code_type() -> None:
+    loaded = qconf.load(qconf.compose(["quant.mapping.transformer=sdnq-uint4"]))
+    assert set(loaded.report.parts["transformer"].quantized_layers) == {"SDNQLinear[uint4]"}

@@ -171,6 +171,7 @@ _LAYER = LayerMeasure(
     weight_numel=lambda module: module.in_features * module.out_features,
     state=_SCALES,
     dequantize=_dequantize,
+    kind=lambda module: "nvfp4" if type(module).__name__ == "BFLNVFP4Linear" else "fp8r",
 )
 
 BFL = BFLEntry.spec = Backend(

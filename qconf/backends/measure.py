@@ -18,6 +18,7 @@ class LayerMeasure:
     weight_numel: Callable[[Any], int]  # module -> weights its `weight` codes stand for
     state: tuple[str, ...]  # its tensors that are quant state (real bytes only, no weights)
     dequantize: Callable[[Any], Any]  # module -> the float weight it computes with
+    kind: Callable[[Any], str] | None = None  # module -> its format, for the report's label
 
 
 @dataclass(frozen=True)

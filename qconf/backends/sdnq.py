@@ -370,6 +370,7 @@ _LAYER = LayerMeasure(
         "svd_down",
     ),  # fmt: skip
     dequantize=_dequantize,
+    kind=lambda module: module.sdnq_dequantizer.weights_dtype,
 )
 
 SDNQ = SdnqEntry.spec = Backend(

@@ -159,6 +159,8 @@ def _estimate_part(
         stand_in = read_part_config(folder / name).get("_qconf_stand_in")
         if isinstance(stand_in, str):
             notes.append(f"approximate: {stand_in}")
+    if entry is not None and model_bytes is None and entry.spec.quantizes_on_load:
+        notes.append(f"{entry.backend} has no byte model: priced as unquantized")
     saved = None
     if isinstance(config, dict) and config.get("quantization_config"):
         # a part saved pre-quantized: its header says what loads, where its backend can read it

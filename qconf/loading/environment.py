@@ -19,7 +19,7 @@ from qconf.backends import (
     KnownFailure,
     known_failure,
 )
-from qconf.errors import BackendUnavailableError, Problem
+from qconf.errors import BackendUnavailableError, Problem, QconfError
 from qconf.plan.resolve import ResolvedPart, ResolvedPlan
 
 
@@ -69,6 +69,13 @@ def environment_problems(resolved: ResolvedPlan) -> list[Problem]:
                 missing.add(spec.key)
                 problems.append(Problem(where, f"{spec.key} is {why_not}", spec.cpu_alternative))
             continue
+        saved = resolved.parts.parts[name].saved_quantization is not None
+        if not spec.quantizes_on_load and not saved and is_installed(spec):
+            try:  # a file the entry names: broken or of another layout, before anything loads
+                part.entry.check_file(f"{where}.file")
+            except QconfError as exc:
+                problems += exc.problems
+                continue
         reason = part.entry.cuda_reason(part.library)  # type: ignore[arg-type]
         if reason is not None and has_cuda is None:
             has_cuda = cuda_available()

@@ -151,7 +151,7 @@ def _tensor_label(tensor: Any) -> str | None:
 
 
 def _layer_label(module: Any, weight: Any) -> str | None:
-    """'Linear4bit[Params4bit]', 'Linear[Int8Tensor]', 'SDNQLinear[uint8]', ... or None for an
+    """'Linear4bit[Params4bit]', 'Linear[Int8Tensor]', 'SDNQLinear[uint4]', ... or None for an
     unquantized layer."""
     module_kind = type(module).__name__
     tensor_kind = _tensor_label(weight)
@@ -162,6 +162,8 @@ def _layer_label(module: Any, weight: Any) -> str | None:
     )
     if tensor_kind is None and not quantizing_module:
         return None
-    if module_kind in measures.layers:  # plain-tensor codes: their dtype says the format
-        return f"{module_kind}[{str(weight.dtype).removeprefix('torch.')}]"
+    layer = measures.layers.get(module_kind)
+    if layer is not None:  # plain-tensor codes: the layer says the format
+        kind = layer.kind(module) if layer.kind else str(weight.dtype).removeprefix("torch.")
+        return f"{module_kind}[{kind}]"
     return f"{module_kind}[{tensor_kind or type(weight).__name__}]"

@@ -14,6 +14,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from qconf.errors import ModelSourceError
 from qconf.trust.bounds import MAX_JSON_DEPTH, depth
 from qconf.trust.reading import bad_file, open_regular, read_regular
 
@@ -165,6 +166,8 @@ def safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
             if length < 2 or 8 + length > size or length > MAX_JSON_BYTES:
                 raise bad_file(file, "is not a complete safetensors file (bad header length)")
             text = handle.read(length)
+    except ModelSourceError:  # already says what is wrong with the file
+        raise
     except OSError as exc:
         raise bad_file(file, f"cannot read it ({exc.strerror or exc})") from None
     header = parse_json(text, file, "the safetensors header")
