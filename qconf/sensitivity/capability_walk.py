@@ -170,11 +170,18 @@ def _moved(value: Any, device: Any) -> Any:
 
 def _quantized(module: Any) -> bool:
     """Whether any weight is not a plain float tensor any more (a quantized tensor subclass or
-    a library's parameter class)."""
+    a library's parameter class), or a layer holds codes its backend reads (float8 codes are
+    floating point too: sdnq's float8, bfl's fp8r)."""
     import torch
 
+    from qconf.sensitivity.layers import quantized_linears
+
     plain = (torch.Tensor, torch.nn.Parameter)
-    return any(type(p) not in plain or not p.dtype.is_floating_point for p in module.parameters())
+    changed = any(
+        type(p) not in plain or not p.dtype.is_floating_point or p.dtype.itemsize == 1
+        for p in module.parameters()
+    )
+    return changed or bool(quantized_linears(module))
 
 
 def walk(
