@@ -389,3 +389,71 @@ def test_bnb_transformers_takes_exact_linear_and_conv1d_only() -> None:
     assert byte_model.is_target(Conv1D(), "transformers", None) is True
     assert byte_model.is_target(MyLinear(2, 2), "diffusers", None) is True
     assert byte_model.is_target(Conv1D(), "diffusers", None) is False
+
+
+# --- torchao's skip rules and embeddings --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "patterns", "skipped"),
+    [
+        ("blocks.0.proj", ["proj"], True),  # "proj." inside the parameter name
+        ("blocks.0.proj_out", ["proj"], False),
+        ("blocks.0.proj", ["blocks.0.proj.weight"], True),  # the parameter name itself
+        ("xblocks.0.proj", ["blocks.0"], True),  # a substring, not only a parent
+        ("blocks.0.proj", ["blocks.0.proj"], True),
+        ("blocks.0.proj", ["weight"], False),
+        ("blocks.0.proj", [], False),
+    ],
+)
+def test_torchao_diffusers_skip_is_a_substring_of_the_parameter(
+    name: str, patterns: list[str], skipped: bool
+) -> None:
+    """diffusers' torchao quantizer skips a parameter when `key + "."` is in its name or the key
+    is the name (TorchAoHfQuantizer.check_if_quantized_param)."""
+    assert _model("torchao").is_skipped("diffusers", name, patterns) is skipped
+
+
+def test_torchao_transformers_skip_matches_the_parameter_name() -> None:
+    """transformers' torchao quantizer tests the parameter name ("....weight"): a bare suffix
+    such as T5's "wo" never matches there, a prefix does."""
+    pytest.importorskip("transformers")
+    byte_model = _model("torchao")
+    assert byte_model.is_skipped("transformers", "encoder.block.0.wo", ["wo"]) is False
+    assert byte_model.is_skipped("transformers", "lm_head", ["lm_head"]) is True
+    assert byte_model.is_skipped("transformers", "encoder.block.0.wo", ["encoder.block"]) is True
+    assert byte_model.is_skipped("transformers", "x.wo", ["wo.weight"]) is True  # as a suffix
+
+
+class _WithEmbeddings(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(4, 2)
+        self.body = torch.nn.Linear(2, 2)
+        self.head = torch.nn.Linear(2, 4)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.embed
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.head
+
+
+def test_torchao_include_embeddings_unskips_them_in_transformers_only() -> None:
+    byte_model = _model("torchao")
+    model = _WithEmbeddings()
+    flag = {"quant_type": {"name": "Int8WeightOnlyConfig"}, "include_input_output_embeddings": True}
+    with_flag, without = (
+        _entry("torchao", flag),
+        _entry("torchao", {"quant_type": flag["quant_type"]}),
+    )
+    patterns = ["embed", "head", "body", "other"]
+    assert byte_model.adjust_patterns(model, "transformers", with_flag, patterns) == [
+        "body",
+        "other",
+    ]
+    assert byte_model.adjust_patterns(model, "transformers", without, patterns) == patterns
+    assert byte_model.adjust_patterns(model, "diffusers", with_flag, patterns) == patterns
+    # the nn.Embedding stays unquantized anyway: torchao's filter takes nn.Linear only
+    assert byte_model.is_target(model.embed, "transformers", with_flag) is False
+    assert byte_model.is_target(model.head, "transformers", with_flag) is True
