@@ -202,7 +202,8 @@ def test_torchao_layer_bytes_match_torchao(rows: int, cols: int) -> None:
         assert type(weight) not in (torch.Tensor, torch.nn.Parameter), case
         layer = Layer(rows, cols, BF16, "bfloat16")
         real = _storage(weight)
-        assert byte_model.weight_bytes(layer, _entry("torchao", kwargs)) == real, case
+        priced = byte_model.weight_bytes(layer, _entry("torchao", kwargs))
+        assert type(priced) is int and priced == real, case
         assert tensor_bytes(weight) == real, case
         assert logical_numel(weight) == rows * cols, case
         assert byte_model.module_extra("diffusers", BF16) == 0
@@ -268,7 +269,17 @@ def test_torchao_float8_dynamic_layout() -> None:
 
 # --- optimum-quanto -----------------------------------------------------------------------------
 
-QUANTO_SHAPES = [(48, 96), (48, 256), (48, 224), (40, 160), (16, 4096 + 32), (33, 96)]
+# per row (96, 128: at most a group), groups of 128, 96 (4128), 32 (224), none dividing (4112)
+QUANTO_SHAPES = [
+    (48, 96),
+    (48, 128),
+    (48, 256),
+    (48, 224),
+    (40, 160),
+    (16, 4128),
+    (16, 4112),
+    (33, 96),
+]
 
 
 @pytest.mark.parametrize("weights", ["int8", "float8", "int4", "int2"])
@@ -289,7 +300,8 @@ def test_quanto_layer_bytes_match_quanto(weights: str) -> None:
         weight = module[0].weight
         real = _storage(weight)
         layer = Layer(rows, cols, BF16, "bfloat16")
-        assert byte_model.weight_bytes(layer, entry) == real, (rows, cols)
+        priced = byte_model.weight_bytes(layer, entry)
+        assert type(priced) is int and priced == real, (rows, cols)
         assert tensor_bytes(weight) == real, (rows, cols)
         # the input/output scale scalars each quantized module gains, in the weight dtype
         buffers = sum(b.numel() * b.element_size() for b in module[0].buffers())
@@ -325,6 +337,7 @@ def test_quanto_int4_tinygemm_needs_rows_multiple_of_16() -> None:
     int4 = _entry("quanto", {"weights_dtype": "int4"})
     left = byte_model.weight_bytes(Layer(40, 256, BF16, "bfloat16"), int4)
     assert isinstance(left, Left) and left.fails
+    assert left.reason.startswith("out_features 40 ") and "16" in left.reason
     with pytest.raises(RuntimeError):
         module = _linear(40, 256)
         quanto.quantize(module, weights=quanto.qint4)
@@ -355,7 +368,7 @@ def test_bnb_4bit_layer_bytes_match_bitsandbytes(quant_type: str, double: bool) 
     byte_model = _model("bitsandbytes_4bit")
     entry = _entry("bitsandbytes_4bit", {"bnb_4bit_quant_type": quant_type,
                                          "bnb_4bit_use_double_quant": double})  # fmt: skip
-    for rows, cols in [(40, 96), (33, 7), (64, 1024)]:
+    for rows, cols in [(40, 96), (33, 7), (64, 1024), (257, 64)]:  # 257 blocks: 2 nested
         torch.manual_seed(0)
         weight = torch.randn(rows, cols, dtype=torch.bfloat16)
         param = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=quant_type,
@@ -366,7 +379,8 @@ def test_bnb_4bit_layer_bytes_match_bitsandbytes(quant_type: str, double: bool) 
             for t in (state.absmax, state.code)
             + ((state.offset, state.state2.absmax, state.state2.code) if double else ())
         )
-        assert byte_model.weight_bytes(Layer(rows, cols, BF16, "bfloat16"), entry) == real
+        priced = byte_model.weight_bytes(Layer(rows, cols, BF16, "bfloat16"), entry)
+        assert type(priced) is int and priced == real
         assert tensor_bytes(param) == real
         assert logical_numel(param) == rows * cols
 

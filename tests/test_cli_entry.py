@@ -58,3 +58,16 @@ def test_subcommand_help_is_its_description(capsys: pytest.CaptureFixture[str]) 
     out, _ = capsys.readouterr()
     assert out.startswith("usage: qconf schema")
     assert COMMANDS["schema"] in _flat(out)
+
+
+@pytest.mark.parametrize(("argv", "code"), [(["qconf", "--help"], 0), (["qconf"], 2)])
+def test_the_console_script_exits_with_mains_code(
+    argv: list[str], code: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qconf.cli.main import entry
+
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as caught:
+        entry()
+    assert caught.value.code == code
+    capsys.readouterr()
