@@ -21,10 +21,13 @@ def test_help_lists_every_command_with_its_help(capsys: pytest.CaptureFixture[st
     assert err == ""
     assert out.startswith("usage: qconf [-h] command ...")
     flat = _flat(out)
-    assert "Declarative, validated quantization plans for diffusers pipelines." in flat
-    # the README's exit codes and --verbose, as the epilog
-    assert "Exit codes: 0 ok, 2 your input is wrong (one line per problem), 1 a bug." in flat
-    assert "--verbose (anywhere) shows library warnings that qconf hides." in flat
+    # the description and the epilog (the README's exit codes and --verbose), each whole
+    assert "\n\nDeclarative, validated quantization plans for diffusers pipelines.\n\n" in out
+    epilog = out[out.index("show this help message and exit") :].split("\n\n", 1)[1]
+    assert _flat(epilog) == (
+        "Exit codes: 0 ok, 2 your input is wrong (one line per problem), 1 a bug. "
+        "--verbose (anywhere) shows library warnings that qconf hides. "
+    )
     assert "{" + ",".join(COMMANDS) + "}" not in flat  # metavar "command", not the choices
     assert "positional arguments: command " in flat
     for name, help_text in COMMANDS.items():
