@@ -73,7 +73,7 @@ def test_layer_numel_is_rows_times_cols() -> None:
 def test_groups_counts_row_or_group_scales(fails: bool) -> None:
     layer = Layer(6, 96, BF16)
     assert groups(layer, None) == 6  # one scale per output row
-    assert groups(layer, 32) == 6 * 3
+    assert groups(layer, 32) == 6 * 3 and type(groups(layer, 32)) is int
     assert groups(layer, 96) == 6
     assert groups(Layer(5, 7, BF16), 7) == 5
     left = groups(layer, 64, fails)
@@ -130,6 +130,12 @@ def test_is_skipped_uses_the_backends_rule_then_the_librarys() -> None:
     assert plain.is_skipped("transformers", "a.y", ["a"]) is True
     assert plain.is_skipped("diffusers", "a.y", ["a"]) is True
     assert plain.is_skipped("transformers", "b.ya", ["y"]) is False
+    # where the two rules differ: transformers matches a dotted suffix, diffusers a dotted
+    # key anywhere in the name
+    assert plain.is_skipped("transformers", "model.decoder.fc1", ["decoder.fc1"]) is True
+    assert plain.is_skipped("diffusers", "model.decoder.fc1", ["decoder.fc1"]) is False
+    assert plain.is_skipped("diffusers", "x.a.b.y", ["a.b"]) is True
+    assert plain.is_skipped("transformers", "x.a.b.y", ["a.b"]) is False
     assert model.module_extra("diffusers", 2) == 0 and model.default_dtype == {}
     assert model.adjust_patterns(None, "diffusers", None, ["p"]) == ["p"]
 

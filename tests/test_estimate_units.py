@@ -5,6 +5,8 @@ estimate's JSON and load-peak rule (qconf/estimate/core.py) from hand-made part 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -130,3 +132,19 @@ def test_estimate_totals_peak_and_json() -> None:
     plain = Estimate("P", "/x", None, {"vae": _part("vae", None, 5, 1.0)})
     assert plain.peak_rule == "the weights: nothing is quantized on load"
     assert plain.notes == []
+
+
+def test_lora_reads_the_folder_it_is_given(tmp_path: Path) -> None:
+    """`folder` replaces the plan's source: a copy of tiny-flux's config files whose CLIP has
+    one more layer (no weights: the estimate reads config.json only)."""
+    from qconf.estimate.training import lora_estimate
+    from qconf.source.tiny import tiny_pipeline_path
+
+    source = tiny_pipeline_path("tiny-flux")
+    shutil.copytree(source, tmp_path / "copy", ignore=shutil.ignore_patterns("*.safetensors"))
+    config_path = tmp_path / "copy" / "text_encoder" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["num_hidden_layers"] += 1
+    config_path.write_text(json.dumps(config))
+    found = lora_estimate(_plan(), ["text_encoder"], folder=tmp_path / "copy")["text_encoder"]
+    assert found.layers == 4 * config["num_hidden_layers"]
