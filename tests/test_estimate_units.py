@@ -77,6 +77,9 @@ def test_lora_targets_match_whole_trailing_names() -> None:
     assert (fc1.layers, fc1.rank) == (layers, 4)  # rank 4 unless given
     assert fc1.params == layers * 4 * (hidden + inner)
     assert fc1.dtype_bytes == 4  # float32
+    model = {"source": "tiny-flux", "torch_dtype": None}  # no load dtype: the libraries' float32
+    untyped = lora_estimate(qconf.intake(model=model), ["text_encoder"], targets=["fc1"])
+    assert untyped["text_encoder"].dtype_bytes == 4
     # "proj" is not the trailing name of q_proj; "mlp.fc2" is a dotted trailing name
     assert lora_estimate(_plan(), ["text_encoder"], targets=["proj"])["text_encoder"].layers == 0
     fc2 = lora_estimate(_plan(), ["text_encoder"], targets=["mlp.fc2"])["text_encoder"]
