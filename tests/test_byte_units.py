@@ -494,3 +494,26 @@ def test_torchao_include_embeddings_unskips_them_in_transformers_only() -> None:
     # the nn.Embedding stays unquantized anyway: torchao's filter takes nn.Linear only
     assert byte_model.is_target(model.embed, "transformers", with_flag) is False
     assert byte_model.is_target(model.head, "transformers", with_flag) is True
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_bnb_dequantize_gives_back_the_weight(bits: int) -> None:
+    """The sensitivity walk's float view of a bitsandbytes weight (Measure.dequantize): the
+    original weight within the format's rounding; a 8-bit weight kept in float is None."""
+    bnb = pytest.importorskip("bitsandbytes")
+    measure = REGISTRY[f"bitsandbytes_{bits}bit"].measure
+    torch.manual_seed(0)
+    weight = torch.randn(16, 64)
+    if bits == 4:
+        param = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4").to("cpu")
+        back = measure.dequantize["Params4bit"](param)
+        tolerance = 0.2  # 16 NF4 levels per block of 64
+    else:
+        param = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to("cpu")
+        back = measure.dequantize["Int8Params"](param)
+        tolerance = 0.02  # 255 levels per row
+        kept = bnb.nn.Int8Params(weight, requires_grad=True, has_fp16_weights=True).to("cpu")
+        assert measure.dequantize["Int8Params"](kept) is None
+    assert back.shape == weight.shape
+    error = (back.float() - weight).abs().mean() / weight.abs().mean()
+    assert error < tolerance
