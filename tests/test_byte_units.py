@@ -275,7 +275,8 @@ def test_torchao_float8_dynamic_layout() -> None:
 
 # --- optimum-quanto -----------------------------------------------------------------------------
 
-# per row (96, 128: at most a group), groups of 128, 96 (4128), 32 (224), none dividing (4112)
+# per row (96, 128: at most a group, so 40 rows need no tinygemm multiple of 16), groups of
+# 128, 96 (4128), 32 (224), none dividing (4112)
 QUANTO_SHAPES = [
     (48, 96),
     (48, 128),
@@ -517,3 +518,28 @@ def test_bnb_dequantize_gives_back_the_weight(bits: int) -> None:
     assert back.shape == weight.shape
     error = (back.float() - weight).abs().mean() / weight.abs().mean()
     assert error < tolerance
+
+
+def test_the_estimators_target_rule_is_the_backends_per_library() -> None:
+    from qconf.estimate.byte_models import is_target
+
+    class MyLinear(torch.nn.Linear):
+        pass
+
+    nf4 = _entry("bitsandbytes_4bit", {"bnb_4bit_quant_type": "nf4"})
+    assert is_target(MyLinear(2, 2), "transformers", nf4) is False  # exact nn.Linear there
+    assert is_target(MyLinear(2, 2), "diffusers", nf4) is True
+    assert is_target(torch.nn.Linear(2, 2), "transformers", nf4) is True
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_bnb_load_flag_false_contradicts_the_backend(bits: int) -> None:
+    from qconf.errors import Problem
+
+    key = f"bitsandbytes_{bits}bit"
+    entry = _entry(key, {f"load_in_{bits}bit": False})
+    assert entry.check_backend_rules() == [
+        Problem(f"kwargs.load_in_{bits}bit", f"false contradicts backend {key}",
+                "remove it (the backend key sets it)")
+    ]  # fmt: skip
+    assert _entry(key, {f"load_in_{bits}bit": True}).check_backend_rules() == []
