@@ -250,7 +250,7 @@ def test_torchao_int4_packed_layout() -> None:
     )
     assert byte_model.weight_bytes(Layer(3, 256, BF16), grouped) == 3 * 256 // 2 + 3 * 4 * 2 * BF16
     left = byte_model.weight_bytes(Layer(48, 96, BF16, "bfloat16"), default)
-    assert isinstance(left, Left) and not left.fails
+    assert isinstance(left, Left) and left.fails is False
 
 
 def test_torchao_float8_dynamic_layout() -> None:
