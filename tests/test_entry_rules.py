@@ -98,3 +98,25 @@ def test_saved_names_keep_anything_but_a_list_for_validation() -> None:
     assert saved_names(["a"]) == ["a"]
     assert saved_names("abc") == "abc"  # not three names: validation reports the string
     assert saved_names(None) is None
+
+
+def test_known_failure_rows_match_variant_class_device_and_dtype() -> None:
+    """The quanto rows (qconf/backends/quanto.py, measured on CPU): int8 on AutoencoderKL in
+    bfloat16, int4 on WanTransformer3DModel in bfloat16 and float16."""
+    from qconf.backends.capabilities import known_failure, known_failures_ignored, works_in
+
+    int8 = _entry({"backend": "quanto", "kwargs": {"weights_dtype": "int8"}})
+    int4 = _entry({"backend": "quanto", "kwargs": {"weights_dtype": "int4"}})
+    row = known_failure(int8, "AutoencoderKL", "cpu", "bfloat16")
+    assert row is not None and row.variant == "int8" and row.part_class == "AutoencoderKL"
+    assert known_failure(int8, "AutoencoderKL", "cpu", "float16") is None
+    assert known_failure(int8, "AutoencoderKL", "cuda", "bfloat16") is None
+    assert known_failure(int8, "FluxTransformer2DModel", "cpu", "bfloat16") is None
+    assert known_failure(int4, "AutoencoderKL", "cpu", "bfloat16") is None
+    assert known_failure(int8, "AutoencoderKL", "cpu", None) is None  # nothing measured
+    wan = known_failure(int4, "WanTransformer3DModel", "cpu", "float16")
+    assert wan is not None and works_in(wan) == ["float32"]
+    assert works_in(row) == ["float16", "float32"]
+    with known_failures_ignored():
+        assert known_failure(int8, "AutoencoderKL", "cpu", "bfloat16") is None
+    assert known_failure(int8, "AutoencoderKL", "cpu", "bfloat16") == row  # restored after
