@@ -16,6 +16,7 @@ why none can. Exits 1 when the kill rate is below 90 % or a survivor has no reco
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -33,7 +34,14 @@ KILLED = ("killed", "timeout")
 
 def mutmut(*args: str, **kwargs) -> subprocess.CompletedProcess:
     command = [str(Path(sys.executable).parent / "mutmut"), *args]
-    return subprocess.run(command, cwd=ROOT, text=True, **kwargs)
+    # mutmut forks one child per mutant from a server that has imported (collected) the tests.
+    # Collecting runs a torch op that starts torch's OpenMP thread team; a forked child then
+    # waits forever on that team's barrier at its first parallel op (GNU libgomp is not
+    # fork-safe), so every mutant a torch test reaches ended as a wall-clock "timeout", counted
+    # as killed whatever the tests said. One OpenMP thread starts no team, and with two mutants
+    # running at once on 2 cores a second thread would not help anyway.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=ROOT, text=True, env=env, **kwargs)
 
 
 def recorded_reasons() -> dict[str, str]:
@@ -66,14 +74,18 @@ def main() -> int:
         by_module[name.split(".x")[0]][verdict] += 1
 
     print(f"mutation testing: {len(status)} mutants in {seconds:.0f} s\n")
-    print(f"{'module':<34} {'mutants':>8} {'killed':>8} {'rate':>7}")
+    # timeouts count as killed, but shown apart: a hang in every child (see mutmut() above) looks
+    # like a kill, so a module killed mostly by timeouts deserves a look
+    print(f"{'module':<34} {'mutants':>8} {'killed':>8} {'timeout':>8} {'rate':>7}")
     for module, counts in sorted(by_module.items()):
         total, killed = sum(counts.values()), sum(counts[k] for k in KILLED)
-        print(f"{module:<34} {total:>8} {killed:>8} {100 * killed / total:>6.1f}%")
+        rate = 100 * killed / total
+        print(f"{module:<34} {total:>8} {killed:>8} {counts['timeout']:>8} {rate:>6.1f}%")
     total = len(status)
     killed = sum(1 for verdict in status.values() if verdict in KILLED)
     rate = 100 * killed / total if total else 0.0
-    print(f"{'all':<34} {total:>8} {killed:>8} {rate:>6.1f}%")
+    timeouts = sum(1 for verdict in status.values() if verdict == "timeout")
+    print(f"{'all':<34} {total:>8} {killed:>8} {timeouts:>8} {rate:>6.1f}%")
 
     reasons = recorded_reasons()
     survivors = sorted(name for name, verdict in status.items() if verdict not in KILLED)

@@ -6,6 +6,8 @@ of the report or a layer label shows here."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from typing import Any
 
 import pytest
@@ -15,6 +17,14 @@ from qconf.backends import REGISTRY, known_failures_ignored
 from qconf.plan.conftree import backend_options
 
 pytest.importorskip("torch")
+# Imported at collection, not at the first load: `make mutate` forks one child per mutant from
+# a process that has collected this file, so these imports (seconds) are paid once per run, not
+# once per mutant.
+for _name in ("diffusers.pipelines.flux.pipeline_flux", "transformers.models.clip.modeling_clip",
+              "transformers.models.t5.modeling_t5", "torchao.quantization", "optimum.quanto",
+              "bitsandbytes"):  # fmt: skip
+    with contextlib.suppress(ImportError):  # the cases that need it skip
+        importlib.import_module(_name)
 
 MODEL = "tiny-flux"
 DIFFUSERS_PART, TRANSFORMERS_PART = "transformer", "text_encoder"
