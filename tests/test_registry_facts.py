@@ -56,9 +56,16 @@ def _some_entry(key: str) -> Any:
 
 def _built(key: str, library: str) -> Any:
     entry = _some_entry(key)
-    if not REGISTRY[key].quantizes_on_load:  # a pre-quantized file: its config needs no file
+    if hasattr(entry, "config_for"):  # a pre-quantized file: its config needs no file
         return entry.config_for(None)
     return entry.build(library)
+
+
+def _runs_here(spec: Any) -> bool:
+    """Not a GPU-lane format (CUDA on every library it has) nor unusable with the installed
+    libraries: those are checked without their package (tests/test_gpu_lanes.py)."""
+    gpu_lane = set(spec.needs_cuda) == set(spec.params)
+    return not gpu_lane and (spec.unusable is None or spec.unusable() is None)
 
 
 @pytest.mark.parametrize("key", sorted(REGISTRY))
@@ -67,6 +74,9 @@ def test_extra_installs_the_distribution_that_provides_the_module(key: str) -> N
     requirements = EXTRAS[spec.extra]
     names = [re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0] for r in requirements]
     assert spec.distribution in names, (spec.extra, requirements)
+    if not _runs_here(spec):  # not installed in the dev environment, not in qconf[all]
+        assert spec.extra not in EXTRAS["all"][0]
+        return
     assert importlib.util.find_spec(spec.module) is not None
     providers = importlib.metadata.packages_distributions()[spec.module.split(".")[0]]
     assert spec.distribution in providers
@@ -80,9 +90,13 @@ def test_extra_installs_the_distribution_that_provides_the_module(key: str) -> N
 )
 def test_config_class_and_quant_method_are_the_librarys(key: str, library: str) -> None:
     spec = REGISTRY[key]
+    if not _runs_here(spec):  # no option or saved folder to build one from: checked by name
+        module_name, _, name = spec.config_path(library).rpartition(".")
+        assert hasattr(importlib.import_module(module_name), name)
+        return
     built = _built(key, library)
-    module = diffusers if library == "diffusers" else transformers
-    assert type(built) is getattr(module, spec.config_class[library])
+    module_name, _, name = spec.config_path(library).rpartition(".")
+    assert type(built) is getattr(importlib.import_module(module_name), name)
     method = built.quant_method
     assert getattr(method, "value", method) == spec.quant_method
 
@@ -154,6 +168,11 @@ def test_what_each_library_can_save_and_train() -> None:
     saves and trains (tests/test_save.py and tests/test_train.py measure them)."""
     for key, spec in REGISTRY.items():
         for library in spec.config_class:
+            if not _runs_here(spec) or not spec.quantizes_on_load:
+                # a file, a folder another tool wrote, or a format that cannot run here: qconf
+                # neither saves it nor claims LoRA through it
+                assert not spec.can_save.get(library) and not spec.trainable.get(library), key
+                continue
             saves = not (key == "quanto" and library == "transformers") and key != "gguf"
             assert spec.can_save.get(library, False) is saves, (key, library)
             if key == "gguf":  # not claimed either way: a GGUF part is never trained on
