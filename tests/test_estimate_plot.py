@@ -101,18 +101,19 @@ def test_a_format_matplotlib_cannot_write_is_one_user_error(
     assert problem.fix == "use a .png, .svg or .pdf file name"
     assert not list(tmp_path.iterdir())  # nothing left behind
     assert len(drawn) == 1  # the figure is closed even so
+    with pytest.raises(PlanError) as caught:  # the caller's name for the flag
+        plot(_estimate(), tmp_path / "est.nope", where="tune --plot")
+    assert caught.value.problems[0].where == "tune --plot"
 
 
 def test_without_matplotlib_it_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    # ModelSourceError is an OSError, so atomic_output reports it as a write failure at --plot;
-    # the user still reads what is missing and how to install it, in one line
+    # one line saying what is missing (not wrapped as a failed write of the file)
     with pytest.raises(QconfError) as caught:
-        plot(_estimate(), tmp_path / "est.png")
-    lines = caught.value.lines
-    assert len(lines) == 1
-    assert lines[0].startswith("--plot: ")
-    assert "--plot: matplotlib is not installed — pip install matplotlib" in lines[0]
+        plot(_estimate(), tmp_path / "est.png", where="sensitivity --plot")
+    assert caught.value.lines == [
+        "sensitivity --plot: matplotlib is not installed — pip install matplotlib"
+    ]
     assert not list(tmp_path.iterdir())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qconf.errors import ModelSourceError, PlanError, Problem
+from qconf.errors import PlanError, Problem
 from qconf.estimate.core import Estimate
 from qconf.trust.userpath import atomic_output, user_path
 
@@ -13,19 +13,19 @@ def plot(result: Estimate, path: str | Path, where: str = "--plot") -> Path:
     """Bar chart per part, unquantized vs the plan, in GiB (matplotlib, Agg backend), written
     atomically (nothing is left behind if it fails)."""
     with atomic_output(path, where) as temp:  # the target is checked before drawing
-        _draw(result, temp, user_path(path, where).suffix.lstrip(".") or "png")
+        _draw(result, temp, user_path(path, where).suffix.lstrip(".") or "png", where)
     return user_path(path, where)
 
 
-def _draw(result: Estimate, target: Path, file_format: str) -> None:
+def _draw(result: Estimate, target: Path, file_format: str, where: str) -> None:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:
-        raise ModelSourceError(
-            Problem("--plot", "matplotlib is not installed", "pip install matplotlib")
+    except ImportError:  # a PlanError: an OSError would read as a failed write of the file
+        raise PlanError(
+            Problem(where, "matplotlib is not installed", "pip install matplotlib")
         ) from None
     names = [*result.parts, "total"]
     before = [p.bytes_unquantized / 2**30 for p in result.parts.values()]
@@ -47,7 +47,7 @@ def _draw(result: Estimate, target: Path, file_format: str) -> None:
         figure.savefig(target, dpi=120, format=file_format)
     except ValueError as exc:  # an extension matplotlib cannot write
         raise PlanError(
-            Problem("--plot", str(exc).splitlines()[0], "use a .png, .svg or .pdf file name")
+            Problem(where, str(exc).splitlines()[0], "use a .png, .svg or .pdf file name")
         ) from None
     finally:
         plt.close(figure)
