@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from qconf.backends.base import Backend, EntryBase, FloatDType, KwargsBase, Library
-from qconf.backends.bytes import SAFETENSORS_FLOATS, SAFETENSORS_SIZES
+from qconf.backends.bytes import SAFETENSORS_FLOATS, stored_size
 from qconf.backends.measure import LayerMeasure, Measure
 from qconf.errors import ModelSourceError, PlanError, Problem
 from qconf.trust.userpath import user_path
@@ -97,11 +97,8 @@ class BFLEntry(EntryBase):
         for name, (shape, dtype) in header.items():
             numel = math.prod(shape)
             stored = name.endswith(_SCALES) or f"{name}_scale" in header
-            size = (
-                dtype_size
-                if dtype in SAFETENSORS_FLOATS and not stored
-                else SAFETENSORS_SIZES[dtype]
-            )
+            cast = dtype in SAFETENSORS_FLOATS and not stored  # loads in the load dtype
+            size = dtype_size if cast else stored_size(dtype, self.file)
             total += numel * size
         return total, "bfl: bytes from the file's safetensors header"
 

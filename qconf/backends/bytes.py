@@ -16,6 +16,18 @@ SAFETENSORS_SIZES = {"F8_E4M3": 1, "F8_E5M2": 1, "U8": 1, "I8": 1, "BOOL": 1, "F
 SAFETENSORS_FLOATS = {"F16", "BF16", "F32", "F64"}
 
 
+def stored_size(dtype: str, file: str) -> int:
+    """Bytes per element of a safetensors dtype; another name is a forged or newer header."""
+    size = SAFETENSORS_SIZES.get(dtype)
+    if size is None:
+        from qconf.errors import ModelSourceError, Problem
+
+        raise ModelSourceError(
+            Problem(file, f"a tensor of dtype '{dtype}' qconf cannot price", "re-save the file")
+        )
+    return size
+
+
 @dataclass(frozen=True)
 class Layer:
     """One weight a backend quantizes: `rows` output rows of `cols` inputs each."""

@@ -31,10 +31,10 @@ from pydantic import Field, StrictInt
 from qconf.backends.base import Backend, EntryBase, KwargsBase, Library, saved_names
 from qconf.backends.bytes import (
     SAFETENSORS_FLOATS,
-    SAFETENSORS_SIZES,
     ByteModel,
     Layer,
     Left,
+    stored_size,
 )
 from qconf.backends.measure import LayerMeasure, Measure
 from qconf.errors import PlanError, Problem
@@ -145,13 +145,13 @@ class SdnqEntry(EntryBase):
             quantized_layer = f"{module}.scale" in header
             layers += quantized_layer and local == "weight"
             if quantized_layer and local == "weight":
-                size = SAFETENSORS_SIZES[dtype]  # the codes
+                size = stored_size(dtype, "the part's safetensors header")  # the codes
             elif quantized_layer and local in _LAYER.state:
-                size = 4 if library == "diffusers" else SAFETENSORS_SIZES[dtype]
+                size = 4 if library == "diffusers" else stored_size(dtype, "the header")
             elif dtype in SAFETENSORS_FLOATS:
                 size = dtype_size
             else:
-                size = SAFETENSORS_SIZES[dtype]
+                size = stored_size(dtype, "the part's safetensors header")
             total += math.prod(shape) * size
         return total, layers
 
