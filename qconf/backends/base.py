@@ -179,6 +179,35 @@ class EntryBase(StrictModel):
         raise NotImplementedError
 
 
+class FileEntry(EntryBase):
+    """An entry that names a pre-quantized file of its part (GGUF, BFL): the path must be a
+    file with the format's suffix; the config object needs no file."""
+
+    file: str
+    skip_param: ClassVar[str | None] = None
+    file_suffix: ClassVar[str]  # ".gguf", ".safetensors"
+
+    def check_backend_rules(self) -> list[Problem]:
+        from qconf.errors import PlanError
+        from qconf.trust.userpath import user_path
+
+        try:
+            path = user_path(self.file, "file")
+        except PlanError as exc:
+            return [Problem("file", exc.problems[0].what, exc.problems[0].fix)]
+        if path.suffix != self.file_suffix or not path.is_file():
+            what = f"'{self.file}' is not a {self.file_suffix} file"
+            return [Problem("file", what, "give the path of one")]
+        return []
+
+    def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
+        return self.config_for(None)
+
+    def config_for(self, model_dtype: str | None) -> Any:
+        """The library config object, computing in `model_dtype` unless the kwargs say."""
+        raise NotImplementedError
+
+
 def saved_names(value: Any) -> Any:
     """A module-name list from a saved config.json, as a list; anything else unchanged so that
     validation reports it (list("abc") would silently make three names)."""

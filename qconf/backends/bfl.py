@@ -7,17 +7,15 @@ kernels need a recent NVIDIA GPU)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from qconf.backends.base import Backend, EntryBase, FloatDType, KwargsBase, Library
+from qconf.backends.base import Backend, FileEntry, FloatDType, KwargsBase
 from qconf.backends.bytes import SAFETENSORS_FLOATS, stored_size
 from qconf.backends.measure import LayerMeasure, Measure
 from qconf.errors import ModelSourceError, PlanError, Problem
-from qconf.trust.userpath import user_path
 
 _SCALES = ("weight_scale", "weight_scale_2", "input_scale")
 
@@ -28,29 +26,15 @@ class BFLKwargs(KwargsBase):
     )
 
 
-class BFLEntry(EntryBase):
+class BFLEntry(FileEntry):
     backend: Literal["bfl"]
     file: str = Field(description="Path to the part's fp8r or nvfp4 .safetensors file.")
     kwargs: BFLKwargs = Field(default_factory=BFLKwargs)
 
-    skip_param: ClassVar[str | None] = None
-
-    def check_backend_rules(self) -> list[Problem]:
-        try:
-            path = user_path(self.file, "file")
-        except PlanError as exc:
-            return [Problem("file", exc.problems[0].what, exc.problems[0].fix)]
-        if path.suffix != ".safetensors" or not path.is_file():
-            return [
-                Problem("file", f"'{self.file}' is not a .safetensors file", "give the path of one")
-            ]
-        return []
+    file_suffix: ClassVar[str] = ".safetensors"
 
     def variant(self) -> str:
         return "checkpoint"
-
-    def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
-        return self.config_for(None)
 
     def config_for(self, model_dtype: str | None) -> Any:
         import torch

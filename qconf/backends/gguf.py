@@ -6,15 +6,12 @@ so qconf loads such parts itself and hands them to the pipeline as ready compone
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from qconf.backends.base import Backend, EntryBase, FloatDType, KwargsBase, Library
+from qconf.backends.base import Backend, FileEntry, FloatDType, KwargsBase
 from qconf.backends.measure import Measure
-from qconf.errors import PlanError, Problem
-from qconf.trust.userpath import user_path
 
 
 class GGUFKwargs(KwargsBase):
@@ -23,24 +20,12 @@ class GGUFKwargs(KwargsBase):
     )
 
 
-class GGUFEntry(EntryBase):
+class GGUFEntry(FileEntry):
     backend: Literal["gguf"]
     file: str = Field(description="Path to the pre-quantized .gguf file of this part.")
     kwargs: GGUFKwargs = Field(default_factory=GGUFKwargs)
 
-    skip_param: ClassVar[str | None] = None
-
-    def check_backend_rules(self) -> list[Problem]:
-        try:
-            path = user_path(self.file, "file")
-        except PlanError as exc:
-            return [Problem("file", exc.problems[0].what, exc.problems[0].fix)]
-        if path.suffix != ".gguf" or not path.is_file():
-            return [Problem("file", f"'{self.file}' is not a .gguf file", "give the path of one")]
-        return []
-
-    def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
-        return self.config_for(None)
+    file_suffix: ClassVar[str] = ".gguf"
 
     def check_file(self, where: str) -> None:
         from qconf.backends.gguf_file import read_gguf
