@@ -8,6 +8,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from qconf.backends.autoround import AUTO_ROUND
 from qconf.backends.base import LIBRARIES, Backend, EntryBase, KnownFailure, Library, StrictModel
 from qconf.backends.bfl import BFL
 from qconf.backends.bitsandbytes import BNB_4BIT, BNB_8BIT
@@ -21,7 +22,18 @@ from qconf.backends.torchao import TORCHAO
 
 REGISTRY: dict[str, Backend] = {
     b.key: b
-    for b in (BNB_4BIT, BNB_8BIT, TORCHAO, QUANTO, SDNQ, GGUF, BFL, NUNCHAKU_LITE, MODELOPT)
+    for b in (
+        BNB_4BIT,
+        BNB_8BIT,
+        TORCHAO,
+        QUANTO,
+        SDNQ,
+        GGUF,
+        BFL,
+        NUNCHAKU_LITE,
+        MODELOPT,
+        AUTO_ROUND,
+    )  # fmt: skip
 }
 
 BackendEntry = Annotated[
@@ -33,7 +45,8 @@ BackendEntry = Annotated[
     | GGUF.entry
     | BFL.entry
     | NUNCHAKU_LITE.entry
-    | MODELOPT.entry,
+    | MODELOPT.entry
+    | AUTO_ROUND.entry,
     Field(discriminator="backend"),
 ]
 

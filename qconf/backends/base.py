@@ -271,6 +271,8 @@ class Backend:
     quantizes_on_load: bool = True
     # Load dtype a plan that sets none gets when this backend is used (None: the library's).
     plan_dtype: str | None = None
+    # The only load dtypes its layers compute in (empty: any); another is refused at validate.
+    load_dtypes: tuple[str, ...] = ()
     # The backend quantizes on the device the weights load to (a CUDA-only variant then needs
     # a device map, not just a visible GPU).
     quantizes_where_loaded: bool = False

@@ -19,6 +19,7 @@ class LayerMeasure:
     state: tuple[str, ...]  # its tensors that are quant state (real bytes only, no weights)
     dequantize: Callable[[Any], Any]  # module -> the float weight it computes with
     kind: Callable[[Any], str] | None = None  # module -> its format, for the report's label
+    codes: str = "weight"  # the module's tensor holding the codes (auto-round: `qweight`)
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,17 @@ def environment_problems(resolved: ResolvedPlan) -> list[Problem]:
                     )
                 )
             continue
+        dtype = resolved.torch_dtype
+        if spec.load_dtypes and dtype not in (None, *spec.load_dtypes):
+            problems.append(
+                Problem(
+                    "model.torch_dtype",
+                    f"{dtype}, but {spec.key} on '{name}' computes in "
+                    f"{' or '.join(spec.load_dtypes)} only (it fails after the weights are read)",
+                    f"set model.torch_dtype={spec.load_dtypes[0]}",
+                )
+            )
+            continue
         if reason is None:
             problems += _known_failure_problems(resolved, name, part, where)
             continue

@@ -106,11 +106,17 @@ def _load(plan: Plan, *, save: str | Path | None, force: bool,
             )
         ) from None
     problems = missing_key_problems(pipeline, resolved.parts, missing)
-    for name in ready_parts:  # the pipeline may recast what a file part loaded
-        problem = resolved.quantized[name].entry.loaded_problem(getattr(pipeline, name))
-        if problem is not None:
+    # a file part: the pipeline may recast what it loaded; a saved part: the library may have
+    # loaded it otherwise than saved
+    saved = [n for n in resolved.quantized if resolved.parts.parts[n].saved_quantization]
+    for name in [*ready_parts, *saved]:
+        entry = resolved.quantized[name].entry
+        problem = entry.loaded_problem(getattr(pipeline, name))
+        if problem is not None and name in ready_parts:
             fix = "quantize this part with an option instead (this pipeline does not keep it)"
             problems.append(Problem(f"quant.mapping.{name}", problem, fix))
+        elif problem is not None:
+            problems.append(Problem(f"model.source ({name})", problem, entry.spec.cpu_alternative))
     if problems:
         raise ModelSourceError(problems)
     loaded = Loaded(pipeline, resolved, time.perf_counter() - started)

@@ -104,7 +104,7 @@ def measure_part(
         if layer is not None and local in layer.state:  # quant state: bytes, not weights
             real += tensor_bytes(tensor)
             continue
-        if layer is not None and local == "weight":  # codes standing for the float weight
+        if layer is not None and local == layer.codes:  # codes standing for the float weight
             numel, is_quantized = layer.weight_numel(owner), True
         else:
             numel = logical_numel(tensor)
@@ -114,14 +114,17 @@ def measure_part(
             dtype = load_dtype if (is_quantized and load_dtype is not None) else dtype
         if is_quantized and not dtype.is_floating_point:
             dtype = torch.float32
-        if isinstance(tensor, torch.nn.Parameter):
+        # a backend's own layer may hold its codes and bias as buffers (auto-round)
+        if isinstance(tensor, torch.nn.Parameter) or layer is not None:
             params += numel
         unquantized += numel * dtype.itemsize
         real += tensor_bytes(tensor)
     layers: Counter[str] = Counter()
     with_weight = 0
+    layer_measures = backend_measures().layers
     for module_part in module.modules():
-        weight = getattr(module_part, "weight", None)
+        own = layer_measures.get(type(module_part).__name__)
+        weight = getattr(module_part, own.codes if own is not None else "weight", None)
         if not isinstance(weight, torch.Tensor):
             continue
         with_weight += 1

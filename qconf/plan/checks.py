@@ -167,6 +167,16 @@ def source_problems(model: Any, found: PipelineParts) -> list[Problem]:
                     "convert them to .safetensors, or set model.allow_pickle=true to trust them",
                 )
             )
+        if part.weights and part.unread_weights and not part.pickle_only:
+            found, wanted = part.unread_weights
+            problems.append(
+                Problem(
+                    f"model.source ({name}/)",
+                    f"its weights are in {found}, which {part.library} does not read (it reads "
+                    f"{wanted})",
+                    f"rename the file to {wanted}",
+                )
+            )
     return problems
 
 

@@ -6,6 +6,7 @@ already in the local Hugging Face cache, and finally the generated table of pipe
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -46,6 +47,9 @@ class Part:
     # Read from a local folder only:
     saved_quantization: dict | None = None  # config.json `quantization_config` (pre-quantized)
     pickle_only: bool = False  # weights only as .bin/.pt/.ckpt (pickle), no .safetensors
+    # .safetensors files none of which has the name the library reads (auto-round writes a
+    # diffusers part's weights as model.safetensors): (what is there, the file it reads)
+    unread_weights: tuple[str, str] | None = None
     custom_code: str | None = None  # why loading it would run code from the model folder/hub
     config: dict | None = None  # its config.json as read (bounded, checked), None: none there
 
@@ -88,6 +92,9 @@ def parts_from_table(
 
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# The file name each library loads a part's weights from (sharded: <stem>-00001-of-00002,
+# variant: <stem>.fp16; then .safetensors)
+_WEIGHTS_STEM = {"diffusers": "diffusion_pytorch_model", "transformers": "model"}
 
 
 def from_model_index(path: Path) -> PipelineParts:
@@ -140,6 +147,11 @@ def _folder_facts(folder: Path, library: str) -> dict:
         files = [f.name for f in folder.iterdir()]
         has_pickle = any(f.endswith(_PICKLE_SUFFIXES) for f in files)
         facts["pickle_only"] = has_pickle and not any(f.endswith(".safetensors") for f in files)
+        named = sorted(f for f in files if f.endswith(".safetensors"))
+        stem = _WEIGHTS_STEM.get(library)
+        if stem and named and not any(re.split(r"[.-]", f)[0] == stem for f in named):
+            found = ", ".join(named[:3]) + (", ..." if len(named) > 3 else "")
+            facts["unread_weights"] = (found, f"{stem}.safetensors")
     return facts
 
 

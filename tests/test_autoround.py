@@ -1,0 +1,165 @@
+"""Pre-quantized AutoRound folders (`quant_method: auto-round`): made here from tiny-flux with
+AutoRound's own API (round-to-nearest, iters=0: no calibration data, ~6 s on CPU), then loaded
+through qconf. auto-round cannot quantize on load; what it does silently with a folder its CPU
+kernels cannot read is refused (qconf/backends/autoround.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import qconf
+from qconf.estimate import estimate
+from qconf.source.files import part_header
+from qconf.source.tiny import tiny_pipeline_path
+
+pytest.importorskip("auto_round")
+
+
+def write_autoround_folder(path: Path, group_size: int) -> Path:
+    """tiny-flux with its transformer quantized by AutoRound (W4A16, symmetric), saved as
+    AutoRound saves it, then with the transformer's weights file renamed to the name diffusers
+    reads (auto-round 0.16.1 writes model.safetensors)."""
+    from auto_round import AutoRound
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline.from_pretrained(tiny_pipeline_path("tiny-flux"), torch_dtype=torch.bfloat16)
+    rounder = AutoRound(pipe, scheme="W4A16", group_size=group_size, iters=0, device_map="cpu",
+                        disable_opt_rtn=True)  # fmt: skip
+    rounder.quantize_and_save(str(path), format="auto_round")
+    weights = path / "transformer" / "model.safetensors"
+    weights.rename(weights.with_name("diffusion_pytorch_model.safetensors"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Group size 32: every Linear of tiny-flux has a multiple of 32 inputs."""
+    return write_autoround_folder(tmp_path_factory.mktemp("autoround") / "g32", 32)
+
+
+def _plan(source: Path, *overrides: str) -> qconf.Plan:
+    return qconf.validate(qconf.compose([f"model.source='{source}'", *overrides]))
+
+
+def _copy_with_config(folder: Path, tmp_path: Path, **changes: object) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    config_path = copy / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["quantization_config"].update(changes)
+    config_path.write_text(json.dumps(config))
+    return copy
+
+
+def test_a_folder_loads_with_every_layer_quantized_and_the_estimate_is_exact(
+    folder: Path,
+) -> None:
+    plan = _plan(folder)
+    loaded = qconf.load(plan)
+    module = loaded.pipeline.transformer
+    header = part_header(folder / "transformer")
+    saved_layers = sorted(k.removesuffix(".qweight") for k in header if k.endswith(".qweight"))
+    quantized = sorted(n for n, m in module.named_modules() if hasattr(m, "qweight"))
+    assert quantized == saved_layers and len(quantized) == 20
+    report = loaded.report.parts["transformer"]
+    assert report.quantized_layers == {"QuantLinear[int4]": 20}
+    predicted = estimate(plan).parts["transformer"]
+    assert (predicted.bytes, predicted.params) == (report.bytes, report.params)
+    assert predicted.quantized_layers == 20
+    # the codes were read: each layer computes with a weight close to the unquantized one
+    # (a layer built from random numbers instead is ~1.4 away)
+    from diffusers import FluxTransformer2DModel
+
+    from qconf.backends.autoround import _dequantize
+
+    source = FluxTransformer2DModel.from_pretrained(
+        tiny_pipeline_path("tiny-flux"), subfolder="transformer", torch_dtype=torch.bfloat16
+    )
+    for name in quantized:
+        original = source.get_submodule(name).weight.float()
+        approx = _dequantize(module.get_submodule(name)).float()
+        assert approx.shape == original.shape
+        assert (approx - original).norm() / original.norm() < 0.2, name
+    seeded = torch.Generator().manual_seed(0)
+    image = loaded.pipeline("a cat", num_inference_steps=1, height=32, width=32,
+                            output_type="pt", generator=seeded)  # fmt: skip
+    assert torch.isfinite(image.images).all()
+
+
+def test_inspect_names_the_folder_s_auto_round_settings(folder: Path) -> None:
+    from qconf.loading.inspect import inspect_folder
+
+    entry = inspect_folder(folder)["quant"]["mapping"]["transformer"]
+    assert entry["backend"] == "auto-round"
+    assert entry["kwargs"]["group_size"] == 32
+
+
+def test_a_plan_that_would_override_the_checkpoint_is_refused(folder: Path) -> None:
+    """diffusers lets a config given at load override the checkpoint's bits and group size."""
+    entry = "{backend: auto-round, kwargs: {bits: 8, group_size: 32}}"
+    with pytest.raises(qconf.PlanError, match="was saved as"):
+        _plan(folder, f"quant.mapping.transformer={entry}")
+    same = "{backend: auto-round, kwargs: {bits: 4, group_size: 32}}"
+    assert _plan(folder, f"quant.mapping.transformer={same}") is not None
+
+
+def test_a_float32_load_is_refused_before_any_weight_is_read(folder: Path) -> None:
+    """auto-round casts the model to float32 after the load and diffusers raises."""
+    with pytest.raises(qconf.QconfError, match="computes in bfloat16 or float16 only"):
+        qconf.load(qconf.compose([f"model.source='{folder}'", "model.torch_dtype=float32"]))
+
+
+def test_awq_packing_needs_a_cuda_gpu(folder: Path, tmp_path: Path) -> None:
+    """Without a CUDA GPU auto-round 0.16.1 has no kernel for AWQ-packed (asymmetric) folders
+    and builds their layers with random weights."""
+    awq = _copy_with_config(folder, tmp_path, sym=False, packing_format="auto_round:auto_awq")
+    with pytest.raises(qconf.QconfError, match="needs a CUDA GPU.*AWQ packing"):
+        qconf.load(qconf.compose([f"model.source='{awq}'"]))
+
+
+def test_layers_without_a_kernel_here_are_refused_not_loaded_random(tmp_path: Path) -> None:
+    """Group size 128 does not divide tiny-flux's 64-input layers: auto-round builds them as
+    float placeholders with random weights, and diffusers only warns."""
+    folder = write_autoround_folder(tmp_path / "g128", 128)
+    with pytest.raises(qconf.QconfError, match="random weights instead of the saved codes"):
+        qconf.load(qconf.compose([f"model.source='{folder}'"]))
+
+
+def test_weights_under_a_name_diffusers_does_not_read_are_refused_at_validate(
+    folder: Path, tmp_path: Path
+) -> None:
+    copy = _copy_with_config(folder, tmp_path)
+    weights = copy / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_name("model.safetensors"))
+    with pytest.raises(qconf.PlanError, match="rename the file to diffusion_pytorch_model"):
+        _plan(copy)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"act_bits": 4}, "act_bits"),
+        ({"data_type": "mx_fp"}, "data_type"),
+        ({"packing_format": "auto_round:llm_compressor"}, "packing_format"),
+    ],  # fmt: skip
+)
+def test_a_saved_setting_qconf_does_not_model_is_refused(
+    folder: Path, tmp_path: Path, change: dict, named: str
+) -> None:
+    copy = _copy_with_config(folder, tmp_path, **change)
+    with pytest.raises(qconf.PlanError, match=named):
+        _plan(copy)
+
+
+def test_it_cannot_be_trained_or_re_saved(folder: Path, tmp_path: Path) -> None:
+    plan = _plan(folder)
+    with pytest.raises(qconf.QconfError, match="auto-round"):
+        qconf.load(plan, train=True)
+    with pytest.raises(qconf.QconfError, match="auto-round"):
+        qconf.load(plan, save=tmp_path / "saved")
+    assert not (tmp_path / "saved").exists()
