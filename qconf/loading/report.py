@@ -114,7 +114,7 @@ def measure_part(
             dtype = load_dtype if (is_quantized and load_dtype is not None) else dtype
         if is_quantized and not dtype.is_floating_point:
             dtype = torch.float32
-        # a backend's own layer may hold its codes and bias as buffers (auto-round)
+        # a backend's own layer may hold its codes and bias as buffers, not parameters
         if isinstance(tensor, torch.nn.Parameter) or layer is not None:
             params += numel
         unquantized += numel * dtype.itemsize

@@ -47,8 +47,9 @@ class Part:
     # Read from a local folder only:
     saved_quantization: dict | None = None  # config.json `quantization_config` (pre-quantized)
     pickle_only: bool = False  # weights only as .bin/.pt/.ckpt (pickle), no .safetensors
-    # .safetensors files none of which has the name the library reads (auto-round writes a
-    # diffusers part's weights as model.safetensors): (what is there, the file it reads)
+    # .safetensors files none of which has the name the library reads (a quantization tool
+    # that writes a diffusers part's weights as model.safetensors): (what is there, the file
+    # the library reads)
     unread_weights: tuple[str, str] | None = None
     custom_code: str | None = None  # why loading it would run code from the model folder/hub
     config: dict | None = None  # its config.json as read (bounded, checked), None: none there
