@@ -163,3 +163,44 @@ def test_it_cannot_be_trained_or_re_saved(folder: Path, tmp_path: Path) -> None:
     with pytest.raises(qconf.QconfError, match="auto-round"):
         qconf.load(plan, save=tmp_path / "saved")
     assert not (tmp_path / "saved").exists()
+
+
+def _part_folder(folder: Path, tmp_path: Path) -> Path:
+    """The saved transformer alone, as a transformer-only repository ships it."""
+    part = tmp_path / "transformer-int4"
+    shutil.copytree(folder / "transformer", part)
+    return part
+
+
+def test_a_part_folder_named_in_the_plan_loads_into_that_part(folder: Path, tmp_path: Path) -> None:
+    part = _part_folder(folder, tmp_path)
+    plan = qconf.validate(
+        qconf.compose([f"quant.mapping.transformer={{backend: auto-round, folder: '{part}'}}"])
+    )
+    assert plan.resolve().to_json()["components"]["transformer"]["folder"] == str(part)
+    loaded = qconf.load(plan)
+    report = loaded.report.parts["transformer"]
+    assert report.quantized_layers == {"QuantLinear[int4]": 20}
+    predicted = estimate(plan).parts["transformer"]
+    assert (predicted.bytes, predicted.quantized_layers) == (report.bytes, 20)
+    # the rest of the pipeline is tiny-flux's, unquantized
+    assert loaded.report.parts["text_encoder"].quantized_layers == {}
+
+
+def test_a_part_folder_is_checked_like_a_saved_one(folder: Path, tmp_path: Path) -> None:
+    part = _part_folder(folder, tmp_path)
+
+    def refused(entry: str, match: str) -> None:
+        with pytest.raises(qconf.QconfError, match=match) as caught:
+            qconf.load(qconf.compose([f"quant.mapping.transformer={entry}"]))
+        assert len(str(caught.value).splitlines()) == 1
+
+    refused(f"{{backend: auto-round, folder: '{part}', kwargs: {{bits: 8}}}}", "saved with")
+    refused(f"{{backend: auto-round, folder: '{tmp_path}'}}", "not a part folder")
+    config = json.loads((part / "config.json").read_text())
+    config["quantization_config"].update(sym=False, packing_format="auto_round:auto_awq")
+    (part / "config.json").write_text(json.dumps(config))
+    refused(f"{{backend: auto-round, folder: '{part}'}}", "needs a CUDA GPU")
+    config["quantization_config"]["quant_method"] = "sdnq"
+    (part / "config.json").write_text(json.dumps(config))
+    refused(f"{{backend: auto-round, folder: '{part}'}}", "says quant_method 'sdnq'")

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, StrictInt
 
-from qconf.backends.base import Backend, EntryBase, KwargsBase, Library
+from qconf.backends.base import Backend, FolderEntry, KwargsBase, Library
 from qconf.backends.bytes import SAFETENSORS_FLOATS, stored_size
 from qconf.backends.measure import LayerMeasure, Measure
 
@@ -41,11 +41,11 @@ _CUDA_ONLY_PACKING = {
 
 
 class AutoRoundKwargs(KwargsBase):
-    bits: StrictInt = Field(4, ge=2, le=8, description="Bits per weight code.")
-    group_size: StrictInt = Field(
-        128, ge=-1, description="Inputs per scale group (-1: one group per row)."
+    bits: StrictInt | None = Field(None, ge=2, le=8, description="Bits per weight code (4).")
+    group_size: StrictInt | None = Field(
+        None, ge=-1, description="Inputs per scale group (128; -1: one group per row)."
     )
-    sym: bool = Field(True, description="Symmetric codes (GPTQ packing) or with zero points.")
+    sym: bool | None = Field(None, description="Symmetric codes, or with zero points (true).")
 
 
 # diffusers' AutoRoundConfig defaults, as a saved config.json spells them
@@ -66,7 +66,7 @@ _RECORD_ONLY = frozenset(
 _MODELLED_SETTINGS: dict[str, Any] = {"act_bits": 16, "act_data_type": None}
 
 
-class AutoRoundEntry(EntryBase):
+class AutoRoundEntry(FolderEntry):
     backend: Literal["auto-round"]
     kwargs: AutoRoundKwargs = Field(default_factory=AutoRoundKwargs)
     # How the folder stores its codes, as its config.json says (diffusers' AutoRoundConfig
@@ -80,7 +80,7 @@ class AutoRoundEntry(EntryBase):
     defaults: ClassVar[Mapping[str, Any]] = _DEFAULTS
 
     def variant(self) -> str:
-        return f"w{self.kwargs.bits}"
+        return f"w{self.kwargs.bits or _DEFAULTS['bits']}"
 
     def cuda_reason(self, library: Library) -> str | None:
         return _CUDA_ONLY_PACKING.get(self.packing_format)
@@ -113,6 +113,8 @@ class AutoRoundEntry(EntryBase):
         return total, layers
 
     def loaded_problem(self, model: Any) -> str | None:
+        """Layers auto-round built as float placeholders (no kernel here accepts them): their
+        weights are random, and diffusers only warns that the codes went unused."""
         placeholders = [
             name
             for name, module in model.named_modules()

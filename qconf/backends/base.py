@@ -137,12 +137,27 @@ class EntryBase(StrictModel):
 
     # --- entries that name a pre-quantized file (Backend.quantizes_on_load False) ---
 
+    # the entry field naming its pre-quantized source (FileEntry: file, FolderEntry: folder)
+    source_field: ClassVar[str] = "file"
+
+    def own_source(self) -> str | None:
+        """The pre-quantized file or folder this entry reads its part from, if it names one."""
+        return getattr(self, self.source_field, None)
+
     def check_file(self, where: str) -> None:
         """Refuse a truncated or malformed file before anything loads (raises)."""
 
     def file_bytes(self, dtype_size: int) -> tuple[int, str] | None:
         """(bytes after load, a note) read from the file's own header, or None."""
         return None
+
+    def file_layers(self) -> int | None:
+        """Quantized layers the named file or folder holds (None: not counted)."""
+        return None
+
+    def loaded_fix(self) -> str:
+        """The fix line when `loaded_problem` finds a part loaded otherwise than its source."""
+        return "quantize this part with an option instead (this pipeline does not keep it)"
 
     def saved_bytes(
         self, header: Mapping[str, tuple[tuple[int, ...], str]], dtype_size: int, library: Library
@@ -206,6 +221,140 @@ class FileEntry(EntryBase):
     def config_for(self, model_dtype: str | None) -> Any:
         """The library config object, computing in `model_dtype` unless the kwargs say."""
         raise NotImplementedError
+
+
+class FolderEntry(EntryBase):
+    """An entry that may name a part folder saved pre-quantized by another tool (its config.json
+    holds the backend's quantization_config, beside .safetensors weights): that part is read
+    from the folder with the library's from_pretrained, and the folder's settings are what
+    loads (a plan's kwargs must say the same). Without `folder`, the part must come saved in
+    the pipeline folder (`saved_only`)."""
+
+    folder: str | None = Field(
+        None, description="A part folder saved pre-quantized (config.json + .safetensors)."
+    )
+    source_field: ClassVar[str] = "folder"
+
+    def check_backend_rules(self) -> list[Problem]:
+        if self.folder is None:
+            return []
+        from qconf.errors import PlanError
+        from qconf.trust.userpath import user_path
+
+        try:
+            path = user_path(self.folder, "folder")
+        except PlanError as exc:
+            return [Problem("folder", exc.problems[0].what, exc.problems[0].fix)]
+        if not (path / "config.json").is_file():
+            what = f"'{self.folder}' is not a part folder (no config.json in it)"
+            return [Problem("folder", what, "give the folder holding the part's config.json")]
+        return []
+
+    def folder_settings(self, where: str) -> EntryBase | None:
+        """The folder's own quantization settings as an entry (None: no folder named), after
+        the bounds every model folder gets (config size, weight headers, no custom code)."""
+        if self.folder is None:
+            return None
+        from pydantic import ValidationError
+
+        from qconf.errors import PlanError
+        from qconf.source.files import read_part_config
+        from qconf.source.limits import check_part_config, check_weight_headers
+        from qconf.trust.userpath import user_path
+
+        path = user_path(self.folder, where)
+        config = read_part_config(path)
+        check_part_config(config, path / "config.json")
+        check_weight_headers(path)
+        block = config.get("quantization_config") or {}
+        method = block.get("quant_method")
+        fix = f"give a part folder saved with {self.spec.key}"
+        if method != self.spec.quant_method:
+            what = f"'{self.folder}' says quant_method {str(method)[:40]!r}, not {self.spec.key}"
+            raise PlanError(Problem(where, what, fix))
+        if "auto_map" in config:
+            what = f"'{self.folder}/config.json' has an auto_map (code shipped with the model)"
+            raise PlanError(Problem(where, what, "give a folder without custom code"))
+        try:
+            saved = type(self).model_validate(self.from_saved(block))
+        except (ValidationError, TypeError, KeyError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[:3]
+            what = f"'{self.folder}' has quantization settings qconf does not model: "
+            raise PlanError(Problem(where, what + " ".join(first)[:160], fix)) from None
+        # a config given at load would override the folder's (diffusers lets it): refused
+        stored = {**self.defaults, **saved.kwargs.given()}
+        differs = {k: v for k, v in self.kwargs.given().items() if stored.get(k) != v}
+        if differs:
+            what = f"the plan says {differs}, the folder was saved with " + str(
+                {k: stored.get(k) for k in differs}
+            )
+            raise PlanError(Problem(where, what, "drop those kwargs: the folder says how it loads"))
+        return saved
+
+    def check_file(self, where: str) -> None:
+        saved = self.folder_settings(where)
+        reason = saved.cuda_reason("diffusers") if saved is not None else None
+        if reason is not None and not cuda_visible():
+            from qconf.errors import PlanError
+
+            what = f"'{self.folder}' needs a CUDA GPU and none is visible: {reason}"
+            raise PlanError(Problem(where, what, self.spec.cpu_alternative))
+
+    def _priced(self, dtype_size: int) -> tuple[int, int] | None:
+        if self.folder is None:
+            return None
+        from pathlib import Path
+
+        from qconf.source.files import part_header
+
+        header = part_header(Path(self.folder).expanduser())
+        return self.saved_bytes(header, dtype_size, "diffusers")
+
+    def file_bytes(self, dtype_size: int) -> tuple[int, str] | None:
+        priced = self._priced(dtype_size)
+        if priced is None:
+            return None
+        return priced[0], f"{self.spec.key}: bytes from the folder's safetensors header"
+
+    def file_layers(self) -> int | None:
+        priced = self._priced(2)
+        return None if priced is None else priced[1]
+
+    def loaded_fix(self) -> str:
+        return self.spec.cpu_alternative
+
+    def load_from_file(self, model_cls: Any, source: str, subfolder: str, dtype: Any,
+                       torch_dtype: str | None) -> Any:  # fmt: skip
+        from pathlib import Path
+
+        from qconf.errors import ModelSourceError
+
+        where = f"quant.mapping.{subfolder}.folder"
+        from diffusers.utils import logging as diffusers_logging
+
+        # its "weights not used / newly initialized" warning is loaded_problem's to say, once
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()
+        try:
+            return model_cls.from_pretrained(
+                str(Path(self.folder or "").expanduser()), torch_dtype=dtype, use_safetensors=True
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:160]
+            what = f"'{self.folder}' does not load as {model_cls.__name__}: {first}"
+            raise ModelSourceError(Problem(where, what, f"give a {subfolder} folder")) from None
+        finally:
+            diffusers_logging.set_verbosity(level)
+
+
+def cuda_visible() -> bool:
+    """torch's answer when torch is loaded; otherwise whether an NVIDIA GPU device exists."""
+    import os
+    import sys
+
+    if "torch" in sys.modules:
+        return bool(sys.modules["torch"].cuda.is_available())
+    return os.path.exists("/dev/nvidia0")
 
 
 def saved_names(value: Any) -> Any:

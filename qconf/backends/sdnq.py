@@ -28,7 +28,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, StrictInt
 
-from qconf.backends.base import Backend, EntryBase, KwargsBase, Library, saved_names
+from qconf.backends.base import (
+    Backend,
+    EntryBase,
+    KwargsBase,
+    Library,
+    cuda_visible,
+    saved_names,
+)
 from qconf.backends.bytes import (
     SAFETENSORS_FLOATS,
     ByteModel,
@@ -237,15 +244,9 @@ def environment() -> dict[str, str]:
     # gradients through the quantized forward (LoRA); with no tensor that needs one
     # (inference) no graph is built
     wanted = {"SDNQ_INFERENCE_CONTEXT": "enable_grad"}
-    if not _has_cuda():  # torch.compile costs 12-18 s per config on CPU and saves little
+    if not cuda_visible():  # torch.compile costs 12-18 s per config on CPU and saves little
         wanted["SDNQ_USE_TORCH_COMPILE"] = "0"
     return wanted
-
-
-def _has_cuda() -> bool:
-    if "torch" in sys.modules:
-        return bool(sys.modules["torch"].cuda.is_available())
-    return os.path.exists("/dev/nvidia0")
 
 
 def import_sdnq() -> Any:

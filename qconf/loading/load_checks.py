@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from qconf.backends import REGISTRY
 from qconf.errors import ModelSourceError, Problem
 from qconf.source.files import part_header
 from qconf.source.limits import check_weight_headers
@@ -26,14 +25,15 @@ def check_folder(resolved: Any, folder: Path | None) -> None:
     """Refuse before loading: truncated weights, broken pre-quantized files, classes not
     installed."""
     for name, part in resolved.quantized.items():
-        part.entry.check_file(f"quant.mapping.{name}.file")
+        part.entry.check_file(f"quant.mapping.{name}.{part.entry.source_field}")
     if folder is None or not (folder / "model_index.json").is_file():
         return
     if resolved.plan.source.kind != "tiny":  # qconf builds those itself from the table
         _check_classes(resolved.parts)
     for name in resolved.parts.weighted:
         own = resolved.components.get(name)
-        from_file = own is not None and not REGISTRY[own.backend].quantizes_on_load
+        # a part read from its own file or folder (a saved part is read from this folder)
+        from_file = own is not None and own.entry.own_source() is not None
         if (folder / name).is_dir() and not from_file:
             check_weight_headers(folder / name)  # how much there is to parse, first
             part_header(folder / name)

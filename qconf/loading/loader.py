@@ -105,18 +105,22 @@ def _load(plan: Plan, *, save: str | Path | None, force: bool,
                 "use a local folder, a model already in the Hugging Face cache, or a tiny-* model",
             )
         ) from None
-    problems = missing_key_problems(pipeline, resolved.parts, missing)
     # a file part: the pipeline may recast what it loaded; a saved part: the library may have
-    # loaded it otherwise than saved
+    # loaded it otherwise than saved (weights it then leaves unset are that problem, said once)
     saved = [n for n in resolved.quantized if resolved.parts.parts[n].saved_quantization]
+    problems, misloaded = [], set()
     for name in [*ready_parts, *saved]:
         entry = resolved.quantized[name].entry
         problem = entry.loaded_problem(getattr(pipeline, name))
-        if problem is not None and name in ready_parts:
-            fix = "quantize this part with an option instead (this pipeline does not keep it)"
-            problems.append(Problem(f"quant.mapping.{name}", problem, fix))
-        elif problem is not None:
-            problems.append(Problem(f"model.source ({name})", problem, entry.spec.cpu_alternative))
+        if problem is not None:
+            where = f"quant.mapping.{name}" if name in ready_parts else f"model.source ({name})"
+            problems.append(Problem(where, problem, entry.loaded_fix()))
+            misloaded.add(name)
+    problems += [
+        p
+        for p in missing_key_problems(pipeline, resolved.parts, missing)
+        if p.where.removeprefix("model.source (").removesuffix(")") not in misloaded
+    ]
     if problems:
         raise ModelSourceError(problems)
     loaded = Loaded(pipeline, resolved, time.perf_counter() - started)

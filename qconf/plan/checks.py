@@ -247,7 +247,12 @@ def saved_problems(plan: Any, found: PipelineParts) -> list[Problem]:
     problems = []
     if not plan.quant.is_empty:
         for name, entry in plan.targets(found).items():
-            if entry is not None and entry.spec.saved_only and name not in saved:
+            if (
+                entry is not None
+                and entry.spec.saved_only
+                and name not in saved
+                and entry.own_source() is None
+            ):
                 where = f"quant.mapping.{name}" if plan.quant.mode == "granular" else "quant"
                 problems.append(
                     Problem(

@@ -71,8 +71,12 @@ class ResolvedPlan:
                     "library": part.library,
                     "config_class": part.config_class,
                     "kwargs": part.kwargs,
-                    # a part read from a pre-quantized file names it
-                    **({"file": part.entry.file} if getattr(part.entry, "file", None) else {}),
+                    # a part read from a pre-quantized file or folder names it
+                    **(
+                        {part.entry.source_field: part.entry.own_source()}
+                        if part.entry.own_source()
+                        else {}
+                    ),
                 }
                 for name, part in self.components.items()
             },
