@@ -204,3 +204,72 @@ def test_a_part_folder_is_checked_like_a_saved_one(folder: Path, tmp_path: Path)
     config["quantization_config"]["quant_method"] = "sdnq"
     (part / "config.json").write_text(json.dumps(config))
     refused(f"{{backend: auto-round, folder: '{part}'}}", "says quant_method 'sdnq'")
+
+
+def test_layers_the_config_names_but_the_checkpoint_stores_as_floats_are_refused(
+    folder: Path, tmp_path: Path
+) -> None:
+    """auto-round converts every Linear under block_name_to_quantize; one the checkpoint holds
+    as floats keeps all-zero codes (the float weight goes unused) and the load succeeds."""
+    blocks = "transformer_blocks.0,single_transformer_blocks.0,x_embedder,proj_out"
+    copy = _copy_with_config(folder, tmp_path, block_name_to_quantize=blocks)
+    with pytest.raises(qconf.QconfError, match="no codes in the checkpoint") as caught:
+        qconf.load(qconf.compose([f"model.source='{copy}'"]))
+    assert len(str(caught.value).splitlines()) == 1
+    part = _part_folder(copy, tmp_path)
+    with pytest.raises(qconf.QconfError, match="no codes in the checkpoint"):
+        qconf.load(
+            qconf.compose([f"quant.mapping.transformer={{backend: auto-round, folder: '{part}'}}"])
+        )
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [({"group_size": 0}, "group_size: 0 inputs"), ({"sym": "false"}, "sym")],
+)
+def test_settings_the_library_would_crash_on_are_refused_at_validate(
+    folder: Path, tmp_path: Path, change: dict, named: str
+) -> None:
+    copy = _copy_with_config(folder, tmp_path, **change)
+    with pytest.raises(qconf.PlanError, match=named):
+        _plan(copy)
+    part = _part_folder(copy, tmp_path)
+    assert named in _refused_by_validate(f"{{backend: auto-round, folder: '{part}'}}")
+
+
+def _refused_by_validate(entry: str, part: str = "transformer") -> str:
+    """`qconf validate` (which checks named files and folders) on a mapping entry: its line."""
+    import contextlib
+    import io
+
+    from qconf.cli.main import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["validate", f"quant.mapping.{part}={entry}"]) == 2
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_part_folder_must_hold_this_part_in_safetensors(folder: Path, tmp_path: Path) -> None:
+    part = _part_folder(folder, tmp_path)
+    entry = f"{{backend: auto-round, folder: '{part}'}}"
+    assert "holds a FluxTransformer2DModel; this part is" in _refused_by_validate(entry, "vae")
+    weights = part / "diffusion_pytorch_model.safetensors"
+    weights.rename(part / "diffusion_pytorch_model.bin")
+    assert "holds no .safetensors weights" in _refused_by_validate(entry)
+
+
+def test_inspect_prints_the_packing_so_its_plan_keeps_the_cuda_check(
+    folder: Path, tmp_path: Path
+) -> None:
+    """A plan written from `inspect` of an AWQ folder must not pass as GPTQ on a CPU."""
+    from qconf.loading.inspect import inspect_folder
+
+    awq = _copy_with_config(folder, tmp_path, sym=False, packing_format="auto_round:auto_awq")
+    entry = inspect_folder(awq)["quant"]["mapping"]["transformer"]
+    assert entry["packing_format"] == "auto_round:auto_awq"
+    bare = "{backend: auto-round, kwargs: {group_size: 32, sym: false}}"
+    with pytest.raises(qconf.QconfError, match="was saved as"):
+        _plan(awq, f"quant.mapping.transformer={bare}")

@@ -22,11 +22,12 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, StrictInt
+from pydantic import Field, StrictBool, StrictInt
 
 from qconf.backends.base import Backend, FolderEntry, KwargsBase, Library
 from qconf.backends.bytes import SAFETENSORS_FLOATS, stored_size
 from qconf.backends.measure import LayerMeasure, Measure
+from qconf.errors import Problem
 
 # Packing formats of the weight-only integer layouts (auto_round.inference.backend): GPTQ
 # (`auto_round:auto_gptq`, a zero point stored minus one), GPTQ without that offset, and AWQ.
@@ -45,7 +46,7 @@ class AutoRoundKwargs(KwargsBase):
     group_size: StrictInt | None = Field(
         None, ge=-1, description="Inputs per scale group (128; -1: one group per row)."
     )
-    sym: bool | None = Field(None, description="Symmetric codes, or with zero points (true).")
+    sym: StrictBool | None = Field(None, description="Symmetric codes, or with zero points (true).")
 
 
 # diffusers' AutoRoundConfig defaults, as a saved config.json spells them
@@ -78,6 +79,22 @@ class AutoRoundEntry(FolderEntry):
 
     skip_param: ClassVar[str | None] = None
     defaults: ClassVar[Mapping[str, Any]] = _DEFAULTS
+
+    def check_backend_rules(self) -> list[Problem]:
+        problems = super().check_backend_rules()
+        if self.kwargs.group_size == 0:
+            problems.append(
+                Problem("kwargs.group_size", "0 inputs per group", "use -1 (one per row) or >= 1")
+            )
+        return problems
+
+    def canonical(self) -> dict[str, Any]:
+        """With the folder's layout where it is not the default (a plan saying otherwise than
+        the folder is refused, and `inspect` prints it)."""
+        data = super().canonical()
+        fields = type(self).model_fields
+        data.update({k: getattr(self, k) for k in _LAYOUT if getattr(self, k) != fields[k].default})
+        return data
 
     def variant(self) -> str:
         return f"w{self.kwargs.bits or _DEFAULTS['bits']}"
@@ -112,22 +129,44 @@ class AutoRoundEntry(FolderEntry):
             total += math.prod(shape) * size
         return total, layers
 
-    def loaded_problem(self, model: Any) -> str | None:
-        """Layers auto-round built as float placeholders (no kernel here accepts them): their
-        weights are random, and diffusers only warns that the codes went unused."""
-        placeholders = [
+    def loaded_problem(
+        self, model: Any, header: Mapping[str, tuple[tuple[int, ...], str]] | None = None
+    ) -> str | None:
+        """The layers holding codes after the load must be the ones the checkpoint stores codes
+        for. auto-round builds a layer no kernel here accepts as a float placeholder with random
+        weights (diffusers only warns that the codes went unused), and a layer its config names
+        but the checkpoint stores as floats with all-zero codes."""
+        if header is None and self.folder is not None:
+            header = self._header()
+        loaded = {n for n, m in model.named_modules() if getattr(m, "qweight", None) is not None}
+        placeholders = sorted(
             name
             for name, module in model.named_modules()
-            if type(module).__module__.startswith("auto_round")
-            and "Linear" in type(module).__name__
-            and getattr(module, "qweight", None) is None
-        ]
-        if not placeholders:
-            return None
-        return (
-            f"auto-round found no kernel here for {len(placeholders)} layer(s) (e.g. "
-            f"'{placeholders[0]}') and built them with random weights instead of the saved codes"
+            if type(module).__module__.startswith("auto_round") and name not in loaded
         )
+        if placeholders:
+            return (
+                f"auto-round found no kernel here for {len(placeholders)} layer(s) (e.g. "
+                f"'{placeholders[0]}') and built them with random weights instead of the saved "
+                "codes"
+            )
+        if header is None:
+            return None
+        stored = {k.removesuffix(".qweight") for k in header if k.endswith(".qweight")}
+        extra = sorted(loaded - stored)
+        if extra:
+            return (
+                f"{len(extra)} layer(s) (e.g. '{extra[0]}') loaded as quantized with no codes "
+                "in the checkpoint: their weights are zero (its block_name_to_quantize names "
+                "layers the checkpoint stores as floats)"
+            )
+        if stored - loaded:
+            missing = sorted(stored - loaded)
+            return (
+                f"{len(missing)} layer(s) with codes in the checkpoint (e.g. '{missing[0]}') did "
+                "not load quantized"
+            )
+        return None
 
     def build(self, library: Library, default_skips: Sequence[str] = ()) -> Any:
         from diffusers import AutoRoundConfig
@@ -188,6 +227,9 @@ AUTO_ROUND = AutoRoundEntry.spec = Backend(
     saved_only=True,
     quant_method="auto-round",
     quantizes_on_load=False,
+    # auto-round picks its kernels for the device the weights load to (a CUDA-only packing
+    # loads as random-weight placeholders on the CPU)
+    quantizes_where_loaded=True,
     plan_dtype="bfloat16",
     load_dtypes=("bfloat16", "float16"),
     measure=Measure(layers={"QuantLinear": _LAYER}),

@@ -144,8 +144,9 @@ class EntryBase(StrictModel):
         """The pre-quantized file or folder this entry reads its part from, if it names one."""
         return getattr(self, self.source_field, None)
 
-    def check_file(self, where: str) -> None:
-        """Refuse a truncated or malformed file before anything loads (raises)."""
+    def check_file(self, where: str, part_class: str | None = None) -> None:
+        """Refuse a truncated or malformed file (or one for another class of part than
+        `part_class`) before anything loads (raises)."""
 
     def file_bytes(self, dtype_size: int) -> tuple[int, str] | None:
         """(bytes after load, a note) read from the file's own header, or None."""
@@ -166,9 +167,12 @@ class EntryBase(StrictModel):
         from its safetensors header (None: priced like a plan, from the built module)."""
         return None
 
-    def loaded_problem(self, model: Any) -> str | None:
-        """What is wrong with a part loaded from this entry's file, judged against the file
-        (None: it loaded as the file says)."""
+    def loaded_problem(
+        self, model: Any, header: Mapping[str, tuple[tuple[int, ...], str]] | None = None
+    ) -> str | None:
+        """What is wrong with a part loaded from this entry's file or saved folder, judged
+        against it (`header`: the saved part's safetensors header, when there is one); None:
+        it loaded as saved."""
         return None
 
     def load_from_file(self, model_cls: Any, source: str, subfolder: str, dtype: Any,
@@ -250,9 +254,10 @@ class FolderEntry(EntryBase):
             return [Problem("folder", what, "give the folder holding the part's config.json")]
         return []
 
-    def folder_settings(self, where: str) -> EntryBase | None:
+    def folder_settings(self, where: str, part_class: str | None = None) -> EntryBase | None:
         """The folder's own quantization settings as an entry (None: no folder named), after
-        the bounds every model folder gets (config size, weight headers, no custom code)."""
+        the checks every model folder gets (config size, weight files and headers, no custom
+        code) and that it holds a `part_class` part."""
         if self.folder is None:
             return None
         from pydantic import ValidationError
@@ -260,27 +265,45 @@ class FolderEntry(EntryBase):
         from qconf.errors import PlanError
         from qconf.source.files import read_part_config
         from qconf.source.limits import check_part_config, check_weight_headers
+        from qconf.source.model import weight_files_problem
         from qconf.trust.userpath import user_path
 
         path = user_path(self.folder, where)
+        if not path.is_dir():
+            what = f"'{self.folder}' is {'a file' if path.exists() else 'not there'}"
+            raise PlanError(Problem(where, what, "give a part folder (config.json + weights)"))
         config = read_part_config(path)
         check_part_config(config, path / "config.json")
+        problem = weight_files_problem(path, "diffusers")
+        if problem is not None:
+            raise PlanError(Problem(where, f"'{self.folder}' {problem[0]}", problem[1]))
         check_weight_headers(path)
-        block = config.get("quantization_config") or {}
-        method = block.get("quant_method")
+        block = config.get("quantization_config")
         fix = f"give a part folder saved with {self.spec.key}"
+        if not isinstance(block, dict):
+            what = f"'{self.folder}' is not saved pre-quantized (no quantization_config)"
+            raise PlanError(Problem(where, what, fix))
+        method = block.get("quant_method")
         if method != self.spec.quant_method:
             what = f"'{self.folder}' says quant_method {str(method)[:40]!r}, not {self.spec.key}"
             raise PlanError(Problem(where, what, fix))
         if "auto_map" in config:
             what = f"'{self.folder}/config.json' has an auto_map (code shipped with the model)"
             raise PlanError(Problem(where, what, "give a folder without custom code"))
+        saved_class = config.get("_class_name")
+        if part_class is not None and saved_class != part_class:
+            what = f"'{self.folder}' holds a {str(saved_class)[:60]}; this part is {part_class}"
+            raise PlanError(Problem(where, what, f"give the folder of a {part_class} part"))
         try:
             saved = type(self).model_validate(self.from_saved(block))
         except (ValidationError, TypeError, KeyError, ValueError) as exc:
             first = str(exc).strip().splitlines()[:3]
             what = f"'{self.folder}' has quantization settings qconf does not model: "
             raise PlanError(Problem(where, what + " ".join(first)[:160], fix)) from None
+        rules = saved.check_backend_rules()
+        if rules:
+            what = f"'{self.folder}' says quantization_config.{rules[0].where}: {rules[0].what}"
+            raise PlanError(Problem(where, what, fix))
         # a config given at load would override the folder's (diffusers lets it): refused
         stored = {**self.defaults, **saved.kwargs.given()}
         differs = {k: v for k, v in self.kwargs.given().items() if stored.get(k) != v}
@@ -291,8 +314,8 @@ class FolderEntry(EntryBase):
             raise PlanError(Problem(where, what, "drop those kwargs: the folder says how it loads"))
         return saved
 
-    def check_file(self, where: str) -> None:
-        saved = self.folder_settings(where)
+    def check_file(self, where: str, part_class: str | None = None) -> None:
+        saved = self.folder_settings(where, part_class)
         reason = saved.cuda_reason("diffusers") if saved is not None else None
         if reason is not None and not cuda_visible():
             from qconf.errors import PlanError
@@ -300,15 +323,16 @@ class FolderEntry(EntryBase):
             what = f"'{self.folder}' needs a CUDA GPU and none is visible: {reason}"
             raise PlanError(Problem(where, what, self.spec.cpu_alternative))
 
+    def _header(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        from qconf.source.files import part_header
+        from qconf.trust.userpath import user_path
+
+        return part_header(user_path(self.folder or "", "folder"))
+
     def _priced(self, dtype_size: int) -> tuple[int, int] | None:
         if self.folder is None:
             return None
-        from pathlib import Path
-
-        from qconf.source.files import part_header
-
-        header = part_header(Path(self.folder).expanduser())
-        return self.saved_bytes(header, dtype_size, "diffusers")
+        return self.saved_bytes(self._header(), dtype_size, "diffusers")
 
     def file_bytes(self, dtype_size: int) -> tuple[int, str] | None:
         priced = self._priced(dtype_size)
@@ -325,9 +349,8 @@ class FolderEntry(EntryBase):
 
     def load_from_file(self, model_cls: Any, source: str, subfolder: str, dtype: Any,
                        torch_dtype: str | None) -> Any:  # fmt: skip
-        from pathlib import Path
-
         from qconf.errors import ModelSourceError
+        from qconf.trust.userpath import user_path
 
         where = f"quant.mapping.{subfolder}.folder"
         from diffusers.utils import logging as diffusers_logging
@@ -337,9 +360,9 @@ class FolderEntry(EntryBase):
         diffusers_logging.set_verbosity_error()
         try:
             return model_cls.from_pretrained(
-                str(Path(self.folder or "").expanduser()), torch_dtype=dtype, use_safetensors=True
+                str(user_path(self.folder or "", where)), torch_dtype=dtype, use_safetensors=True
             )
-        except (OSError, ValueError, RuntimeError) as exc:
+        except (OSError, ValueError, RuntimeError, TypeError) as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:160]
             what = f"'{self.folder}' does not load as {model_cls.__name__}: {first}"
             raise ModelSourceError(Problem(where, what, f"give a {subfolder} folder")) from None

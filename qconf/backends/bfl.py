@@ -7,6 +7,7 @@ kernels need a recent NVIDIA GPU)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -48,7 +49,7 @@ class BFLEntry(FileEntry):
 
         return safetensors_header(Path(self.file).expanduser())
 
-    def check_file(self, where: str) -> None:
+    def check_file(self, where: str, part_class: str | None = None) -> None:
         """The layout diffusers' BFLQuantizer expects, before anything loads."""
         header = self._header(where)
         prefixes = [k.removesuffix(".weight_scale") for k in header if k.endswith(".weight_scale")]
@@ -110,7 +111,9 @@ class BFLEntry(FileEntry):
             raise ModelSourceError(Problem(where, f"'{self.file}': {problem}", fix))
         return model
 
-    def loaded_problem(self, model: Any) -> str | None:
+    def loaded_problem(
+        self, model: Any, header: Mapping[str, tuple[tuple[int, ...], str]] | None = None
+    ) -> str | None:
         """What the load made of the file's quantized layers, checked against the file: every
         layer quantized, each with the shapes its layout needs (diffusers checks neither)."""
         # diffusers dequantizes the layers of the model's fp32 keeps (BFLQuantizer)

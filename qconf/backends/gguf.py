@@ -27,7 +27,7 @@ class GGUFEntry(FileEntry):
 
     file_suffix: ClassVar[str] = ".gguf"
 
-    def check_file(self, where: str) -> None:
+    def check_file(self, where: str, part_class: str | None = None) -> None:
         from qconf.backends.gguf_file import read_gguf
 
         read_gguf(self.file, where)

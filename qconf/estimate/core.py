@@ -226,7 +226,8 @@ def _estimate_part(
     if from_file is not None:  # a pre-quantized file: its header says what loads
         planned, note = from_file
         notes.append(note)
-        quantized = entry.file_layers() if entry.file_layers() is not None else quantized
+        layers = entry.file_layers()
+        quantized = layers if layers is not None else quantized
     return PartEstimate(
         name, library, class_name, entry.backend if entry else None, params, unquantized,
         planned, quantized, bool(header), tuple(notes),

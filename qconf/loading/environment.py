@@ -72,7 +72,9 @@ def environment_problems(resolved: ResolvedPlan) -> list[Problem]:
         saved = resolved.parts.parts[name].saved_quantization is not None
         if not spec.quantizes_on_load and not saved and is_installed(spec):
             try:  # a file the entry names: broken or of another layout, before anything loads
-                part.entry.check_file(f"{where}.{part.entry.source_field}")
+                part.entry.check_file(
+                    f"{where}.{part.entry.source_field}", resolved.parts.parts[name].class_name
+                )
             except QconfError as exc:
                 problems += exc.problems
                 continue

@@ -25,7 +25,8 @@ def check_folder(resolved: Any, folder: Path | None) -> None:
     """Refuse before loading: truncated weights, broken pre-quantized files, classes not
     installed."""
     for name, part in resolved.quantized.items():
-        part.entry.check_file(f"quant.mapping.{name}.{part.entry.source_field}")
+        where = f"quant.mapping.{name}.{part.entry.source_field}"
+        part.entry.check_file(where, resolved.parts.parts[name].class_name)
     if folder is None or not (folder / "model_index.json").is_file():
         return
     if resolved.plan.source.kind != "tiny":  # qconf builds those itself from the table

@@ -77,6 +77,7 @@ def _load(plan: Plan, *, save: str | Path | None, force: bool,
 
     from qconf.loading.load_checks import check_folder, missing_key_problems, missing_keys
     from qconf.loading.out_of_memory import out_of_memory_cause
+    from qconf.source.files import part_header
 
     check_folder(resolved, plan.source.local_folder())
     dtype = getattr(torch, resolved.torch_dtype) if resolved.torch_dtype else None
@@ -108,10 +109,12 @@ def _load(plan: Plan, *, save: str | Path | None, force: bool,
     # a file part: the pipeline may recast what it loaded; a saved part: the library may have
     # loaded it otherwise than saved (weights it then leaves unset are that problem, said once)
     saved = [n for n in resolved.quantized if resolved.parts.parts[n].saved_quantization]
+    folder = plan.source.local_folder()
     problems, misloaded = [], set()
     for name in [*ready_parts, *saved]:
         entry = resolved.quantized[name].entry
-        problem = entry.loaded_problem(getattr(pipeline, name))
+        header = part_header(folder / name) if name in saved and folder is not None else None
+        problem = entry.loaded_problem(getattr(pipeline, name), header)
         if problem is not None:
             where = f"quant.mapping.{name}" if name in ready_parts else f"model.source ({name})"
             problems.append(Problem(where, problem, entry.loaded_fix()))

@@ -219,10 +219,10 @@ def _saved_entry(name: str, saved: Mapping[str, Any]) -> EntryBase:
                 else "load the unquantized model and quantize it with a plan",
             )
         )
+    fix = f"compare it with a config.json {spec.key} writes, or re-save the model"
     try:
-        return _ENTRY.validate_python(entry_from_saved(dict(saved)))
+        entry = _ENTRY.validate_python(entry_from_saved(dict(saved)))
     except ValidationError as exc:
-        fix = f"compare it with a config.json {spec.key} writes, or re-save the model"
         raise PlanError(
             [
                 Problem(where, f"quantization_config → {p.where}: {p.what}", fix)
@@ -235,9 +235,15 @@ def _saved_entry(name: str, saved: Mapping[str, Any]) -> EntryBase:
                 where,
                 f"quantization_config has a field of the wrong shape ({type(exc).__name__}: "
                 f"{str(exc)[:80]})",
-                f"compare it with a config.json {spec.key} writes, or re-save the model",
+                fix,
             )
         ) from None
+    rules = entry.check_backend_rules()  # the settings a plan's entry must also keep
+    if rules:
+        raise PlanError(
+            [Problem(where, f"quantization_config → {p.where}: {p.what}", fix) for p in rules]
+        )
+    return entry
 
 
 def saved_problems(plan: Any, found: PipelineParts) -> list[Problem]:
@@ -259,7 +265,14 @@ def saved_problems(plan: Any, found: PipelineParts) -> list[Problem]:
                         where,
                         f"{entry.spec.key} reads pre-quantized folders only; '{name}' of "
                         f"{found.origin} is not one",
-                        f"point model.source at a {entry.spec.key} folder and leave quant empty",
+                        f"point model.source at a folder saved with {entry.spec.key} and leave "
+                        "quant empty"
+                        + (
+                            f", or name the part's own folder: {{backend: {entry.spec.key}, "
+                            "folder: ...}"
+                            if entry.source_field == "folder"
+                            else ""
+                        ),
                     )
                 )
     if not saved or plan.quant.is_empty:

@@ -27,6 +27,7 @@ from qconf.source.parts import (
     parts_from_table,
     source_kind,
     tiny_parts,
+    unread_weights,
 )
 from qconf.source.table import load_table
 from qconf.trust.reading import bad_file, on_pseudo_filesystem
@@ -201,6 +202,24 @@ def check_folder_entries(folder: Path) -> None:
 MAX_LIBRARY_FILE_BYTES = 64 * 2**20
 _WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx",
                               ".msgpack", ".h5", ".pb"})  # fmt: skip
+
+
+def weight_files_problem(folder: Path, library: str) -> tuple[str, str] | None:
+    """(what, fix) when a part folder cannot give `library` its weights as qconf loads them:
+    no .safetensors file (pickles are never read), or none with the name the library reads; a
+    weight index naming a file outside the folder raises, as for a pipeline folder."""
+    names = [entry.name for entry in itertools.islice(folder.iterdir(), MAX_FOLDER_ENTRIES)]
+    if not any(name.endswith(".safetensors") for name in names):
+        return "holds no .safetensors weights", "give a folder with .safetensors weights"
+    unread = unread_weights(names, library)
+    if unread is not None:
+        return f"has its weights in {unread[0]}, which {library} does not read", (
+            f"rename the file to {unread[1]}"
+        )
+    for name in names:
+        if name.endswith(".index.json"):
+            check_weight_index(folder / name)
+    return None
 
 
 def check_weight_index(index: Path) -> None:

@@ -148,12 +148,18 @@ def _folder_facts(folder: Path, library: str) -> dict:
         files = [f.name for f in folder.iterdir()]
         has_pickle = any(f.endswith(_PICKLE_SUFFIXES) for f in files)
         facts["pickle_only"] = has_pickle and not any(f.endswith(".safetensors") for f in files)
-        named = sorted(f for f in files if f.endswith(".safetensors"))
-        stem = _WEIGHTS_STEM.get(library)
-        if stem and named and not any(re.split(r"[.-]", f)[0] == stem for f in named):
-            found = ", ".join(named[:3]) + (", ..." if len(named) > 3 else "")
-            facts["unread_weights"] = (found, f"{stem}.safetensors")
+        facts["unread_weights"] = unread_weights(files, library)
     return facts
+
+
+def unread_weights(names: list[str], library: str) -> tuple[str, str] | None:
+    """(the .safetensors files among `names`, the file `library` reads) when none of them has
+    the name the library reads; None when one has, or there are none."""
+    named = sorted(f for f in names if f.endswith(".safetensors"))
+    stem = _WEIGHTS_STEM.get(library)
+    if stem and named and not any(re.split(r"[.-]", f)[0] == stem for f in named):
+        return ", ".join(named[:3]) + (", ..." if len(named) > 3 else ""), f"{stem}.safetensors"
+    return None
 
 
 def hub_cache_index(repo_id: str) -> Path | None:
