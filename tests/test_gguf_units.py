@@ -4,6 +4,9 @@ and the bytes a GGUF file stands for, from a small file written here with the gg
 
 from __future__ import annotations
 
+import io
+import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +57,127 @@ def test_file_bytes_are_blocks_as_stored_and_floats_in_the_load_dtype(tmp_path: 
         assert total == quantized + (8 + 16) * dtype_size
         assert note.startswith("gguf: bytes from the file's tensor table")
     assert _entry(str(path)).load_peak_ratio() == REGISTRY["gguf"].load_peak_ratio
+
+
+# --- the header walk before gguf's reader (qconf/backends/gguf_file.py) ---
+# GGUF layout (gguf's spec, version 3): magic, u32 version, u64 tensor count, u64 key count; each
+# key is a u64-length name, a u32 value type and the value; each tensor a u64-length name, a u32
+# dimension count, a u64 per dimension, a u32 type and a u64 offset.
+
+
+def _string(text: bytes) -> bytes:
+    return struct.pack("<Q", len(text)) + text
+
+
+def _header(keys: Sequence[bytes] = (), tensors: Sequence[bytes] = (), version: int = 3) -> bytes:
+    head = struct.pack("<IQQ", version, len(tensors), len(keys))
+    return b"GGUF" + head + b"".join(keys) + b"".join(tensors)
+
+
+def _key(value_type: int, value: bytes) -> bytes:
+    return _string(b"k") + struct.pack("<I", value_type) + value
+
+
+def _tensor(dims: int) -> bytes:
+    return _string(b"t") + struct.pack("<I", dims) + struct.pack("<Q", 1) * dims + bytes(12)
+
+
+def _problem(data: bytes) -> str | None:
+    from qconf.backends.gguf_file import gguf_layout_problem
+
+    handle = io.BytesIO(data)
+    assert handle.read(4) == b"GGUF"
+    return gguf_layout_problem(handle, len(data))
+
+
+SHORT = "a count or length runs past the end of the file (truncated or forged)"
+
+
+def test_header_walk_accepts_every_value_kind() -> None:
+    # fixed sizes (gguf's GGUFValueType): u8 i8 u16 i16 u32 i32 f32 bool u64 i64 f64
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    keys = [_key(kind, bytes(size)) for kind, size in sizes.items()]
+    keys.append(_key(8, _string(b"text")))
+    keys.append(_key(9, struct.pack("<IQ", 4, 3) + bytes(12)))  # three u32
+    keys.append(_key(9, struct.pack("<IQ", 8, 2) + _string(b"a") + _string(b"bc")))  # strings
+    nested = struct.pack("<IQ", 9, 1) + struct.pack("<IQ", 0, 2) + bytes(2)  # [[u8, u8]]
+    keys.append(_key(9, nested))
+    for version in (2, 3):
+        assert _problem(_header(keys, [_tensor(2), _tensor(8)], version=version)) is None
+    # each fixed size is exact: one byte less is past the end
+    for kind, size in sizes.items():
+        assert _problem(_header([_key(kind, bytes(size - 1))])) == SHORT, kind
+
+
+def test_header_walk_refuses_what_gguf_would_trust() -> None:
+    assert _problem(_header(version=1)) == "GGUF version 1 (qconf reads 2 and 3)"
+    assert _problem(_header(version=4)) == "GGUF version 4 (qconf reads 2 and 3)"
+    assert _problem(_header([_key(13, b"")])) == "unknown metadata value type 13"
+    assert _problem(_header([], [_tensor(9)])) == "a tensor with 9 dimensions"
+    assert _problem(_header([_key(8, struct.pack("<Q", 5) + b"abcd")])) == SHORT
+    assert _problem(_header([], [_tensor(2)[:-1]])) == SHORT
+    # an array claiming more items than bytes left: refused before a loop over them
+    assert _problem(_header([_key(9, struct.pack("<IQ", 4, 3) + bytes(11))])) == SHORT
+    assert _problem(_header([_key(9, struct.pack("<IQ", 8, 2) + bytes(15))])) == SHORT
+    # an unknown item type counts 12 bytes per item at least (an array's own head)
+    assert _problem(_header([_key(9, struct.pack("<IQ", 9, 2) + bytes(23))])) == SHORT
+    # arrays nest four deep at most
+    deep = struct.pack("<IQ", 0, 1) + bytes(1)
+    for _ in range(3):
+        deep = struct.pack("<IQ", 9, 1) + deep
+    assert _problem(_header([_key(9, deep)])) is None
+    too_deep = struct.pack("<IQ", 9, 1) + deep
+    assert _problem(_header([_key(9, too_deep)])) == "unknown metadata value type 9"
+
+
+def test_header_walk_bounds_entries_and_array_items() -> None:
+    from qconf.backends.gguf_file import MAX_GGUF_ARRAY_ITEMS, MAX_GGUF_ENTRIES
+
+    assert MAX_GGUF_ENTRIES == 100_000 and MAX_GGUF_ARRAY_ITEMS == 1_000_000
+    many = b"GGUF" + struct.pack("<IQQ", 3, 100_001, 0)
+    assert _problem(many) == "it claims 100,001 tensors and 0 metadata keys"
+    many_keys = b"GGUF" + struct.pack("<IQQ", 3, 0, 100_001)
+    assert _problem(many_keys) == "it claims 0 tensors and 100,001 metadata keys"
+    # exactly the bound is walked (and here found short)
+    assert _problem(b"GGUF" + struct.pack("<IQQ", 3, 100_000, 100_000)) == SHORT
+    # items of all arrays together: the bound itself passes, one more is refused
+    half = _key(9, struct.pack("<IQ", 0, 500_000) + bytes(500_000))
+    assert _problem(_header([half, half])) is None
+    over = _key(9, struct.pack("<IQ", 0, 1) + bytes(1))
+    assert _problem(_header([half, half, over])) == "its metadata arrays hold over 1,000,000 items"
+
+
+def test_read_gguf_refusals_name_the_file(tmp_path: Path) -> None:
+    from qconf.backends.gguf_file import read_gguf
+    from qconf.errors import ModelSourceError
+
+    def refusal(data: bytes | None, where: str = "") -> Problem:
+        path = tmp_path / "part.gguf"
+        if data is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(data)
+        with pytest.raises(ModelSourceError) as caught:
+            read_gguf(path, where)
+        (problem,) = caught.value.problems
+        return problem
+
+    path = tmp_path / "part.gguf"
+    fix = "re-create or re-download the .gguf file"
+    assert refusal(b"GGML" + bytes(20)) == Problem(
+        str(path), f"'{path}' is not a GGUF file (no GGUF magic)", "fix or replace the file"
+    )
+    assert refusal(_header(version=1), "quant.mapping.transformer.file") == Problem(
+        "quant.mapping.transformer.file",
+        f"'{path}' is malformed: GGUF version 1 (qconf reads 2 and 3)",
+        fix,
+    )
+    # open_regular's own refusal, said once, at `where`
+    assert refusal(None, "here") == Problem(
+        "here", f"cannot read '{path}' (No such file or directory)", "check the path"
+    )
+    # the layout holds but a tensor's type is none gguf knows: gguf's own error, in one line
+    broken = _string(b"t") + struct.pack("<IQIQ", 1, 32, 99, 0)
+    problem = refusal(_header([], [broken]))
+    assert problem.where == str(path) and problem.fix == fix
+    assert problem.what.startswith(f"'{path}' is truncated or malformed (ValueError: ")
