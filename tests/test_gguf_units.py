@@ -5,6 +5,7 @@ and the bytes a GGUF file stands for, from a small file written here with the gg
 from __future__ import annotations
 
 import io
+import json
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -181,3 +182,79 @@ def test_read_gguf_refusals_name_the_file(tmp_path: Path) -> None:
     problem = refusal(_header([], [broken]))
     assert problem.where == str(path) and problem.fix == fix
     assert problem.what.startswith(f"'{path}' is truncated or malformed (ValueError: ")
+
+
+def test_block_numel_counts_the_weights_the_blocks_stand_for() -> None:
+    torch = pytest.importorskip("torch")
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    numel = REGISTRY["gguf"].measure.numel["GGUFParameter"]
+    weights = np.random.default_rng(0).standard_normal((4, 96)).astype(np.float32)
+    for kind, (block, block_bytes) in [
+        ("Q8_0", (32, 34)),
+        ("Q4_0", (32, 18)),
+        ("Q5_1", (32, 24)),
+    ]:
+        quant_type = getattr(gguf.GGMLQuantizationType, kind)
+        codes = gguf.quants.quantize(np.resize(weights, (4, block * 2)), quant_type)
+        parameter = GGUFParameter(torch.from_numpy(codes), quant_type=quant_type)
+        assert codes.nbytes == 4 * 2 * block_bytes  # two blocks a row, as gguf stores them
+        assert numel(parameter) == 4 * 2 * block
+    assert numel(torch.zeros(3, 5)) is None  # a float tensor carries no quant type
+
+
+def test_load_from_file_reads_the_part_with_from_single_file(tmp_path: Path) -> None:
+    """One real from_single_file load of tiny-flux's transformer written as GGUF (Q8_0 where a
+    row splits into 32-weight blocks): the config from the pipeline folder, the load dtype, the
+    compute dtype, every block-able Linear left quantized."""
+    torch = pytest.importorskip("torch")
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import load_file
+
+    from qconf.source.tiny import tiny_pipeline_path
+
+    source = tiny_pipeline_path("tiny-flux")
+    weights = load_file(source / "transformer" / "diffusion_pytorch_model.safetensors")
+    path = tmp_path / "transformer.gguf"
+    writer = gguf.GGUFWriter(str(path), arch="qconf-test")
+    blocked = set()
+    for name, tensor in weights.items():
+        array = tensor.float().numpy()
+        if tensor.ndim == 2 and tensor.shape[1] % 32 == 0:
+            kind = gguf.GGMLQuantizationType.Q8_0
+            data = gguf.quants.quantize(array, kind)
+            writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=kind)
+            blocked.add(name)
+        else:
+            writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    entry = _entry(str(path))
+    model = entry.load_from_file(
+        FluxTransformer2DModel, str(source), "transformer", torch.float16, "float16"
+    )
+    assert type(model) is FluxTransformer2DModel
+    expected = json.loads((source / "transformer" / "config.json").read_text())
+    assert model.config.num_layers == expected["num_layers"]
+    assert model.config.attention_head_dim == expected["attention_head_dim"]
+    state = model.state_dict()
+    assert {n for n, t in state.items() if type(t).__name__ == "GGUFParameter"} == blocked
+    assert {t.dtype for n, t in state.items() if n not in blocked} == {torch.float16}
+    layers = [m for m in model.modules() if type(m).__name__ == "GGUFLinear"]
+    assert len(layers) == len(blocked) and {m.compute_dtype for m in layers} == {torch.float16}
+
+
+def test_check_file_refuses_a_malformed_file_at_where(tmp_path: Path) -> None:
+    from qconf.errors import ModelSourceError
+
+    path = tmp_path / "part.gguf"
+    path.write_bytes(_header())  # a well-formed file with no tensors
+    _entry(str(path)).check_file("quant.mapping.transformer.file")
+    path.write_bytes(_header(version=1))
+    with pytest.raises(ModelSourceError) as caught:
+        _entry(str(path)).check_file("quant.mapping.transformer.file")
+    assert caught.value.problems[0].where == "quant.mapping.transformer.file"
+    assert caught.value.problems[0].what.endswith("GGUF version 1 (qconf reads 2 and 3)")
