@@ -154,3 +154,15 @@ def test_library_environment_is_set_as_defaults(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("SDNQ_INFERENCE_CONTEXT", "no_grad")
     set_library_environment()
     assert os.environ["SDNQ_INFERENCE_CONTEXT"] == "no_grad"
+
+
+def test_a_saved_block_is_read_by_the_backend_its_method_names() -> None:
+    from qconf.backends import entry_from_saved
+
+    assert entry_from_saved({"quant_method": "Quanto", "weights": "int4"}) == {
+        "backend": "quanto", "kwargs": {"weights_dtype": "int4"}
+    }  # fmt: skip
+    assert entry_from_saved({"quant_method": "gguf_v2"}) is None
+    assert entry_from_saved({"weights": "int4"}) is None
+    assert entry_from_saved({"quant_method": ["quanto"]}) is None
+    assert entry_from_saved({"quant_method": ""}) is None  # bfl's key is "bfl", none is ""

@@ -105,6 +105,12 @@ def test_header_walk_accepts_every_value_kind() -> None:
     keys.append(_key(9, nested))
     for version in (2, 3):
         assert _problem(_header(keys, [_tensor(2), _tensor(8)], version=version)) is None
+    # empty strings and arrays (nothing to take), and arrays whose items exactly fill the file:
+    # a string item takes 8 bytes at least (its length), an array item 12 (type and count)
+    assert _problem(_header([_key(8, _string(b""))])) is None
+    assert _problem(_header([_key(9, struct.pack("<IQ", 0, 0))])) is None
+    assert _problem(_header([_key(9, struct.pack("<IQ", 8, 2) + bytes(16))])) is None
+    assert _problem(_header([_key(9, struct.pack("<IQ", 9, 1) + struct.pack("<IQ", 0, 0))])) is None
     # each fixed size is exact: one byte less is past the end
     for kind, size in sizes.items():
         assert _problem(_header([_key(kind, bytes(size - 1))])) == SHORT, kind
@@ -120,8 +126,29 @@ def test_header_walk_refuses_what_gguf_would_trust() -> None:
     # an array claiming more items than bytes left: refused before a loop over them
     assert _problem(_header([_key(9, struct.pack("<IQ", 4, 3) + bytes(11))])) == SHORT
     assert _problem(_header([_key(9, struct.pack("<IQ", 8, 2) + bytes(15))])) == SHORT
-    # an unknown item type counts 12 bytes per item at least (an array's own head)
+    # an unknown item type counts 12 bytes per item at least (an array's own head): too few
+    # bytes for that is short before any item is read
     assert _problem(_header([_key(9, struct.pack("<IQ", 9, 2) + bytes(23))])) == SHORT
+    assert _problem(_header([_key(9, struct.pack("<IQ", 13, 2) + bytes(16))])) == SHORT
+    assert _problem(_header([_key(9, struct.pack("<IQ", 13, 2) + bytes(24))])) == (
+        "unknown metadata value type 13"
+    )
+    # counts and types are unsigned: the largest ones are refused as such, not read as -1
+    top32, top64 = 2**32 - 1, 2**64 - 1
+    assert _problem(_header(version=top32)) == f"GGUF version {top32} (qconf reads 2 and 3)"
+    assert _problem(b"GGUF" + struct.pack("<IQQ", 3, top64, 0)) == (
+        f"it claims {top64:,} tensors and 0 metadata keys"
+    )
+    assert _problem(b"GGUF" + struct.pack("<IQQ", 3, 0, top64)) == (
+        f"it claims 0 tensors and {top64:,} metadata keys"
+    )
+    assert _problem(_header([_key(top32, bytes(8))])) == f"unknown metadata value type {top32}"
+    array_of_unknown = struct.pack("<IQ", top32, 1) + bytes(12)
+    assert _problem(_header([_key(9, array_of_unknown)])) == f"unknown metadata value type {top32}"
+    endless = struct.pack("<IQ", 0, top64) + bytes(8)
+    assert _problem(_header([_key(9, endless)])) == "its metadata arrays hold over 1,000,000 items"
+    wide = _string(b"t") + struct.pack("<I", top32) + bytes(64)
+    assert _problem(_header([], [wide])) == f"a tensor with {top32} dimensions"
     # arrays nest four deep at most
     deep = struct.pack("<IQ", 0, 1) + bytes(1)
     for _ in range(3):
@@ -159,7 +186,7 @@ def test_read_gguf_refusals_name_the_file(tmp_path: Path) -> None:
         else:
             path.write_bytes(data)
         with pytest.raises(ModelSourceError) as caught:
-            read_gguf(path, where)
+            read_gguf(path, where) if where else read_gguf(path)
         (problem,) = caught.value.problems
         return problem
 
@@ -181,7 +208,16 @@ def test_read_gguf_refusals_name_the_file(tmp_path: Path) -> None:
     broken = _string(b"t") + struct.pack("<IQIQ", 1, 32, 99, 0)
     problem = refusal(_header([], [broken]))
     assert problem.where == str(path) and problem.fix == fix
-    assert problem.what.startswith(f"'{path}' is truncated or malformed (ValueError: ")
+    assert problem.what == (
+        f"'{path}' is truncated or malformed (ValueError: np.uint32(99) is not a valid "
+        "GGMLQuantizationType)"
+    )
+    # gguf's message is cut at 80 characters
+    name = b"blk." + b"x" * 100
+    twice = _string(name) + struct.pack("<IQIQ", 1, 32, 0, 0)
+    long = refusal(_header([], [twice, twice]) + bytes(32 + 32 * 4))  # alignment, data
+    said = f"Found duplicated tensor with name {name.decode()}"[:80]
+    assert long.what == f"'{path}' is truncated or malformed (ValueError: {said})"
 
 
 def test_block_numel_counts_the_weights_the_blocks_stand_for() -> None:
@@ -200,6 +236,12 @@ def test_block_numel_counts_the_weights_the_blocks_stand_for() -> None:
         parameter = GGUFParameter(torch.from_numpy(codes), quant_type=quant_type)
         assert codes.nbytes == 4 * 2 * block_bytes  # two blocks a row, as gguf stores them
         assert numel(parameter) == 4 * 2 * block
+        assert type(numel(parameter)) is int
+    # a block format over 2-byte elements: bf16 blocks hold one weight in 2 bytes
+    bf16 = GGUFParameter(torch.zeros(4, 8, dtype=torch.bfloat16),
+                         quant_type=gguf.GGMLQuantizationType.BF16)  # fmt: skip
+    assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.BF16] == (1, 2)
+    assert numel(bf16) == 32
     assert numel(torch.zeros(3, 5)) is None  # a float tensor carries no quant type
 
 
