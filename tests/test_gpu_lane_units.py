@@ -118,3 +118,37 @@ def test_modelopt_is_unusable_with_diffusers_0_42_only(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(modelopt, "version", missing)
     assert unusable() is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problems"),
+    [
+        ({"svdq_w4a4": SVDQ, "awq_w4a16": AWQ}, []),
+        ({"svdq_w4a4": {**SVDQ, "precision": "nvfp4", "group_size": 16}}, []),
+        ({"svdq_w4a4": {**SVDQ, "group_size": 16}},
+         [Problem("kwargs.svdq_w4a4.group_size", "16, but int4 SVDQ needs 64", "set 64")]),
+        ({"svdq_w4a4": {**SVDQ, "precision": "nvfp4"}},
+         [Problem("kwargs.svdq_w4a4.group_size", "64, but nvfp4 SVDQ needs 16", "set 16")]),
+        ({"svdq_w4a4": {k: v for k, v in SVDQ.items() if k != "rank"}},
+         [Problem("kwargs.svdq_w4a4.rank", "missing (SVDQ needs one)",
+                  "set the rank the folder was made with")]),
+        ({"awq_w4a16": {**AWQ, "precision": "nvfp4"}},
+         [Problem("kwargs.awq_w4a16.precision", "nvfp4, but AWQ W4A16 is int4 only", "set int4")]),
+        ({"svdq_w4a4": {**SVDQ, "targets": []}, "awq_w4a16": {**AWQ, "targets": []}},
+         [Problem("kwargs.svdq_w4a4.targets", "is empty", "list the layers it applies to"),
+          Problem("kwargs.awq_w4a16.targets", "is empty", "list the layers it applies to")]),
+    ],
+)  # fmt: skip
+def test_nunchaku_rules_are_what_diffusers_refuses(
+    kwargs: dict[str, Any], problems: list[Problem]
+) -> None:
+    """validate says no exactly where diffusers' config class would raise (on the GPU machine,
+    after the plan was accepted)."""
+    diffusers = pytest.importorskip("diffusers")
+    entry = _nunchaku(**kwargs)
+    assert entry.check_backend_rules() == problems
+    if problems:
+        with pytest.raises(ValueError, match="Nunchaku"):
+            diffusers.NunchakuLiteQuantizationConfig(**kwargs)
+    else:
+        diffusers.NunchakuLiteQuantizationConfig(**kwargs)

@@ -193,8 +193,8 @@ class FileEntry(EntryBase):
 
         try:
             path = user_path(self.file, "file")
-        except PlanError as exc:
-            return [Problem("file", exc.problems[0].what, exc.problems[0].fix)]
+        except PlanError as exc:  # said at `file`, relative to the entry
+            return list(exc.problems)
         if path.suffix != self.file_suffix or not path.is_file():
             what = f"'{self.file}' is not a {self.file_suffix} file"
             return [Problem("file", what, "give the path of one")]
