@@ -38,7 +38,16 @@ def _real_bytes(rows: int, cols: int, dtype: Any, **kwargs: Any) -> int:
 CASES = [
     (weights, group, svd)
     for weights in ("int8", "uint8", "int4", "uint4", "int2", "uint3", "float8_e4m3fn")
-    for group, svd in ((0, False), (-1, False), (16, False), (40, False), (48, False), (0, True))
+    for group, svd in (
+        (0, False),
+        (-1, False),
+        (1, False),
+        (16, False),
+        (36, False),
+        (40, False),
+        (48, False),
+        (0, True),
+    )
 ]
 
 
@@ -54,6 +63,7 @@ def test_layer_bytes_are_what_sdnq_allocates(
     for dtype, size in ((torch.bfloat16, 2), (torch.float32, 4)):
         estimated = SPEC.byte_model.weight_bytes(Layer(rows, cols, size), entry)
         assert estimated == _real_bytes(rows, cols, dtype, **kwargs), dtype
+        assert type(estimated) is int
 
 
 def test_svd_rank_is_clamped_to_the_layer() -> None:
@@ -62,6 +72,15 @@ def test_svd_rank_is_clamped_to_the_layer() -> None:
     assert SPEC.byte_model.weight_bytes(Layer(8, 96, 2), entry) == 8 * 96 + 8 * 4 + 8 * 104 * 2
     assert SPEC.byte_model.weight_bytes(Layer(8, 96, 2), entry) == _real_bytes(
         8, 96, torch.bfloat16, weights_dtype="int8", use_svd=True, svd_rank=8
+    )
+
+
+def test_svd_rank_is_clamped_to_the_inputs_too() -> None:
+    entry = _entry(weights_dtype="int8", use_svd=True, svd_rank=64, minimum_allowed_numel=0,
+                   minimum_allowed_channel_size=0)  # fmt: skip
+    # 96 rows of 40 inputs: rank 40
+    assert SPEC.byte_model.weight_bytes(Layer(96, 40, 2), entry) == _real_bytes(
+        96, 40, torch.bfloat16, weights_dtype="int8", use_svd=True, svd_rank=40
     )
 
 
@@ -167,6 +186,33 @@ def test_saved_bytes_price_codes_scales_and_floats() -> None:
     assert entry.saved_bytes(header, 4, "transformers") == (transformers + floats * 2, 1)
 
 
+def test_saved_bytes_keep_float8_codes_of_nested_layers() -> None:
+    header = {
+        "blocks.0.attn.to_q.weight": ((64, 96), "F8_E4M3"),
+        "blocks.0.attn.to_q.scale": ((64, 1), "F32"),
+        "blocks.0.norm.weight": ((96,), "F32"),
+    }
+    assert _entry().saved_bytes(header, 2, "diffusers") == (64 * 96 + 64 * 4 + 96 * 2, 1)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"a.weight": ((4,), "X9"), "a.scale": ((1,), "F32")},
+        {"a.weight": ((4,), "I8"), "a.scale": ((1,), "X9")},
+        {"b.weight": ((4,), "X9")},
+    ],
+)
+def test_saved_bytes_refuse_a_dtype_qconf_cannot_price(header: dict[str, Any]) -> None:
+    from qconf.errors import ModelSourceError
+
+    with pytest.raises(ModelSourceError) as caught:
+        _entry().saved_bytes(header, 2, "transformers")
+    (problem,) = caught.value.problems
+    assert problem.where in ("the part's safetensors header", "the header")
+    assert problem.what == "a tensor of dtype 'X9' qconf cannot price"
+
+
 def test_build_hands_sdnq_a_fresh_skip_list_each_time() -> None:
     entry = SPEC.entry.model_validate({"backend": "sdnq", "skip": ["proj_out"]})
     first, second = entry.build("diffusers", ["norm"]), entry.build("diffusers", ["norm"])
@@ -186,9 +232,26 @@ def test_environment_is_what_qconf_needs_from_sdnq(monkeypatch: pytest.MonkeyPat
         "SDNQ_USE_TORCH_COMPILE": "0",
     }
     assert SPEC.environment is backend.environment
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert backend._has_cuda() is True
+    assert "SDNQ_USE_TORCH_COMPILE" not in backend.environment()
     # without torch imported, a CUDA driver's device file decides
     monkeypatch.delitem(sys.modules, "torch")
+    assert backend._CUDA_DEVICE_FILE == "/dev/nvidia0"
     assert backend._has_cuda() is os.path.exists("/dev/nvidia0")
+
+
+def test_sdnq_is_imported_with_qconfs_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qconf.backends.sdnq import import_sdnq
+
+    monkeypatch.delenv("SDNQ_USE_TORCH_COMPILE", raising=False)
+    monkeypatch.setenv("SDNQ_INFERENCE_CONTEXT", "the user's")
+    assert import_sdnq() is sdnq  # already imported: its settings are read, nothing is set
+    assert "SDNQ_USE_TORCH_COMPILE" not in os.environ
+    monkeypatch.delitem(sys.modules, "sdnq")  # restored after the test
+    import_sdnq()
+    assert os.environ["SDNQ_USE_TORCH_COMPILE"] == "0"
+    assert os.environ["SDNQ_INFERENCE_CONTEXT"] == "the user's"  # a user's setting is kept
 
 
 def test_training_is_refused_after_sdnq_was_imported_with_no_grad(
@@ -253,3 +316,30 @@ def test_a_quantized_layer_is_read_as_sdnq_stores_it() -> None:
     error = (dequantized.float() - original).abs().max()
     assert 0 < error < original.abs().max() / 4  # 4-bit codes: close, not equal
     assert set(SPEC.measure.layers) == {"SDNQLinear", "SDNQConv1d", "SDNQConv2d"}
+
+
+def test_final_skip_list_is_what_sdnqs_quantizer_adds() -> None:
+    """What sdnq's quantizer adds to the skips before a load (the model's fp32 keeps; sdnq's
+    per-architecture keys, or its common ones for a class it has none for; in transformers also
+    the keys transformers keeps out), from sdnq's and transformers' own tables."""
+    from sdnq.common import common_skip_keys
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    class Toy(torch.nn.Module):
+        _keep_in_fp32_modules = ["kept"]
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+
+    adjust = SPEC.byte_model.adjust_patterns
+    entry = _entry()
+    toy = adjust(Toy(), "diffusers", entry, ["mine"])
+    assert sorted(toy) == sorted({"mine", "kept", *common_skip_keys})
+    sizes = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1}
+    clip = CLIPTextModel(CLIPTextConfig(**sizes, num_attention_heads=4, vocab_size=99))
+    expected = {"mine", *common_skip_keys, *get_keys_to_not_convert(clip)}
+    expected |= set(clip._keep_in_fp32_modules or [])
+    assert sorted(adjust(clip, "transformers", entry, ["mine"])) == sorted(expected)
+    assert entry.build("diffusers").modules_to_not_convert == []  # the entry's own is untouched

@@ -242,10 +242,14 @@ def environment() -> dict[str, str]:
     return wanted
 
 
+# The NVIDIA driver's first device node: a CUDA GPU is there (checked without importing torch).
+_CUDA_DEVICE_FILE = "/dev/nvidia0"
+
+
 def _has_cuda() -> bool:
     if "torch" in sys.modules:
         return bool(sys.modules["torch"].cuda.is_available())
-    return os.path.exists("/dev/nvidia0")
+    return os.path.exists(_CUDA_DEVICE_FILE)
 
 
 def import_sdnq() -> Any:
