@@ -90,6 +90,14 @@ def test_check_file_names_the_layer_that_breaks_its_layout(
     assert _refusal(path) == Problem("quant.mapping.transformer.file", f"'{path}': {what}", FIX)
 
 
+def test_file_bytes_refuse_a_dtype_qconf_cannot_price(tmp_path: Path) -> None:
+    path = _file(tmp_path, {"a": _fp8r()}, odd=torch.zeros(2, dtype=torch.float8_e5m2fnuz))
+    with pytest.raises(ModelSourceError) as caught:
+        _entry(path).file_bytes(2)
+    (problem,) = caught.value.problems
+    assert problem.where == str(path) and "qconf cannot price" in problem.what
+
+
 def test_file_bytes_keep_quantized_tensors_as_stored(tmp_path: Path) -> None:
     path = _file(tmp_path, {"a": _fp8r(), "b": _nvfp4()}, norm=torch.ones(4),
                  ids=torch.zeros(3, dtype=torch.int64))  # fmt: skip
@@ -142,6 +150,15 @@ def test_loaded_problem_counts_and_measures_the_quantized_layers(tmp_path: Path)
     assert entry.loaded_problem(_Loaded(wrong_scale, BFLNVFP4Linear(96, 64))) == (
         "a layer of 64x96 has weight [64, 96] and weight_scale [3]"
     )
+    # shapes are whole numbers of bytes and blocks: 33 inputs pack into 16 bytes a row, and
+    # one 34-input row has 2 scale blocks
+    odd = BFLNVFP4Linear(33, 16)
+    odd.weight_scale = torch.nn.Parameter(torch.ones(33, dtype=torch.float8_e4m3fn), False)
+    assert tuple(odd.weight.shape) == (16, 16)
+    assert entry.loaded_problem(_Loaded(BFLFP8RLinear(96, 64), odd)) is None
+    row = BFLNVFP4Linear(34, 1)
+    assert (tuple(row.weight.shape), row.weight_scale.numel()) == ((1, 17), 2)
+    assert entry.loaded_problem(_Loaded(BFLFP8RLinear(96, 64), row)) is None
     wrong_codes = BFLNVFP4Linear(96, 64)
     wrong_codes.weight = torch.nn.Parameter(torch.zeros(64, 96, dtype=torch.uint8), False)
     assert entry.loaded_problem(_Loaded(BFLFP8RLinear(96, 64), wrong_codes)) == (
@@ -185,11 +202,12 @@ def test_load_from_file_loads_the_part_and_refuses_another_models_file(tmp_path:
     save_file(tensors, str(path))
     entry = _entry(path)
     model = entry.load_from_file(
-        FluxTransformer2DModel, str(source), "transformer", torch.bfloat16, None
+        FluxTransformer2DModel, str(source), "transformer", torch.float16, "float16"
     )
     layers = [m for m in model.modules() if type(m).__name__ == "BFLFP8RLinear"]
     assert len(layers) == linears
-    assert {m.compute_dtype for m in layers} == {torch.bfloat16}
+    assert {m.compute_dtype for m in layers} == {torch.float16}  # not BFL's default bfloat16
+    assert model.norm_out.linear.bias.dtype == torch.float16
     assert (
         model.config.num_layers
         == FluxTransformer2DModel.load_config(source, subfolder="transformer")["num_layers"]
@@ -201,7 +219,26 @@ def test_load_from_file_loads_the_part_and_refuses_another_models_file(tmp_path:
         _entry(other).load_from_file(
             FluxTransformer2DModel, str(source), "transformer", torch.bfloat16, None
         )
-    (problem,) = caught.value.problems
-    assert problem.where == "quant.mapping.transformer.file"
-    assert problem.what.startswith(f"'{other}' does not load as FluxTransformer2DModel: ")
-    assert problem.fix == "give this part's fp8r/nvfp4 file (diffusers' or BFL's tensor names)"
+    fix = "give this part's fp8r/nvfp4 file (diffusers' or BFL's tensor names)"
+    # diffusers reads it as BFL's original layout and fails inside that conversion
+    assert caught.value.problems == [
+        Problem(
+            "quant.mapping.transformer.file",
+            f"'{other}' does not load as FluxTransformer2DModel: IndexError: list index out of "
+            "range",
+            fix,
+        )
+    ]
+    # a weight of the wrong shape loads; the check after the load names it
+    rows, cols = tensors["x_embedder.weight"].shape
+    tensors["x_embedder.weight"] = tensors["x_embedder.weight"][:3, :3].contiguous()
+    save_file(tensors, str(path))
+    with pytest.raises(ModelSourceError) as caught:
+        entry.load_from_file(FluxTransformer2DModel, str(source), "transformer", None, None)
+    assert caught.value.problems == [
+        Problem(
+            "quant.mapping.transformer.file",
+            f"'{path}': a layer of {rows}x{cols} has weight [3, 3] and weight_scale [{rows}]",
+            fix,
+        )
+    ]

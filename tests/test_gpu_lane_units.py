@@ -4,6 +4,7 @@ object diffusers gets, and the one-line refusals (a plain part, an unusable libr
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import pytest
@@ -152,3 +153,17 @@ def test_nunchaku_rules_are_what_diffusers_refuses(
             diffusers.NunchakuLiteQuantizationConfig(**kwargs)
     else:
         diffusers.NunchakuLiteQuantizationConfig(**kwargs)
+
+
+def test_modelopt_build_reaches_diffusers_config_class() -> None:
+    """nvidia-modelopt cannot be installed beside diffusers 0.42 (qconf/backends/modelopt.py):
+    diffusers' NVIDIAModelOptConfig then stops at its own import of modelopt, which shows that
+    the kwargs were built for the diffusers library and reached the class."""
+    pytest.importorskip("diffusers")
+    if importlib.util.find_spec("modelopt") is not None:
+        pytest.skip("nvidia-modelopt is installed here")
+    entry = REGISTRY["modelopt"].entry.model_validate(
+        {"backend": "modelopt", "kwargs": {"quant_type": "FP8"}, "skip": ["proj_out"]}
+    )
+    with pytest.raises(ModuleNotFoundError, match="modelopt"):
+        entry.build("diffusers", ["norm"])
