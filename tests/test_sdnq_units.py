@@ -343,3 +343,16 @@ def test_final_skip_list_is_what_sdnqs_quantizer_adds() -> None:
     expected |= set(clip._keep_in_fp32_modules or [])
     assert sorted(adjust(clip, "transformers", entry, ["mine"])) == sorted(expected)
     assert entry.build("diffusers").modules_to_not_convert == []  # the entry's own is untouched
+    # a class sdnq has keys for gets those instead of the common ones
+    from diffusers import FluxTransformer2DModel
+    from sdnq.common import module_skip_keys_dict
+
+    from qconf.source.tiny import tiny_pipeline_path
+
+    flux_config = FluxTransformer2DModel.load_config(
+        tiny_pipeline_path("tiny-flux"), subfolder="transformer"
+    )
+    flux = FluxTransformer2DModel.from_config(flux_config)
+    expected = {"mine", *module_skip_keys_dict["FluxTransformer2DModel"][0]}
+    expected |= set(flux._keep_in_fp32_modules or [])
+    assert sorted(adjust(flux, "diffusers", entry, ["mine"])) == sorted(expected)
