@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from qconf.backends import REGISTRY
 from qconf.backends.base import saved_names
 from qconf.errors import Problem
@@ -120,3 +122,47 @@ def test_known_failure_rows_match_variant_class_device_and_dtype() -> None:
     with known_failures_ignored():
         assert known_failure(int8, "AutoencoderKL", "cpu", "bfloat16") is None
     assert known_failure(int8, "AutoencoderKL", "cpu", "bfloat16") == row  # restored after
+
+
+def test_a_library_the_backend_never_trained_on_is_refused_for_training() -> None:
+    # gguf claims nothing trainable: no library may default to "trains"
+    gguf = _entry({"backend": "gguf", "file": "part.gguf"})
+    assert REGISTRY["gguf"].trainable == {}
+    assert gguf.train_reason("diffusers") == (
+        "gguf on diffusers parts does not pass gradients in qconf's tests"
+    )
+
+
+def test_a_row_on_a_device_without_measured_dtypes_works_in_none() -> None:
+    from qconf.backends.base import KnownFailure
+    from qconf.backends.capabilities import MEASURED_DTYPES, works_in
+
+    assert "cuda" not in MEASURED_DTYPES
+    assert works_in(KnownFailure("int8", "AutoencoderKL", "cuda", ("bfloat16",), "x")) == []
+
+
+def test_library_environment_is_set_as_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sdnq's import-time settings (qconf/backends/sdnq.py environment()): set where unset, a
+    user's own value kept."""
+    import os
+
+    from qconf.backends import set_library_environment
+
+    monkeypatch.delenv("SDNQ_INFERENCE_CONTEXT", raising=False)
+    set_library_environment()
+    assert os.environ["SDNQ_INFERENCE_CONTEXT"] == "enable_grad"
+    monkeypatch.setenv("SDNQ_INFERENCE_CONTEXT", "no_grad")
+    set_library_environment()
+    assert os.environ["SDNQ_INFERENCE_CONTEXT"] == "no_grad"
+
+
+def test_a_saved_block_is_read_by_the_backend_its_method_names() -> None:
+    from qconf.backends import entry_from_saved
+
+    assert entry_from_saved({"quant_method": "Quanto", "weights": "int4"}) == {
+        "backend": "quanto", "kwargs": {"weights_dtype": "int4"}
+    }  # fmt: skip
+    assert entry_from_saved({"quant_method": "gguf_v2"}) is None
+    assert entry_from_saved({"weights": "int4"}) is None
+    assert entry_from_saved({"quant_method": ["quanto"]}) is None
+    assert entry_from_saved({"quant_method": ""}) is None  # bfl's key is "bfl", none is ""

@@ -78,8 +78,10 @@ def set_library_environment() -> None:
 
 def entry_from_saved(saved: dict) -> dict | None:
     """Entry data for a saved `quantization_config` block, or None for an unknown method."""
-    method = str(saved.get("quant_method", "")).lower()
+    method = saved.get("quant_method")
+    if not isinstance(method, str):  # absent or not a name: no backend's
+        return None
     for spec in REGISTRY.values():
-        if spec.quant_method == method:
+        if spec.quant_method == method.lower():
             return spec.entry.from_saved(saved)
     return None

@@ -212,8 +212,8 @@ class FileEntry(EntryBase):
 
         try:
             path = user_path(self.file, "file")
-        except PlanError as exc:
-            return [Problem("file", exc.problems[0].what, exc.problems[0].fix)]
+        except PlanError as exc:  # said at `file`, relative to the entry
+            return list(exc.problems)
         if path.suffix != self.file_suffix or not path.is_file():
             what = f"'{self.file}' is not a {self.file_suffix} file"
             return [Problem("file", what, "give the path of one")]
@@ -370,6 +370,10 @@ class FolderEntry(EntryBase):
             diffusers_logging.set_verbosity(level)
 
 
+# The NVIDIA driver's first device node: a CUDA GPU is there (checked without importing torch).
+CUDA_DEVICE_FILE = "/dev/nvidia0"
+
+
 def cuda_visible() -> bool:
     """torch's answer when torch is loaded; otherwise whether an NVIDIA GPU device exists."""
     import os
@@ -377,7 +381,7 @@ def cuda_visible() -> bool:
 
     if "torch" in sys.modules:
         return bool(sys.modules["torch"].cuda.is_available())
-    return os.path.exists("/dev/nvidia0")
+    return os.path.exists(CUDA_DEVICE_FILE)
 
 
 def saved_names(value: Any) -> Any:

@@ -44,14 +44,14 @@ class BFLEntry(FileEntry):
         dtype = self.kwargs.compute_dtype or model_dtype
         return BFLQuantizationConfig(compute_dtype=getattr(torch, dtype) if dtype else None)
 
-    def _header(self, where: str = "") -> dict[str, tuple[tuple[int, ...], str]]:
+    def _header(self) -> dict[str, tuple[tuple[int, ...], str]]:
         from qconf.source.files import safetensors_header
 
         return safetensors_header(Path(self.file).expanduser())
 
     def check_file(self, where: str, part_class: str | None = None) -> None:
         """The layout diffusers' BFLQuantizer expects, before anything loads."""
-        header = self._header(where)
+        header = self._header()
         prefixes = [k.removesuffix(".weight_scale") for k in header if k.endswith(".weight_scale")]
         if not prefixes:
             raise PlanError(

@@ -217,45 +217,46 @@ _MEASURE = Measure(
 )
 
 
-def _spec(key: str, entry: type[_BitsAndBytesEntry], description: str,
-          trains_on_diffusers: bool) -> Backend:  # fmt: skip
-    entry.spec = Backend(
-        key=key,
-        description=description,
-        extra="bnb",
-        module="bitsandbytes",
-        distribution="bitsandbytes",
-        entry=entry,
-        config_class={"diffusers": "BitsAndBytesConfig", "transformers": "BitsAndBytesConfig"},
-        params={"diffusers": _PARAMS, "transformers": _PARAMS},
-        # the backend key sets them (build); the kwargs may only repeat it
-        withheld={
-            "load_in_4bit": "set by the backend key (bitsandbytes_4bit)",
-            "load_in_8bit": "set by the backend key (bitsandbytes_8bit)",
-        },
-        needs_cuda={"diffusers": _CUDA_REASON},
-        can_save={"diffusers": True, "transformers": True},
-        trainable={"diffusers": trains_on_diffusers, "transformers": True},  # QLoRA
-        quant_method="bitsandbytes",
-        # bench/estimate-vs-measured.md, fitted to full-size Flux.1-dev: text encoders on the
-        # real CPU path 1.03-1.06; diffusers parts (emulated on CPU) nf4 1.09, 8-bit 1.09,
-        # fp4 1.18. Loads on a GPU were not measured.
-        load_peak_ratio=1.2,
-        byte_model=ByteModel(
-            _bnb_4bit if entry.bits == 4 else _bnb_8bit,
-            default_dtype={"diffusers": "float16"},
-            is_target=_is_target,
-        ),
-        measure=_MEASURE,
-        # "pip install kernels" (an optional CPU kernel)
-        quiet_loggers={"bitsandbytes.backends.cpu.ops": logging.ERROR},
-    )
-    return entry.spec
-
+# What the two registry entries share. Module-level data, not a function run at import: a
+# function called while the module imports runs before any test can switch a mutant of it on.
+_SHARED: dict[str, Any] = dict(
+    extra="bnb",
+    module="bitsandbytes",
+    distribution="bitsandbytes",
+    config_class={"diffusers": "BitsAndBytesConfig", "transformers": "BitsAndBytesConfig"},
+    params={"diffusers": _PARAMS, "transformers": _PARAMS},
+    # the backend key sets them (build); the kwargs may only repeat it
+    withheld={
+        "load_in_4bit": "set by the backend key (bitsandbytes_4bit)",
+        "load_in_8bit": "set by the backend key (bitsandbytes_8bit)",
+    },
+    needs_cuda={"diffusers": _CUDA_REASON},
+    can_save={"diffusers": True, "transformers": True},
+    quant_method="bitsandbytes",
+    # bench/estimate-vs-measured.md, fitted to full-size Flux.1-dev: text encoders on the
+    # real CPU path 1.03-1.06; diffusers parts (emulated on CPU) nf4 1.09, 8-bit 1.09,
+    # fp4 1.18. Loads on a GPU were not measured.
+    load_peak_ratio=1.2,
+    measure=_MEASURE,
+    # "pip install kernels" (an optional CPU kernel)
+    quiet_loggers={"bitsandbytes.backends.cpu.ops": logging.ERROR},
+)
 
 # Measured with tests/test_train.py on an H200 (2026-11-25): LoRA through 8-bit layers of the
 # Flux transformer gets NaN gradients from the second step on (lr 1e-2 and 1e-3); nf4/fp4 train.
-BNB_4BIT = _spec("bitsandbytes_4bit", BitsAndBytes4bitEntry, "bitsandbytes 4-bit (NF4/FP4)",
-                 trains_on_diffusers=True)  # fmt: skip
-BNB_8BIT = _spec("bitsandbytes_8bit", BitsAndBytes8bitEntry, "bitsandbytes 8-bit (LLM.int8())",
-                 trains_on_diffusers=False)  # fmt: skip
+BNB_4BIT = BitsAndBytes4bitEntry.spec = Backend(
+    key="bitsandbytes_4bit",
+    description="bitsandbytes 4-bit (NF4/FP4)",
+    entry=BitsAndBytes4bitEntry,
+    trainable={"diffusers": True, "transformers": True},  # QLoRA
+    byte_model=ByteModel(_bnb_4bit, default_dtype={"diffusers": "float16"}, is_target=_is_target),
+    **_SHARED,
+)
+BNB_8BIT = BitsAndBytes8bitEntry.spec = Backend(
+    key="bitsandbytes_8bit",
+    description="bitsandbytes 8-bit (LLM.int8())",
+    entry=BitsAndBytes8bitEntry,
+    trainable={"diffusers": False, "transformers": True},  # QLoRA
+    byte_model=ByteModel(_bnb_8bit, default_dtype={"diffusers": "float16"}, is_target=_is_target),
+    **_SHARED,
+)

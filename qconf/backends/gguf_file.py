@@ -8,6 +8,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from qconf.errors import ModelSourceError
 from qconf.trust.reading import bad_file, open_regular
 
 
@@ -21,7 +22,9 @@ def read_gguf(file: str | Path, where: str = "") -> Any:
             magic = handle.read(4)
             if magic == b"GGUF":
                 problem = gguf_layout_problem(handle, os.fstat(handle.fileno()).st_size)
-    except OSError as exc:
+    except ModelSourceError as exc:  # open_regular's refusal (missing, not a regular file)
+        raise bad_file(where or path, exc.problems[0].what, exc.problems[0].fix) from None
+    except OSError as exc:  # a read that fails midway
         raise bad_file(where or path, f"cannot read '{file}' ({exc.strerror or exc})") from None
     if magic != b"GGUF":
         raise bad_file(where or path, f"'{file}' is not a GGUF file (no GGUF magic)")

@@ -34,6 +34,28 @@ class NunchakuEntry(EntryBase):
 
     skip_param: ClassVar[str | None] = None
 
+    def check_backend_rules(self) -> list[Problem]:
+        """What diffusers' NunchakuLiteQuantizationConfig refuses when it is built (on the GPU
+        machine, after validate said yes): said at validate instead."""
+        svdq, awq = self.kwargs.svdq_w4a4, self.kwargs.awq_w4a16
+        problems = [
+            Problem(f"kwargs.{name}.targets", "is empty", "list the layers it applies to")
+            for name, section in (("svdq_w4a4", svdq), ("awq_w4a16", awq))
+            if section is not None and not section.targets
+        ]
+        if svdq is not None:
+            group = 16 if svdq.precision == "nvfp4" else 64
+            if svdq.group_size != group:
+                what = f"{svdq.group_size}, but {svdq.precision} SVDQ needs {group}"
+                problems.append(Problem("kwargs.svdq_w4a4.group_size", what, f"set {group}"))
+            if svdq.rank is None:
+                problems.append(Problem("kwargs.svdq_w4a4.rank", "missing (SVDQ needs one)",
+                                        "set the rank the folder was made with"))  # fmt: skip
+        if awq is not None and awq.precision != "int4":
+            what = f"{awq.precision}, but AWQ W4A16 is int4 only"
+            problems.append(Problem("kwargs.awq_w4a16.precision", what, "set int4"))
+        return problems
+
     def variant(self) -> str:
         kinds = (self.kwargs.svdq_w4a4, self.kwargs.awq_w4a16)
         return "nvfp4" if any(k is not None and k.precision == "nvfp4" for k in kinds) else "int4"
