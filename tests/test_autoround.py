@@ -273,3 +273,14 @@ def test_inspect_prints_the_packing_so_its_plan_keeps_the_cuda_check(
     bare = "{backend: auto-round, kwargs: {group_size: 32, sym: false}}"
     with pytest.raises(qconf.QconfError, match="was saved as"):
         _plan(awq, f"quant.mapping.transformer={bare}")
+
+
+def test_a_text_encoder_saying_auto_round_is_refused(folder: Path, tmp_path: Path) -> None:
+    """qconf reads auto-round on diffusers parts only (transformers' path is not measured)."""
+    copy = _copy_with_config(folder, tmp_path)
+    config_path = copy / "text_encoder" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["quantization_config"] = {"quant_method": "auto-round", "bits": 4, "group_size": 32}
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(qconf.PlanError, match="reads on diffusers parts only"):
+        _plan(copy)

@@ -191,7 +191,19 @@ def saved_entries(parts: Mapping[str, Part]) -> dict[str, EntryBase]:
     entries = {}
     for name, part in parts.items():
         if part.saved_quantization is not None:
-            entries[name] = _saved_entry(name, part.saved_quantization)
+            entries[name] = entry = _saved_entry(name, part.saved_quantization)
+            if part.library in ("diffusers", "transformers") and (
+                part.library not in entry.spec.config_class
+            ):
+                libraries = " and ".join(entry.spec.config_class)
+                raise PlanError(
+                    Problem(
+                        f"model.source ({name}/config.json)",
+                        f"part '{name}' ({part.library}) says quant_method "
+                        f"'{entry.spec.quant_method}', which qconf reads on {libraries} parts only",
+                        "load the unquantized model and quantize it with a plan",
+                    )
+                )
     return entries
 
 
