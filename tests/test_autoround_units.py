@@ -160,8 +160,11 @@ def test_saved_bytes_of_a_hand_written_header() -> None:
     assert entry.saved_bytes(header, 2, "diffusers") == (ints + floats * 2, 2)
     assert entry.saved_bytes(header, 4, "diffusers") == (ints + floats * 4, 2)
     assert entry.saved_bytes({}, 2, "diffusers") == (0, 0)
-    with pytest.raises(ModelSourceError, match="'X9' qconf cannot price"):
+    with pytest.raises(ModelSourceError) as caught:
         entry.saved_bytes({"a": ((1,), "X9")}, 2, "diffusers")
+    assert caught.value.problems == [
+        Problem("the header", "a tensor of dtype 'X9' qconf cannot price", "re-save the file")
+    ]
 
 
 # --- loaded_problem ---
@@ -256,6 +259,13 @@ def test_dequantize_gives_the_packed_weight() -> None:
     got = autoround._dequantize(layer)
     assert got.dtype == torch.float16 and got.shape == (32, 64) and got.is_contiguous()
     assert torch.equal(got.float(), weight)
+
+
+def test_dequantize_computes_where_the_codes_are() -> None:
+    # on the meta device (no data): the identity must be made there too, or the forward fails
+    layer = _quant_linear(bias=True).to("meta")
+    got = autoround._dequantize(layer)
+    assert got.device.type == "meta" and got.shape == (32, 64) and got.dtype == torch.float16
 
 
 def test_dequantize_drops_the_bias() -> None:
