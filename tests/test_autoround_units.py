@@ -393,8 +393,11 @@ def test_folder_settings_refuses_a_file_or_nothing(tmp_path: Path) -> None:
         problem = _refusal(_entry(folder=str(path)))
         assert problem == Problem("quant.mapping.transformer", f"'{path}' is {what}",
                                   "give a part folder (config.json + weights)")  # fmt: skip
-    with pytest.raises(PlanError, match="NUL byte"):
+    with pytest.raises(PlanError) as caught:
         _entry(folder="a\0b").folder_settings("here")
+    assert caught.value.problems == [
+        Problem("here", "the path contains a NUL byte", "give a plain path")
+    ]
 
 
 def test_folder_settings_refuses_weights_it_cannot_read(tmp_path: Path) -> None:
@@ -418,8 +421,11 @@ def test_folder_settings_refuses_weights_it_cannot_read(tmp_path: Path) -> None:
     # config.json sizes are checked too
     big = _folder(tmp_path, {"quantization_config": dict(QUANT), "num_layers": 10**9},
                   name="big")  # fmt: skip
-    with pytest.raises(ModelSourceError, match="num_layers|layer counts"):
+    with pytest.raises(ModelSourceError) as caught:
         _entry(folder=str(big)).folder_settings("here")
+    [problem] = caught.value.problems
+    assert problem.where.startswith(str(big / "config.json"))
+    assert "layer counts" in problem.what or "num_layers" in problem.where
 
 
 def test_folder_settings_refuses_another_method_or_none(tmp_path: Path) -> None:
@@ -462,10 +468,20 @@ def test_folder_settings_refuses_settings_qconf_does_not_model(tmp_path: Path) -
     acts = _folder(tmp_path, {"quantization_config": {**QUANT, "act_bits": 8},
                               "_class_name": "FluxTransformer2DModel"}, name="acts")  # fmt: skip
     problem = _refusal(_entry(folder=str(acts)))
-    start = f"'{acts}' has quantization settings qconf does not model: "
-    assert problem.what.startswith(start) and "act_bits" in problem.what
-    assert len(problem.what) <= len(start) + 160 and "\n" not in problem.what
-    assert problem.fix == fix
+    # pydantic's first three lines (the count, where, what), on one line; not its link
+    error = ("1 validation error for AutoRoundEntry kwargs.act_bits   Extra inputs are not "
+             "permitted [type=extra_forbidden, input_value=8, input_type=int]")  # fmt: skip
+    assert problem == Problem(
+        "quant.mapping.transformer",
+        f"'{acts}' has quantization settings qconf does not model: {error}", fix,
+    )  # fmt: skip
+    # at most 160 characters of it
+    key = "k" * 100
+    long = _folder(tmp_path, {"quantization_config": {**QUANT, key: 8}}, name="long")
+    error = f"1 validation error for AutoRoundEntry kwargs.{key}   Extra inputs are not permitted"
+    assert _refusal(_entry(folder=str(long)), None).what == (
+        f"'{long}' has quantization settings qconf does not model: {error[:160]}"
+    )
     bits = _folder(tmp_path, {"quantization_config": {**QUANT, "bits": 16}}, name="bits")
     assert "bits" in _refusal(_entry(folder=str(bits)), None).what
     zero = _folder(tmp_path, {"quantization_config": {**QUANT, "group_size": 0}}, name="zero")
@@ -508,9 +524,11 @@ def test_check_file_refuses_awq_without_a_cuda_gpu(
                 f"'{awq}' needs a CUDA GPU and none is visible: {AWQ_REASON}",
                 SPEC.cpu_alternative)
     ]  # fmt: skip
-    # the folder's checks come first
-    with pytest.raises(PlanError, match="holds a None"):
+    # the folder's checks come first, said where the caller says
+    with pytest.raises(PlanError) as caught:
         _entry(folder=str(awq)).check_file("here", "FluxTransformer2DModel")
+    assert [p.where for p in caught.value.problems] == ["here"]
+    assert "holds a None" in caught.value.problems[0].what
     monkeypatch.setattr(base, "cuda_visible", lambda: True)
     _entry(folder=str(awq)).check_file("here")
 
@@ -532,6 +550,42 @@ def test_file_bytes_and_layers_from_the_folders_header(tmp_path: Path) -> None:
     assert entry.loaded_fix() == SPEC.cpu_alternative
 
 
+def test_file_bytes_of_a_folder_path_qconf_refuses() -> None:
+    for folder, what in (("a\0b", "the path contains a NUL byte"), ("", "empty path")):
+        with pytest.raises(PlanError) as caught:
+            _entry(folder=folder).file_bytes(2)
+        assert [(p.where, p.what) for p in caught.value.problems] == [("folder", what)]
+
+
+def test_folder_entry_asks_for_the_diffusers_library(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part folder is a diffusers part: its CUDA reason and bytes are asked for diffusers."""
+    asked: list[str] = []
+
+    class Asking(Entry):  # type: ignore[misc, valid-type]
+        def cuda_reason(self, library: Any) -> str | None:
+            asked.append(library)
+            return None
+
+        def saved_bytes(self, header: Any, dtype_size: int, library: Any) -> Any:
+            asked.append(library)
+            return super().saved_bytes(header, dtype_size, library)
+
+    entry = Asking.model_validate({"backend": "auto-round", "folder": str(_folder(tmp_path))})
+    monkeypatch.setattr(base, "cuda_visible", lambda: False)
+    entry.check_file("here")
+    assert entry.file_bytes(2) is not None and entry.file_layers() == 1
+    assert asked == ["diffusers"] * 3
+
+
+def test_the_default_loaded_fix() -> None:
+    entry = REGISTRY["quanto"].entry.model_validate({"backend": "quanto"})
+    assert entry.loaded_fix() == (
+        "quantize this part with an option instead (this pipeline does not keep it)"
+    )
+
+
 def test_header_reads_every_weight_file(tmp_path: Path) -> None:
     folder = _folder(tmp_path, tensors={"a.qweight": torch.zeros(2, 2, dtype=torch.int32)})
     assert _entry(folder=str(folder))._header() == {"a.qweight": ((2, 2), "I32")}
@@ -540,16 +594,29 @@ def test_header_reads_every_weight_file(tmp_path: Path) -> None:
 # --- load_from_file: a tiny real diffusers model ---
 
 
-def _tiny_model_folder(tmp_path: Path) -> Path:
+def _tiny_model_folder(tmp_path: Path, safe: bool = True) -> Path:
     from diffusers import UNet1DModel
 
     model = UNet1DModel(block_out_channels=(8,), down_block_types=("DownBlock1DNoSkip",),
                         up_block_types=(), mid_block_type="MidResTemporalBlock1D",
                         out_block_type=None, in_channels=2, out_channels=2,
                         extra_in_channels=0, layers_per_block=1)  # fmt: skip
-    folder = tmp_path / "tiny"
-    model.save_pretrained(folder)
+    folder = tmp_path / ("tiny-" + "d" * 120)  # a path long enough to cut the message at
+    model.save_pretrained(folder, safe_serialization=safe)
     return folder
+
+
+def _load_refusal(entry: Any, model_cls: Any) -> Problem:
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    with pytest.raises(ModelSourceError) as caught:
+        entry.load_from_file(model_cls, "src", "transformer", torch.bfloat16, None)
+    assert diffusers_logging.get_verbosity() == level
+    [problem] = caught.value.problems
+    assert problem.where == "quant.mapping.transformer.folder"
+    assert problem.fix == "give a transformer folder"
+    return problem
 
 
 def test_load_from_file_reads_the_folder(tmp_path: Path) -> None:
@@ -565,16 +632,38 @@ def test_load_from_file_reads_the_folder(tmp_path: Path) -> None:
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert diffusers_logging.get_verbosity() == level
     (folder / "config.json").write_text("{not json")
-    with pytest.raises(ModelSourceError) as caught:
-        _entry(folder=str(folder)).load_from_file(
-            UNet1DModel, "src", "transformer", torch.bfloat16, None
-        )
-    [problem] = caught.value.problems
-    assert problem.where == "quant.mapping.transformer.folder"
+    said = f"It looks like the config file at '{folder}/config.json' is not a valid JSON file."
+    assert len(said) > 160
+    assert _load_refusal(_entry(folder=str(folder)), UNet1DModel).what == (
+        f"'{folder}' does not load as UNet1DModel: {said[:160]}"
+    )
+
+
+def test_load_from_file_reads_no_pickles(tmp_path: Path) -> None:
+    from diffusers import UNet1DModel
+
+    folder = _tiny_model_folder(tmp_path, safe=False)
+    assert (folder / "diffusion_pytorch_model.bin").is_file()
+    problem = _load_refusal(_entry(folder=str(folder)), UNet1DModel)
     assert problem.what.startswith(f"'{folder}' does not load as UNet1DModel: ")
-    assert "\n" not in problem.what and len(problem.what) <= len(f"'{folder}'") + 180
-    assert problem.fix == "give a transformer folder"
-    assert diffusers_logging.get_verbosity() == level
+    assert "diffusion_pytorch_model.safetensors" in problem.what
+
+
+class Silent:
+    """A part class whose load fails with no message."""
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("  ")
+
+
+def test_load_from_file_says_an_empty_error_as_empty(tmp_path: Path) -> None:
+    assert _load_refusal(_entry(folder="f"), Silent).what == "'f' does not load as Silent: "
+    with pytest.raises(PlanError) as caught:
+        _entry(folder="").load_from_file(Silent, "src", "vae", torch.bfloat16, None)
+    assert caught.value.problems == [
+        Problem("quant.mapping.vae.folder", "empty path", "give a path")
+    ]
 
 
 # --- cuda_visible ---
