@@ -424,8 +424,8 @@ def test_folder_settings_refuses_weights_it_cannot_read(tmp_path: Path) -> None:
     with pytest.raises(ModelSourceError) as caught:
         _entry(folder=str(big)).folder_settings("here")
     [problem] = caught.value.problems
-    assert problem.where.startswith(str(big / "config.json"))
-    assert "layer counts" in problem.what or "num_layers" in problem.where
+    assert problem.where == f"{big / 'config.json'} (num_layers)"
+    assert problem.what == "is 1,000,000,000, over qconf's limit of 256 for a count"
 
 
 def test_folder_settings_refuses_another_method_or_none(tmp_path: Path) -> None:
