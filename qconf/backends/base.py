@@ -247,8 +247,8 @@ class FolderEntry(EntryBase):
 
         try:
             path = user_path(self.folder, "folder")
-        except PlanError as exc:
-            return [Problem("folder", exc.problems[0].what, exc.problems[0].fix)]
+        except PlanError as exc:  # said at `folder`, relative to the entry
+            return list(exc.problems)
         if not (path / "config.json").is_file():
             what = f"'{self.folder}' is not a part folder (no config.json in it)"
             return [Problem("folder", what, "give the folder holding the part's config.json")]
@@ -355,13 +355,13 @@ class FolderEntry(EntryBase):
         where = f"quant.mapping.{subfolder}.folder"
         from diffusers.utils import logging as diffusers_logging
 
+        # a path qconf refuses is said as is (a PlanError is a ValueError: not the load's)
+        path = str(user_path(self.folder or "", where))
         # its "weights not used / newly initialized" warning is loaded_problem's to say, once
         level = diffusers_logging.get_verbosity()
         diffusers_logging.set_verbosity_error()
         try:
-            return model_cls.from_pretrained(
-                str(user_path(self.folder or "", where)), torch_dtype=dtype, use_safetensors=True
-            )
+            return model_cls.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
         except (OSError, ValueError, RuntimeError, TypeError) as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:160]
             what = f"'{self.folder}' does not load as {model_cls.__name__}: {first}"
