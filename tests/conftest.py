@@ -15,8 +15,6 @@ import pytest
 from qconf.backends import set_library_environment
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-# tests import backend libraries themselves (pytest.importorskip): with qconf's settings
-set_library_environment()
 if "QCONF_CACHE" not in os.environ:
     os.environ["QCONF_CACHE"] = tempfile.mkdtemp(prefix="qconf-test-cache-")
     atexit.register(shutil.rmtree, os.environ["QCONF_CACHE"], ignore_errors=True)
@@ -26,6 +24,14 @@ if "QCONF_CACHE" not in os.environ:
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="qconf-test-hub-")
 atexit.register(shutil.rmtree, os.environ["HF_HUB_CACHE"], ignore_errors=True)
 warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests import backend libraries themselves (pytest.importorskip): with qconf's settings.
+    Set here, before any test module is collected, not at this file's import: mutmut's check
+    that a failing qconf function fails the tests must see a failed session, not a conftest
+    that cannot be imported (pytest's usage error, which mutmut refuses)."""
+    set_library_environment()
 
 
 @pytest.fixture(scope="module")
