@@ -1,0 +1,283 @@
+"""Fast, exact checks of the preset estimates (qconf/estimate/{presets,preset_estimate,
+preset_table}.py) on a family of one's own: a user --config-dir with a tiny DDPM model whose
+config-only snapshot sits in a temporary snapshots folder, so each estimate builds one small UNet
+on the meta device (milliseconds) instead of a full-size model.
+
+The tiny UNet2DModel (one 8-channel level, one resnet a down block, no attention, 3 -> 3
+channels) has, counted from diffusers' layer layout:
+  conv_in 3*8*9+8 = 224; time embedding 8->32->32: 288 + 1056 = 1344;
+  a resnet 8->8 with a 32-wide time embedding: 2 GroupNorms 16 + 16, two 3x3 convs 584 + 584,
+  time_emb_proj 32*8+8 = 264: 1464; the down block one, the mid block two: 3 * 1464 = 4392;
+  the up block two resnets 16->8 (skip concatenated): GroupNorm(16) 32, conv 16*8*9+8 = 1160,
+  time_emb_proj 264, GroupNorm(8) 16, conv 584, 1x1 shortcut 16*8+8 = 136: 2 * 2192 = 4384;
+  conv_norm_out 16, conv_out 8*3*9+3 = 219.
+  Sum: 10579 parameters, 21158 bytes in bfloat16.
+int8wo (torchao Int8Tensor: int8 weight, fp32 scale and int8 zero point per row) quantizes its
+seven Linear layers: linear_1 32x8, linear_2 32x32 and five time_emb_proj 8x32, 2560 weights and
+104 rows: 2560 + 104 * 5 = 3080 bytes instead of 2 * 2560 = 5120, so 21158 - 2040 = 19118; its
+load peak is 1.1 x that, rounded up: 21030.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qconf.estimate import presets, snapshots
+from qconf.estimate.preset_estimate import PresetEstimate
+from qconf.estimate.preset_table import (
+    END_MARKER,
+    START_MARKER,
+    _option_label,
+    preset_row,
+    readme_section,
+    replace_section,
+)
+from qconf.plan.conftree import backend_options, group_options
+
+pytest.importorskip("torch")
+pytest.importorskip("diffusers.models.unets.unet_2d")  # at collection: once per run
+
+GIB = 2**30
+PARAMS = 10579
+BF16 = 2 * PARAMS
+INT8WO = BF16 - 2 * 2560 + 2560 + 104 * 5
+INT8WO_PEAK = 21030  # ceil(1.1 * 19118)
+REPO = "tiny/ddpm"
+UNET = {
+    "_class_name": "UNet2DModel",
+    "sample_size": 8,
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": [8],
+    "layers_per_block": 1,
+    "down_block_types": ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"],
+    "norm_num_groups": 4,
+    "add_attention": False,
+}
+MODEL_INDEX = {
+    "_class_name": "DDPMPipeline",
+    "scheduler": ["diffusers", "DDPMScheduler"],
+    "unet": ["diffusers", "UNet2DModel"],
+}
+PRESETS = {
+    "ddpm-plain": "defaults:\n  - override /model: ddpm\n",
+    "ddpm-int8wo": (
+        "defaults:\n  - /backend@quant.mapping.unet: int8wo\n  - override /model: ddpm\n"
+    ),
+    "ddpm-nf4-fp16": (
+        "defaults:\n  - /backend@quant.mapping.unet: nf4\n  - override /model: ddpm\n"
+        "quant:\n  mapping:\n    unet:\n      kwargs:\n        bnb_4bit_compute_dtype: float16\n"
+    ),
+    "ddpm-broken": "quant:\n  mapping:\n    unet: no-such-option\n",
+    "ddpm-elsewhere": "defaults:\n  - override /model: elsewhere\n",
+    "ddpm-tiny": "defaults:\n  - override /model: tiny-sd\n",
+}
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def conf_tree(tmp_path: Path) -> Path:
+    """A --config-dir with the DDPM family (its snapshot is not shipped)."""
+    conf = tmp_path / "conf"
+    _write(conf / "model" / "ddpm.yaml", f"source: {REPO}\npipeline: DDPMPipeline\n")
+    _write(conf / "model" / "elsewhere.yaml", "source: nobody/nothing\npipeline: DDPMPipeline\n")
+    for name, body in PRESETS.items():
+        _write(conf / "preset" / f"{name}.yaml", f"# @package _global_\n# {name}\n{body}")
+    return conf
+
+
+@pytest.fixture
+def family(conf_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The DDPM family's --config-dir, its snapshot in a snapshots folder of its own."""
+    root = tmp_path / "snapshots"
+    _write(root / "tiny--ddpm" / "model_index.json", json.dumps(MODEL_INDEX))
+    _write(root / "tiny--ddpm" / "unet" / "config.json", json.dumps(UNET))
+    monkeypatch.setattr(snapshots, "snapshots_root", lambda: root)
+    return conf_tree
+
+
+# --- one preset's estimate --------------------------------------------------------------------
+
+
+def test_a_preset_is_estimated_against_its_models_snapshot(family: Path) -> None:
+    plain = presets.estimate_preset("ddpm-plain", family)
+    assert plain == PresetEstimate("ddpm-plain", REPO, BF16, BF16, BF16)  # nothing quantized
+    int8 = presets.estimate_preset("ddpm-int8wo", family)
+    assert int8 == PresetEstimate("ddpm-int8wo", REPO, BF16, INT8WO, INT8WO_PEAK)
+
+
+def test_a_preset_that_cannot_be_estimated_says_why_instead_of_a_number(family: Path) -> None:
+    broken = presets.estimate_preset("ddpm-broken", family)
+    assert (broken.preset, broken.source) == ("ddpm-broken", "?")
+    assert (broken.bytes_unquantized, broken.bytes, broken.load_peak_bytes) == (None, None, None)
+    assert "no-such-option" in (broken.missing or "")
+    elsewhere = presets.estimate_preset("ddpm-elsewhere", family)
+    assert elsewhere == PresetEstimate(
+        "ddpm-elsewhere", "nobody/nothing", None, None, None,
+        "no config snapshot of nobody/nothing in qconf/data/snapshots/nobody--nothing",
+    )  # fmt: skip
+    tiny = presets.estimate_preset("ddpm-tiny", family)  # not a hub id: never a snapshot
+    assert tiny == PresetEstimate(
+        "ddpm-tiny", "tiny-sd", None, None, None,
+        "no config snapshot of tiny-sd in qconf/data/snapshots/tiny-sd",
+    )  # fmt: skip
+
+
+def test_a_snapshot_the_estimate_refuses_is_the_presets_reason(family: Path) -> None:
+    unet = snapshots.snapshots_root() / "tiny--ddpm" / "unet" / "config.json"
+    unet.unlink()
+    found = presets.estimate_preset("ddpm-plain", family)
+    assert (found.source, found.bytes, found.load_peak_bytes) == (REPO, None, None)
+    assert found.missing is not None and "config.json" in found.missing
+
+
+def test_preset_names_are_the_built_in_ones_plus_the_users_sorted(family: Path) -> None:
+    built_in = presets.preset_names()
+    assert built_in == sorted(group_options("preset")) and "flux-nf4" in built_in
+    assert not set(PRESETS) & set(built_in)
+    assert presets.preset_names(family) == sorted([*built_in, *PRESETS])
+
+
+def test_every_preset_is_listed_the_built_in_ones_from_the_shipped_file(
+    conf_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qconf.estimate import preset_cache
+
+    monkeypatch.setenv("QCONF_CACHE", str(tmp_path / "cache"))
+    for name in ("ddpm-plain", "ddpm-int8wo", "ddpm-nf4-fp16", "ddpm-broken"):
+        (conf_tree / "preset" / f"{name}.yaml").unlink()  # left: two with no snapshot
+    shipped = preset_cache.read_shipped()
+    assert shipped is not None
+    found = {e.preset: e for e in presets.estimate_presets(conf_tree)}
+    assert list(found) == presets.preset_names(conf_tree)
+    for name, stored in shipped.presets.items():
+        assert found[name] == preset_cache.restored(name, stored)
+    assert found["ddpm-tiny"].missing and found["ddpm-elsewhere"].missing
+
+
+# --- fits -------------------------------------------------------------------------------------
+
+
+def test_fitting_and_over_by_peak_sort_by_peak_then_weights_then_name() -> None:
+    a = PresetEstimate("a", "m", 9, 5, 8)
+    b = PresetEstimate("b", "m", 9, 4, 8)  # same peak, fewer weights: first
+    c = PresetEstimate("c", "m", 9, 4, 8)  # a tie on both: by name
+    small = PresetEstimate("small", "m", 9, 2, 3)
+    peak = PresetEstimate("peak", "m", 9, 6, 20)
+    peak2 = PresetEstimate("peak2", "m", 9, 7, 12)
+    tie = PresetEstimate("tie", "m", 9, 6, 12)
+    broken = PresetEstimate("broken", "?", None, None, None, "why")
+    everything = [peak, a, c, broken, peak2, b, small, tie]
+    assert presets.fitting(everything, 8) == [small, b, c, a]
+    assert presets.over_by_peak(everything, 8) == [tie, peak2, peak]
+    assert presets.fitting(everything, 2) == [] and presets.over_by_peak(everything, 1) == []
+
+
+def test_a_preset_estimate_fits_by_its_peak() -> None:
+    found = PresetEstimate("p", "m", 30, 10, 12)
+    assert found.loads_in(12) and not found.loads_in(11)
+    assert found.over_by_peak(10) and found.over_by_peak(11)
+    assert not found.over_by_peak(9)  # the weights do not fit either
+    assert not found.over_by_peak(12)  # it loads
+    missing = PresetEstimate("p", "m", None, None, None, "why")
+    assert not missing.loads_in(2**60) and not missing.over_by_peak(2**60)
+    only_weights = PresetEstimate("p", "m", 30, 10, None)
+    assert not only_weights.loads_in(100) and only_weights.over_by_peak(10)
+
+
+def test_a_preset_estimate_as_json() -> None:
+    found = PresetEstimate("p", "org/m", 30, 10, 12)
+    assert found.to_json() == {
+        "preset": "p",
+        "model": "org/m",
+        "bytes_unquantized": 30,
+        "bytes": 10,
+        "load_peak_bytes": 12,
+    }
+    missing = PresetEstimate("q", "?", None, None, None, "no snapshot")
+    assert missing.to_json() == {
+        "preset": "q",
+        "model": "?",
+        "bytes_unquantized": None,
+        "bytes": None,
+        "load_peak_bytes": None,
+        "missing": "no snapshot",
+    }
+
+
+# --- the README table -------------------------------------------------------------------------
+
+
+def test_a_table_row_names_the_parts_their_options_and_the_weights(family: Path) -> None:
+    head = "| `ddpm-int8wo` | `tiny/ddpm` | DDPMPipeline | unet: `int8wo` |"
+    assert preset_row("ddpm-int8wo", family, memory=False) == f"{head}  |"
+    estimate = PresetEstimate("ddpm-int8wo", REPO, 30 * GIB, 8 * GIB + GIB // 4, 9 * GIB)
+    assert preset_row("ddpm-int8wo", family, memory=estimate) == f"{head} 30.0 → **8.2** |"
+    assert preset_row("ddpm-int8wo", family) == f"{head} 0.0 → **0.0** |"  # estimated now
+    plain = preset_row("ddpm-plain", family, memory=False)
+    assert plain == "| `ddpm-plain` | `tiny/ddpm` | DDPMPipeline | nothing |  |"
+    nf4 = preset_row("ddpm-nf4-fp16", family, memory=False)
+    assert "| unet: `nf4` (bnb_4bit_compute_dtype=float16) |" in nf4
+    assert preset_row("ddpm-elsewhere", family).endswith("| nothing | no snapshot |")
+    broken = PresetEstimate("x", REPO, 30 * GIB, None, None, "why")
+    assert preset_row("ddpm-plain", family, memory=broken).endswith("| no snapshot |")
+
+
+def test_an_entry_is_labelled_with_the_option_it_changes_least() -> None:
+    options = backend_options()
+    assert _option_label("int8wo", "torchao", options) == "`int8wo`"
+    assert _option_label(None, "torchao", options) == "`torchao`"  # global mode
+    nf4 = {"backend": "bitsandbytes_4bit", "kwargs": dict(options["nf4"]["kwargs"])}
+    assert _option_label(nf4, "bitsandbytes_4bit", options) == "`nf4`"
+    fp4 = {**nf4, "kwargs": {**nf4["kwargs"], "bnb_4bit_quant_type": "fp4"}}
+    assert _option_label(fp4, "bitsandbytes_4bit", options) == "`fp4`"
+    changed = {**nf4, "kwargs": {**nf4["kwargs"], "bnb_4bit_compute_dtype": "float16"}}
+    label = _option_label(changed, "bitsandbytes_4bit", options)
+    assert label == "`nf4` (bnb_4bit_compute_dtype=float16)"
+    skipping = {**nf4, "skip": ["proj_out", "norm"], "extra": None}
+    assert _option_label(skipping, "bitsandbytes_4bit", options) == "`nf4` (skip=[proj_out, norm])"
+    nested = {"backend": "torchao", "kwargs": {"quant_type": {"name": "X", "group_size": 32}}}
+    label = _option_label(nested, "torchao", options)
+    assert label.endswith("(quant_type={name=X, group_size=32})")
+    # no option of the backend holds these kwargs' keys: the backend and every kwarg
+    alone = {"backend": "nowhere", "kwargs": {"a": 1, "b": [2]}}
+    assert _option_label(alone, "nowhere", options) == "`nowhere` (a=1, b=[2])"
+    bare = {"backend": "nowhere"}
+    assert _option_label(bare, "nowhere", options) == "`nowhere`"
+
+
+def test_an_option_whose_keys_an_entry_lacks_is_not_its_base() -> None:
+    options = {
+        "a-full": {"backend": "b", "kwargs": {"x": 1, "y": 2}},
+        "b-one": {"backend": "b", "kwargs": {"x": 5}},
+        "c-other": {"backend": "c", "kwargs": {"x": 1}},
+    }
+    # x=1 alone: a-full has y, which the entry removed, so b-one is the base (x changed)
+    assert _option_label({"backend": "b", "kwargs": {"x": 1}}, "b", options) == "`b-one` (x=1)"
+    # a tie in changes goes to the first option by name
+    options["0-first"] = {"backend": "b", "kwargs": {"x": 7}}
+    assert _option_label({"backend": "b", "kwargs": {"x": 1}}, "b", options) == "`0-first` (x=1)"
+    both = {"backend": "b", "kwargs": {"x": 1, "y": 3}}
+    assert _option_label(both, "b", options) == "`a-full` (y=3)"
+
+
+def test_the_readme_section_between_the_markers() -> None:
+    readme = f"intro\n{START_MARKER}\n| old |\n{END_MARKER}\nrest\n"
+    assert readme_section(readme) == "| old |"
+    assert replace_section(readme, "| new |\n| rows |") == (
+        f"intro\n{START_MARKER}\n| new |\n| rows |\n{END_MARKER}\nrest\n"
+    )
+    assert readme_section(f"{START_MARKER}\n\n\nx\n\n{END_MARKER}") == "x"
+    for broken in (f"{START_MARKER} only", f"{END_MARKER} only", f"{END_MARKER}\n{START_MARKER}"):
+        assert readme_section(broken) is None
+        with pytest.raises(ValueError, match="presets:start"):
+            replace_section(broken, "| new |")
