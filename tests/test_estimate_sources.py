@@ -453,3 +453,29 @@ def test_an_unknown_part_entry_and_a_bad_source_are_plan_errors(tmp_path: Path) 
         estimate(_plan(write_ddpm(tmp_path / "ddpm")), tmp_path / "nothing")
     with pytest.raises(PlanError):
         estimate(_plan(write_ddpm(tmp_path / "ddpm")), tmp_path / "ddpm" / "model_index.json")
+
+
+def test_a_backend_without_a_byte_model_is_priced_unquantized_and_said(tmp_path: Path) -> None:
+    folder = write_ddpm(tmp_path / "ddpm")
+    modelopt = {"backend": "modelopt", "kwargs": {"quant_type": "FP8"}}
+    (part,) = estimate(_plan(folder, mapping={"unet": modelopt})).parts.values()
+    assert (part.backend, part.bytes, part.quantized_layers) == ("modelopt", BF16, 0)
+    assert part.notes == ("modelopt has no byte model: priced as unquantized",)
+
+
+def test_a_part_saved_pre_quantized_is_priced_from_its_header(tmp_path: Path) -> None:
+    saved = {**UNET, "quantization_config": {"quant_method": "sdnq", "weights_dtype": "int8"}}
+    folder = write_ddpm(tmp_path / "ddpm", saved)
+    _with_weights(folder, {
+        "time_embedding.linear_1.weight": torch.zeros(32, 8, dtype=torch.int8),
+        "time_embedding.linear_1.scale": torch.zeros(32, 1),
+        "conv_in.weight": torch.zeros(16, 3, 3, 3, dtype=torch.bfloat16),
+    })  # fmt: skip
+    (part,) = estimate(_plan(folder)).parts.values()
+    # sdnq reloads the int8 codes as stored and their scale in float32 (diffusers); every other
+    # float in the load dtype: 256 + 32 * 4 + 16 * 27 * 2. The header's shapes are the saved
+    # tensors', not the module's: no shape note, the parameters counted off the config
+    assert (part.bytes, part.quantized_layers) == (256 + 128 + 864, 1)
+    assert part.notes[0] == "saved pre-quantized: bytes from its safetensors header"
+    assert not any("checkpoint shape" in note for note in part.notes)
+    assert (part.params, part.bytes_unquantized, part.from_weights) == (PARAMS, BF16, True)
