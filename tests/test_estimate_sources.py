@@ -82,6 +82,8 @@ def test_hf_hub_offline_is_read_as_the_hub_reads_it(
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", value)
     assert snapshots._offline() is offline
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert snapshots._offline() is False
 
 
 def test_the_files_an_estimate_needs_are_the_required_weighted_parts_configs() -> None:
@@ -138,8 +140,12 @@ def test_online_only_the_config_files_are_fetched(
         raise OSError("no route to host\nmore lines")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
-    with pytest.raises(ModelSourceError, match=r"\(OSError: no route to host\); missing: model"):
+    with pytest.raises(ModelSourceError) as caught:
         snapshots.fetch_configs("org/m", "DDPMPipeline")
+    assert caught.value.problems[0].what == (
+        "'org/m' has no built-in snapshot and no local copy, and its config files could not be "
+        "fetched (OSError: no route to host); missing: model_index.json, unet/config.json"
+    )
 
     def silent(*args: Any, **kwargs: Any) -> str:
         raise OSError()

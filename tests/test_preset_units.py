@@ -350,6 +350,7 @@ def test_the_readme_section_between_the_markers() -> None:
     readme = f"intro\n{START_MARKER}\n| old |\n{END_MARKER}\nrest\n"
     assert readme_section(readme) == "| old |"
     assert readme_section(f"{START_MARKER}\n X| a |X \n{END_MARKER}") == " X| a |X "
+    assert readme_section(f"{START_MARKER}\nX\n{END_MARKER}") == "X"  # newlines stripped only
     # the first start marker and the first end marker after it
     twice = f"{START_MARKER}\na\n{START_MARKER}\nb\n{END_MARKER}\nc\n{END_MARKER}"
     assert readme_section(twice) == f"a\n{START_MARKER}\nb"
@@ -443,7 +444,7 @@ def test_the_table_command_says_what_it_does(capsys: pytest.CaptureFixture[str])
     assert caught.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert out.startswith("usage: python -m qconf.estimate.preset_table [-h] [--write README]")
-    assert "The presets as a markdown table." in out
+    assert "[--write README] The presets as a markdown table. options:" in out
     assert f"replace the text between {START_MARKER} and {END_MARKER} in this file" in out
 
 
@@ -468,7 +469,10 @@ def test_the_estimates_command_writes_the_shipped_file_only_when_asked(
     assert presets.main([]) == 0
     help_text = " ".join(capsys.readouterr().out.split())
     assert help_text.startswith("usage: python -m qconf.estimate.presets [-h] [--write]")
-    assert "Estimate every built-in preset afresh and write the shipped estimates." in help_text
+    assert (
+        "[--write] Estimate every built-in preset afresh and write the shipped estimates. options:"
+        in help_text
+    )
     assert "--write write qconf/data/preset_estimates.json" in help_text
     assert calls == []
     assert presets.main(["--write"]) == 0
