@@ -179,6 +179,29 @@ def test_a_hub_plan_is_estimated_from_its_shipped_snapshot_else_fetched(
         sources.estimate_source(_plan("org/elsewhere"))
 
 
+def test_a_hub_plan_without_a_snapshot_reads_the_fetched_config_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    fetched = write_ddpm(tmp_path / "fetched")
+    asked: list[str] = []
+
+    def download(repo_id: str, allow_patterns: Any = None) -> str:
+        asked.append(repo_id)
+        return str(fetched)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    found_folder, parts = sources.estimate_source(_plan("org/fetched"))
+    assert (found_folder, set(parts.weighted), asked) == (fetched, {"unet"}, ["org/fetched"])
+    index = json.loads((fetched / "model_index.json").read_text())
+    (fetched / "model_index.json").write_text(json.dumps({**index, "_class_name": "DDIMPipeline"}))
+    with pytest.raises(PlanError) as caught:  # checked as model.source is
+        sources.estimate_source(_plan("org/fetched"))
+    assert caught.value.problems[0].where.startswith("model.source")
+
+
 # --- building a part on the meta device -------------------------------------------------------
 
 
@@ -240,9 +263,7 @@ def test_bad_config_values_are_the_files_fault_in_one_line() -> None:
 
 
 def test_a_transformers_part_is_built_in_its_load_dtype(tmp_path: Path) -> None:
-    config = {"model_type": "clip_text_model", "vocab_size": 10, "hidden_size": 4,
-              "intermediate_size": 6, "num_hidden_layers": 1, "num_attention_heads": 2,
-              "max_position_embeddings": 5, "projection_dim": 3}  # fmt: skip
+    config = dict(CLIP_TEXT)
     (tmp_path / "te").mkdir()
     (tmp_path / "te" / "config.json").write_text(json.dumps(config))
     found, model = sources.meta_model(
@@ -273,8 +294,8 @@ def test_a_model_needing_real_values_at_build_gets_real_buffers_only() -> None:
     built = sources._on_meta(Scheduled)
     assert built.count == 6 and built.steps.device.type == "cpu"
     assert built.proj.weight.device.type == "meta"
-    plain = sources._on_meta(lambda: torch.nn.Linear(2, 3))
-    assert plain.weight.device.type == "meta" and plain.bias.device.type == "meta"
+    plain = sources._on_meta(lambda: torch.nn.BatchNorm1d(3))
+    assert plain.weight.device.type == "meta" and plain.running_mean.device.type == "meta"
 
 
 class _Keeps:
@@ -302,7 +323,7 @@ def test_transformers_keeps_by_pattern_and_by_dtype() -> None:
     bf16 = sources.fp32_matcher(_Keeps(), "transformers", torch.bfloat16)
     assert bf16("moe.router.weight") and not bf16("block.wo.weight")
     fp32 = sources.fp32_matcher(_Keeps(), "transformers", torch.float32)
-    assert not fp32("moe.router.weight") and not fp32("block.wo.weight")
+    assert fp32("moe.router.weight") is False and fp32("block.wo.weight") is False
     loose = type("Loose", (), {"_keep_in_fp32_modules": None,
                                "_keep_in_fp32_modules_strict": None})()  # fmt: skip
     assert not sources.fp32_matcher(loose, "transformers", torch.float16)("wo.weight")
@@ -352,6 +373,14 @@ def test_layers_a_backend_cannot_take_are_counted_unquantized_and_said(tmp_path:
     assert part.quantized_layers == 6
     assert part.notes == (
         "1 layer(s) with in_features 8 not a multiple of group 16: torchao fails to load them",
+    )
+    wide = {"backend": "torchao", "kwargs": {"quant_type": {
+        "name": "Int8WeightOnlyConfig", "group_size": 64}}}  # fmt: skip
+    (part,) = estimate(_plan(folder, mapping={"unet": wide})).parts.values()
+    assert part.bytes == BF16 and part.quantized_layers == 0
+    assert part.notes == (  # linear_1 has 8 inputs; linear_2 and the five time_emb_proj 32
+        "1 layer(s) with in_features 8 not a multiple of group 64: torchao fails to load them",
+        "6 layer(s) with in_features 32 not a multiple of group 64: torchao fails to load them",
     )
     int4 = {"backend": "torchao", "kwargs": {"quant_type": {
         "name": "Int4WeightOnlyConfig", "group_size": 32}}}  # fmt: skip
@@ -440,7 +469,9 @@ def test_a_checkpoint_shape_that_cannot_be_the_tensor_is_refused(
         f"tensor 'conv_in.weight' has shape {list(shape)[:8]} in its header, which cannot be "
         "the [8, 3, 3, 3] its config.json builds"
     )
-    assert problem.fix.startswith("re-save the part, or estimate from config.json alone")
+    assert problem.fix == (
+        "re-save the part, or estimate from config.json alone (move the .safetensors files away)"
+    )
 
 
 def test_checkpoint_shapes_are_taken_when_they_can_be_the_tensor(tmp_path: Path) -> None:
@@ -450,8 +481,28 @@ def test_checkpoint_shapes_are_taken_when_they_can_be_the_tensor(tmp_path: Path)
     assert _shape(None, built, tmp_path, "k") == (8, 0, 3)
     assert _shape((8, 0, 3), built, tmp_path, "k") == (8, 0, 3)
     assert _shape((4, 0, 5), built, tmp_path, "k") == (4, 0, 5)  # a zero where the module has one
+    assert _shape((1, 0, 1), built, tmp_path, "k") == (1, 0, 1)
+    from qconf.source.limits import MAX_IMPLIED_PARAMS
+
+    wide = torch.empty(8, 3, device="meta")
+    assert _shape((MAX_IMPLIED_PARAMS, 1), wide, tmp_path, "k") == (MAX_IMPLIED_PARAMS, 1)
+    with pytest.raises(ModelSourceError):
+        _shape((MAX_IMPLIED_PARAMS + 1, 1), wide, tmp_path, "k")
+    nine = torch.empty(*[2] * 9, device="meta")
+    with pytest.raises(ModelSourceError, match=r"has shape \[3, 3, 3, 3, 3, 3, 3, 3\] in its"):
+        _shape((3,) * 8 + (0,), nine, tmp_path, "k")
     with pytest.raises(ModelSourceError):
         _shape((True, 0, 3), built, tmp_path, "k")  # a bool is no size
+
+
+def test_a_checkpoint_shape_refused_names_the_part_folder_and_tensor(tmp_path: Path) -> None:
+    folder = write_ddpm(tmp_path / "ddpm")
+    _with_weights(folder, {"conv_in.weight": torch.zeros(8, 3, 9)})
+    with pytest.raises(ModelSourceError) as caught:
+        estimate(_plan(folder))
+    (problem,) = caught.value.problems
+    assert problem.where == f"{folder / 'unet'} (*.safetensors)"
+    assert problem.what.startswith("tensor 'conv_in.weight' has shape [8, 3, 9]")
 
 
 def test_an_unknown_part_entry_and_a_bad_source_are_plan_errors(tmp_path: Path) -> None:
@@ -459,6 +510,39 @@ def test_an_unknown_part_entry_and_a_bad_source_are_plan_errors(tmp_path: Path) 
         estimate(_plan(write_ddpm(tmp_path / "ddpm")), tmp_path / "nothing")
     with pytest.raises(PlanError):
         estimate(_plan(write_ddpm(tmp_path / "ddpm")), tmp_path / "ddpm" / "model_index.json")
+
+
+CLIP_TEXT = {"model_type": "clip_text_model", "vocab_size": 10, "hidden_size": 4,
+             "intermediate_size": 6, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "max_position_embeddings": 5, "projection_dim": 3}  # fmt: skip
+
+
+def test_a_transformers_part_is_quantized_but_for_its_skip_list(tmp_path: Path) -> None:
+    """The CLIP text part of test_a_transformers_part_is_built_in_its_load_dtype: 222
+    parameters, 444 bytes in bf16 and its int64 position ids (5 x 8 bytes). torchao int8wo on its
+    six Linear layers: q/k/v/out 4x4 (16 + 4 rows x 5 = 36 bytes, not 32), fc1 6x4 (24 + 30 = 54,
+    not 48) and fc2 4x6 (24 + 20 = 44, not 48)."""
+    from qconf.estimate.core import _estimate_part
+
+    folder = write_ddpm(tmp_path / "ddpm")
+    (folder / "te").mkdir()
+    (folder / "te" / "config.json").write_text(json.dumps(CLIP_TEXT))
+
+    def part(skip: list[str] | None = None, **kwargs: Any) -> Any:
+        entry = {"backend": "torchao", "kwargs": {**INT8WO_KWARGS, **kwargs}, "skip": skip}
+        plan = _plan(folder, mapping={"unet": entry}).resolve()
+        te = plan.components["unet"].entry
+        return _estimate_part(folder, "te", "transformers", "CLIPTextModel", te, "bfloat16")
+
+    everything = part()
+    assert (everything.params, everything.bytes_unquantized) == (222, 444 + 40)
+    assert (everything.bytes, everything.quantized_layers) == (484 - 224 + 4 * 36 + 54 + 44, 6)
+    # transformers matches a skip from the start of the name (a bare "fc1" would need the
+    # parameter name to end in it)
+    fc1 = part(modules_to_not_convert=["encoder.layers.0.mlp.fc1"])
+    assert (fc1.bytes, fc1.quantized_layers) == (everything.bytes - 54 + 48, 5)
+    skipped = part(skip=["encoder.layers.0.mlp.fc1"])  # on top of transformers' own skips
+    assert (skipped.bytes, skipped.quantized_layers) == (fc1.bytes, 5)
 
 
 def test_a_backend_without_a_byte_model_is_priced_unquantized_and_said(tmp_path: Path) -> None:
@@ -474,14 +558,30 @@ def test_a_part_saved_pre_quantized_is_priced_from_its_header(tmp_path: Path) ->
     folder = write_ddpm(tmp_path / "ddpm", saved)
     _with_weights(folder, {
         "time_embedding.linear_1.weight": torch.zeros(32, 8, dtype=torch.int8),
-        "time_embedding.linear_1.scale": torch.zeros(32, 1),
+        "time_embedding.linear_1.scale": torch.zeros(32, 1, dtype=torch.bfloat16),
         "conv_in.weight": torch.zeros(16, 3, 3, 3, dtype=torch.bfloat16),
     })  # fmt: skip
     (part,) = estimate(_plan(folder)).parts.values()
-    # sdnq reloads the int8 codes as stored and their scale in float32 (diffusers); every other
+    # sdnq reloads the int8 codes as stored and their scale in float32 (diffusers, whatever it
+    # was stored in); every other
     # float in the load dtype: 256 + 32 * 4 + 16 * 27 * 2. The header's shapes are the saved
     # tensors', not the module's: no shape note, the parameters counted off the config
     assert (part.bytes, part.quantized_layers) == (256 + 128 + 864, 1)
     assert part.notes[0] == "saved pre-quantized: bytes from its safetensors header"
     assert not any("checkpoint shape" in note for note in part.notes)
     assert (part.params, part.bytes_unquantized, part.from_weights) == (PARAMS, BF16, True)
+
+
+def test_the_sub_models_of_a_transformers_part_build_in_its_dtype_too(tmp_path: Path) -> None:
+    text = {k: v for k, v in CLIP_TEXT.items() if k != "model_type"}
+    vision = {"hidden_size": 4, "intermediate_size": 6, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 4, "patch_size": 2}  # fmt: skip
+    config = {"model_type": "clip", "text_config": text, "vision_config": vision,
+              "projection_dim": 3}  # fmt: skip
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "config.json").write_text(json.dumps(config))
+    _, model = sources.meta_model(tmp_path, "clip", "transformers", "CLIPModel", torch.float16)
+    assert model.config.dtype == torch.float16
+    assert model.config.text_config.dtype == torch.float16
+    assert model.config.vision_config.dtype == torch.float16
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
