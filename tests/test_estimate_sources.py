@@ -283,7 +283,9 @@ def test_a_transformers_part_is_built_in_its_load_dtype(tmp_path: Path) -> None:
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
-def test_a_model_needing_real_values_at_build_gets_real_buffers_only() -> None:
+def test_a_model_needing_real_values_at_build_gets_real_buffers_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     class Scheduled(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -294,6 +296,9 @@ def test_a_model_needing_real_values_at_build_gets_real_buffers_only() -> None:
     built = sources._on_meta(Scheduled)
     assert built.count == 6 and built.steps.device.type == "cpu"
     assert built.proj.weight.device.type == "meta"
+    # whatever accelerate's own default says (its environment flag)
+    monkeypatch.setenv("ACCELERATE_INIT_INCLUDE_BUFFERS", "1")
+    assert sources._on_meta(Scheduled).steps.device.type == "cpu"
     plain = sources._on_meta(lambda: torch.nn.BatchNorm1d(3))
     assert plain.weight.device.type == "meta" and plain.running_mean.device.type == "meta"
 
@@ -543,6 +548,29 @@ def test_a_transformers_part_is_quantized_but_for_its_skip_list(tmp_path: Path) 
     assert (fc1.bytes, fc1.quantized_layers) == (everything.bytes - 54 + 48, 5)
     skipped = part(skip=["encoder.layers.0.mlp.fc1"])  # on top of transformers' own skips
     assert (skipped.bytes, skipped.quantized_layers) == (fc1.bytes, 5)
+
+
+def test_a_part_without_a_load_dtype_takes_its_backends_default(tmp_path: Path) -> None:
+    from qconf.estimate.core import _estimate_part
+
+    folder = write_ddpm(tmp_path / "ddpm")
+    int8 = _plan(folder, mapping={"unet": "int8wo"}).resolve().components["unet"].entry
+    found = _estimate_part(folder, "unet", "diffusers", "UNet2DModel", int8, None)
+    assert found.bytes_unquantized == BF16 and found.bytes == INT8WO  # torchao: bfloat16
+    plain = _estimate_part(folder, "unet", "diffusers", "UNet2DModel", None, None)
+    assert plain.bytes == 4 * PARAMS and plain.load_peak_ratio == 1.0  # float32
+
+
+def test_a_saved_quantization_config_without_an_entry_is_said(tmp_path: Path) -> None:
+    from qconf.estimate.core import _estimate_part
+
+    saved = {**UNET, "quantization_config": {"quant_method": "quanto", "weights_dtype": "int8"}}
+    folder = write_ddpm(tmp_path / "ddpm", saved)
+    found = _estimate_part(folder, "unet", "diffusers", "UNet2DModel", None, "bfloat16")
+    assert (found.backend, found.bytes) == (None, BF16)
+    assert found.notes == (
+        "config.json holds a quantization_config: the library loads that, not the plan",
+    )
 
 
 def test_a_backend_without_a_byte_model_is_priced_unquantized_and_said(tmp_path: Path) -> None:
