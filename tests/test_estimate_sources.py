@@ -613,3 +613,26 @@ def test_the_sub_models_of_a_transformers_part_build_in_its_dtype_too(tmp_path: 
     assert model.config.text_config.dtype == torch.float16
     assert model.config.vision_config.dtype == torch.float16
     assert {p.dtype for p in model.parameters()} == {torch.float16}
+
+
+def test_a_part_from_a_pre_quantized_file_is_priced_from_the_file(tmp_path: Path) -> None:
+    """A GGUF file of float tensors alone: 10 + 6 values, each in the load dtype."""
+    from qconf.backends import REGISTRY
+    from qconf.estimate.core import _estimate_part
+
+    gguf = pytest.importorskip("gguf")
+    np = pytest.importorskip("numpy")
+    path = tmp_path / "unet.gguf"
+    writer = gguf.GGUFWriter(str(path), "flux")
+    writer.add_tensor("a.weight", np.zeros(10, dtype=np.float32))
+    writer.add_tensor("b.weight", np.zeros(6, dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    entry = REGISTRY["gguf"].entry.model_validate({"backend": "gguf", "file": str(path)})
+    folder = write_ddpm(tmp_path / "ddpm")
+    for dtype, size in (("bfloat16", 2), ("float32", 4)):
+        found = _estimate_part(folder, "unet", "diffusers", "UNet2DModel", entry, dtype)
+        assert found.bytes == 16 * size and found.bytes_unquantized == PARAMS * size
+        assert found.notes[-1].startswith("gguf: bytes from the file's tensor table")
