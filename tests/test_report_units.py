@@ -142,3 +142,21 @@ def test_load_report_json() -> None:
         "total_bytes": 32,
         "total_bytes_unquantized": 60,
     }
+
+
+def test_a_layer_module_holding_its_codes_outside_weight_is_measured() -> None:
+    """auto-round's QuantLinear: int32 codes in `qweight`, zero points and scales as state, the
+    bias a float16 buffer; counted by hand (64 x 64, 4 bits, groups of 32)."""
+    qlinear = pytest.importorskip("auto_round_extension.torch.qlinear_torch_zp")
+    part = torch.nn.Sequential(qlinear.QuantLinear(4, 32, 64, 64, bias=True),
+                               torch.nn.Linear(64, 32))  # fmt: skip
+    report = measure_part("transformer", part, "diffusers", "auto-round", torch.bfloat16)
+    # codes stand for 4096 weights (bf16 unquantized), bias 64; the Linear 2048 + 32 in fp32
+    assert report.params == 4096 + 64 + 2048 + 32
+    assert report.bytes_unquantized == 4096 * 2 + 64 * 2 + (2048 + 32) * 4
+    # qweight 8 x 64 int32, qzeros 2 x 8 int32, scales 2 x 64 fp16, bias 64 fp16, the Linear
+    assert report.bytes == 8 * 64 * 4 + 2 * 8 * 4 + 2 * 64 * 2 + 64 * 2 + (2048 + 32) * 4
+    assert report.quantized_layers == {"QuantLinear[int4]": 1}
+    assert report.layers == 2
+    without_dtype = measure_part("transformer", part, "diffusers", "auto-round", None)
+    assert without_dtype.bytes_unquantized == 4096 * 4 + 64 * 2 + (2048 + 32) * 4
