@@ -1,0 +1,1 @@
+"""Fast pins of the plan core for `make mutate` (filled per module)."""
