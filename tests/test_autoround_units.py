@@ -682,3 +682,29 @@ def test_cuda_visible(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert base.cuda_visible() is False
     device.touch()
     assert base.cuda_visible() is True
+
+
+def test_an_estimate_counts_the_folders_coded_layers(tmp_path: Path) -> None:
+    """A part from an auto-round folder: bytes and quantized layers from its header (two coded
+    layers here), not from the plan priced on tiny-flux's 20 Linear layers."""
+    import qconf
+    from qconf.estimate.core import estimate
+    from qconf.source.tiny import tiny_pipeline_path
+
+    config = json.loads(
+        (tiny_pipeline_path("tiny-flux") / "transformer" / "config.json").read_text()
+    )
+    tensors = {
+        "a.qweight": torch.zeros(8, 32, dtype=torch.int32),  # 1024 bytes
+        "b.qweight": torch.zeros(8, 32, dtype=torch.int32),  # 1024 bytes
+        "a.scales": torch.zeros(2, 32, dtype=torch.float16),  # 64 floats, 128 bytes in bf16
+    }
+    folder = _folder(tmp_path, {**config, "quantization_config": dict(QUANT)}, tensors)
+    entry = {"backend": "auto-round", "folder": str(folder)}
+    plan = qconf.intake(
+        model={"source": "tiny-flux", "torch_dtype": "bfloat16"},
+        quant={"mapping": {"transformer": entry}},
+    )
+    part = estimate(plan).parts["transformer"]
+    assert (part.bytes, part.quantized_layers, part.from_weights) == (2176, 2, True)
+    assert part.notes == ("auto-round: bytes from the folder's safetensors header",)

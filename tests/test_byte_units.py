@@ -280,6 +280,7 @@ def test_torchao_float8_dynamic_layout() -> None:
 QUANTO_SHAPES = [
     (48, 96),
     (48, 128),
+    (40, 128),
     (48, 256),
     (48, 224),
     (40, 160),

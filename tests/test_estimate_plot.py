@@ -117,3 +117,14 @@ def test_without_matplotlib_it_says_what_to_install(
         "sensitivity --plot: matplotlib is not installed — pip install matplotlib"
     ]
     assert not list(tmp_path.iterdir())
+
+
+def test_a_target_that_cannot_be_written_is_refused_at_the_callers_flag(
+    tmp_path: Path, drawn: list[Any]
+) -> None:
+    """The target is checked before anything is drawn, and the line names the caller's flag."""
+    with pytest.raises(PlanError) as caught:
+        plot(_estimate(), tmp_path / "missing" / "est.png", where="tune --plot")
+    (problem,) = caught.value.problems
+    assert problem.where == "tune --plot"
+    assert drawn == [] and not list(tmp_path.iterdir())

@@ -636,3 +636,4 @@ def test_a_part_from_a_pre_quantized_file_is_priced_from_the_file(tmp_path: Path
         found = _estimate_part(folder, "unet", "diffusers", "UNet2DModel", entry, dtype)
         assert found.bytes == 16 * size and found.bytes_unquantized == PARAMS * size
         assert found.notes[-1].startswith("gguf: bytes from the file's tensor table")
+        assert found.quantized_layers == 0  # float tensors only
