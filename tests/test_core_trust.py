@@ -109,6 +109,11 @@ def test_flag_values_of_a_model_section_that_is_one_interpolation() -> None:
     cfg = OmegaConf.create({"model": f"${{{key}}}", key: {"trust_remote_code": "yes"}})
     shown = "${...} (${a_rather_long_key_name_for_the_model_s)"
     assert flag_values(cfg) == {PICKLE: [None, None, shown], REMOTE: [None, "yes", shown]}
+    # oc.decode resolves to a plain dict, not a config node.
+    decoded = "${oc.decode:'{allow_pickle: true}'}"
+    shown = f"${{...}} ({decoded})"
+    cfg = OmegaConf.create({"model": decoded})
+    assert flag_values(cfg) == {PICKLE: [None, True, shown], REMOTE: [None, None, shown]}
 
 
 def test_flag_values_counts_references_before_resolving() -> None:
@@ -297,6 +302,12 @@ def test_a_reference_to_a_container_at_the_size_edge() -> None:
     n = MAX_RESOLVED_CHARS - 14 - (1 + 4) - (1 + 4)
     at_edge(lambda extra: ({"a": "x" * (n + extra), "b": "${oc.decode:a}"}, "b"))
     at_edge(lambda extra: ({"a": "x" * (n + extra + 11), "b": "${}"}, "b"))
+    at_edge(lambda extra: ({"-a": "x" * (n + extra - 1), "b": "${oc.decode:a}"}, "b"))
+
+
+def test_a_container_over_the_edge_stops_counting() -> None:
+    data = {"c": {"a": "x" * MAX_RESOLVED_CHARS, "b": "y"}, "r": "${c}", "s": "${c.b}"}
+    assert lines(check_interpolation_size, data) == too_big("r")
 
 
 def test_reference_loops_count_nothing() -> None:
@@ -332,6 +343,9 @@ def test_where_a_reference_points() -> None:
     assert _target("a.b.c", "..d") == "a.d"
     assert _target("a.b.c", "..d.e") == "a.d.e"
     assert _target("a", "..d") == "d"
+    assert _target("a.b", ".Xc") == "a.Xc"
+    assert _target("a.b", ".cX") == "a.cX"
+    assert _target("X.b", ".c") == "X.c"
     assert _target("a", " oc.select : b.c , 3") == "b.c"
     assert _target("a.b", "oc.select:.c,x") == "a.c"
     assert _target("a", "oc.select:x,'p:q'") == "x"
