@@ -6,7 +6,6 @@ where a reference points, the refusing resolvers and the exception chain)."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
@@ -85,7 +84,7 @@ def test_flag_values_of_plain_data() -> None:
         assert flag_values(data) == {PICKLE: [None], REMOTE: [None]}
 
 
-def test_flag_values_as_written_and_as_resolved() -> None:
+def test_flag_values_as_written_and_as_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = OmegaConf.create(
         {"model": {"allow_pickle": "${x}", "trust_remote_code": False}, "x": True}
     )
@@ -93,10 +92,10 @@ def test_flag_values_as_written_and_as_resolved() -> None:
     # A reference that cannot resolve, or an environment read: resolved counts as unknown.
     cfg = OmegaConf.create({"model": {"allow_pickle": "${missing}", "trust_remote_code": 1}})
     assert flag_values(cfg) == {PICKLE: ["${missing}", None], REMOTE: [1, None]}
-    os.environ.setdefault("HOME", "/root")
+    monkeypatch.setenv("HOME", "/home/qconf")
     cfg = OmegaConf.create({"model": {"allow_pickle": "${oc.env:HOME}"}})
     assert flag_values(cfg) == {PICKLE: ["${oc.env:HOME}", None], REMOTE: [None, None]}
-    assert OmegaConf.create({"h": "${oc.env:HOME}"}).h == os.environ["HOME"]  # guard undone
+    assert OmegaConf.create({"h": "${oc.env:HOME}"}).h == "/home/qconf"  # guard undone
     for cfg in (OmegaConf.create({"other": 1}), OmegaConf.create(["model"])):
         assert flag_values(cfg) == {PICKLE: [None, None], REMOTE: [None, None]}
 
