@@ -1,1 +1,269 @@
-"""Fast pins of the plan core for `make mutate` (filled per module)."""
+"""Fast, torch-free pins of `qconf --save` (qconf/loading/saving.py) with plain files in tmp_path:
+the origin paths dropped from a saved folder's config files (exact text written), what a lock
+marker that is not a small regular file reads as, a marker that changes between reading and
+moving it aside (staged), the model folder and the folder beside DIR refused by check_can_save /
+save_target (exact problems), and a failed save's own error never masked by its cleanup."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import qconf.loading.saving as saving
+from qconf import PlanError
+from qconf.errors import Problem
+from qconf.loading.saving import (
+    _drop_origin_paths,
+    _save_lock,
+    _take_over_if_stale,
+    check_can_save,
+    save_target,
+)
+
+
+def problems(call, *args, **kwargs) -> list[Problem]:  # noqa: ANN001
+    with pytest.raises(PlanError) as caught:
+        call(*args, **kwargs)
+    return caught.value.problems
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def dead_pid() -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+# --- origin paths ---------------------------------------------------------------------------------
+
+
+def test_origin_paths_are_dropped_from_the_saved_configs(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    vae = write(staging / "vae" / "config.json", '{"_name_or_path": "/home/me/m", "b": 1, "a": [2]}')
+    kept = {
+        # no origin path: left byte for byte as the library wrote it
+        "text_encoder/config.json": '{"z": 1,   "_name_or_path_x": 2}',
+        # not a part's config.json: not read
+        "scheduler/scheduler_config.json": '{"_name_or_path": "/home/me/m"}',
+        "vae/sub/config.json": '{"_name_or_path": "/home/me/m"}',
+        "config.json": '{"_name_or_path": "/home/me/m"}',
+        # a config.json that is not an object
+        "list/config.json": '["_name_or_path"]',
+    }
+    for name, text in kept.items():
+        write(staging / name, text)
+    _drop_origin_paths(staging)  # no model_index.json: the parts are still cleaned
+    assert vae.read_text() == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n'
+    for name, text in kept.items():
+        assert (staging / name).read_text() == text
+
+    index = write(staging / "model_index.json", '{"_name_or_path": "/home/me/m", "_class_name": "P"}')
+    write(staging / "unet" / "config.json", '{"_name_or_path": "x", "c": {"y": 1, "x": 2}}')
+    _drop_origin_paths(staging)
+    assert index.read_text() == '{\n  "_class_name": "P"\n}\n'
+    assert (staging / "unet" / "config.json").read_text() == (
+        '{\n  "c": {\n    "x": 2,\n    "y": 1\n  }\n}\n'
+    )
+    assert vae.read_text() == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n'
+
+
+# --- lock markers ---------------------------------------------------------------------------------
+
+
+def test_a_marker_that_is_a_symlink_is_stale_and_never_followed(tmp_path: Path) -> None:
+    target = tmp_path / "saved"
+    lock = tmp_path / ".saved.qconf-lock"
+    elsewhere = write(tmp_path / "elsewhere", str(os.getpid()))  # a live pid behind the link
+    lock.symlink_to(elsewhere)
+    with _save_lock(target):
+        assert not lock.is_symlink()
+        assert lock.read_text() == str(os.getpid())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]
+    assert elsewhere.read_text() == str(os.getpid())
+
+
+def test_a_marker_over_64_bytes_is_stale(tmp_path: Path) -> None:
+    target = tmp_path / "saved"
+    lock = tmp_path / ".saved.qconf-lock"
+    live = str(os.getpid())
+    lock.write_text(live.rjust(64))  # 64 bytes: read, a live owner
+    assert problems(_save_lock(target).__enter__) == [
+        Problem(
+            "--save",
+            f"another qconf process (pid {live}) is saving into '{target}'",
+            "wait for it, or pick another folder",
+        )
+    ]
+    assert lock.read_text() == live.rjust(64)
+    lock.write_text(live.rjust(65))  # 65 bytes: not read, stale
+    with _save_lock(target):
+        assert lock.read_text() == live
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_marker_taken_over_meanwhile_is_put_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staged race: the marker read is stale, but before it is moved aside another saver
+    replaces it with its own (here: this live process). The fresh marker is put back."""
+    target = tmp_path / "saved"
+    lock = write(tmp_path / ".saved.qconf-lock", str(dead_pid()))
+    real = saving._marker_text
+    reads: list[str] = []
+
+    def racing(marker: Path) -> str:
+        text = real(marker)
+        if not reads:
+            lock.unlink()
+            lock.write_text(str(os.getpid()))
+        reads.append(text)
+        return text
+
+    monkeypatch.setattr(saving, "_marker_text", racing)
+    assert problems(_take_over_if_stale, lock, target) == [
+        Problem(
+            "--save",
+            f"another qconf process (pid {os.getpid()}) is saving into '{target}'",
+            "wait for it, or pick another folder",
+        )
+    ]
+    assert len(reads) == 2 and reads[1] == str(os.getpid())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".saved.qconf-lock"]
+    assert lock.read_text() == str(os.getpid())
+
+
+def test_a_live_marker_is_refused_as_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Staged race: the owner read is alive, so the marker is left where it is, whatever it
+    holds by then (no second read, nothing moved aside)."""
+    target = tmp_path / "saved"
+    lock = write(tmp_path / ".saved.qconf-lock", str(os.getpid()))
+    real = saving._marker_text
+    dead = str(dead_pid())
+
+    def racing(marker: Path) -> str:
+        text = real(marker)
+        lock.write_text(dead)  # the owner finished and a stale marker is left
+        return text
+
+    monkeypatch.setattr(saving, "_marker_text", racing)
+    assert problems(_take_over_if_stale, lock, target) == [
+        Problem(
+            "--save",
+            f"another qconf process (pid {os.getpid()}) is saving into '{target}'",
+            "wait for it, or pick another folder",
+        )
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".saved.qconf-lock"]
+    assert lock.read_text() == dead
+
+
+# --- where a save may go --------------------------------------------------------------------------
+
+FLUX_INDEX = {
+    "_class_name": "FluxPipeline",
+    "_diffusers_version": "0.42.1",
+    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "text_encoder_2": ["transformers", "T5EncoderModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "tokenizer_2": ["transformers", "T5TokenizerFast"],
+    "transformer": ["diffusers", "FluxTransformer2DModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+WEIGHT_FILES = {
+    "text_encoder": "model.safetensors",
+    "text_encoder_2": "model.safetensors",
+    "transformer": "diffusion_pytorch_model.safetensors",
+    "vae": "diffusion_pytorch_model.safetensors",
+}
+
+
+def folder_plan(root: Path):  # noqa: ANN201
+    """A resolved plan loading a Flux pipeline folder at `root` (configs and empty weights)."""
+    from qconf.plan.schema import validate
+
+    write(root / "model_index.json", json.dumps(FLUX_INDEX))
+    for part, weights in WEIGHT_FILES.items():
+        write(root / part / "config.json", "{}")
+        (root / part / weights).write_bytes(b"")
+    plan = {"model": {"source": str(root)}, "quant": {"mapping": {"vae": "int8wo"}}}
+    return validate(plan).resolve()
+
+
+def test_the_model_folder_is_never_a_save_target(tmp_path: Path) -> None:
+    model = tmp_path / "models" / "flux"
+    resolved = folder_plan(model)
+    for target in (model, tmp_path / "models"):
+        for force in (False, True):
+            assert problems(check_can_save, resolved, target, force=force) == [
+                Problem(
+                    "--save",
+                    f"'{target}' is the model folder (or holds it)",
+                    "save into another folder: the original would be replaced",
+                )
+            ]
+    # beside it or inside it is fine (an empty or new folder)
+    check_can_save(resolved, tmp_path / "models" / "flux-int8", force=False)
+    check_can_save(resolved, model / "saved", force=False)
+    (tmp_path / "empty").mkdir()
+    check_can_save(resolved, tmp_path / "empty", force=False)
+
+
+def test_a_tiny_source_is_not_built_to_check_a_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiny pipeline's folder is built (with torch) on first use: checking --save must not."""
+    from qconf.plan.schema import validate
+    from qconf.source.model import ModelSource
+
+    resolved = validate({"model": {"source": "tiny-flux"}}).resolve()
+
+    def built(self: ModelSource) -> Path:
+        raise AssertionError(f"local_folder() called for {self.kind}")
+
+    monkeypatch.setattr(ModelSource, "local_folder", built)
+    check_can_save(resolved, tmp_path / "saved", force=False)
+
+
+def test_the_folder_beside_dir_must_take_new_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The save is written beside DIR: the parent of DIR is checked (the nearest existing
+    folder when DIR's parent is not there yet), both for permission and a read-only mount."""
+    parent = tmp_path / "parent"
+    (parent / "saved").mkdir(parents=True)
+    refused: set[Path] = {parent}
+    monkeypatch.setattr(saving, "read_only", lambda folder: Path(folder) in refused)
+    expected = Problem(
+        "--save",
+        f"cannot write in '{parent}' (read-only or no permission)",
+        "pick a folder you can write to",
+    )
+    assert problems(save_target, parent / "saved") == [expected]
+    assert problems(save_target, parent / "new") == [expected]
+    assert problems(save_target, parent / "new" / "sub") == [expected]
+    refused = {parent / "saved"}  # DIR itself read-only: its parent takes the new files
+    monkeypatch.setattr(saving, "read_only", lambda folder: Path(folder) in refused)
+    assert save_target(parent / "saved") == parent / "saved"
+
+    # no write permission (tests run as root, so os.access is what is staged)
+    monkeypatch.setattr(saving, "read_only", lambda folder: False)
+    denied = {parent}
+
+    def access(path: object, mode: int) -> bool:
+        return not (Path(path) in denied and mode & (os.W_OK | os.X_OK))
+
+    monkeypatch.setattr(os, "access", access)
+    assert problems(save_target, parent / "saved") == [expected]
+    denied = set()
+    assert save_target(parent / "saved") == parent / "saved"
