@@ -2,7 +2,10 @@
 the origin paths dropped from a saved folder's config files (exact text written), what a lock
 marker that is not a small regular file reads as, a marker that changes between reading and
 moving it aside (staged), the model folder and the folder beside DIR refused by check_can_save /
-save_target (exact problems), and a failed save's own error never masked by its cleanup."""
+save_target (exact problems), and a failed save's own error never masked by its cleanup. And of
+safe_instantiate (qconf/plan/safety.py): loaders told where to write, environment reads, trust
+flags in a running Hydra app's files, other spellings of allowed objects, and names outside the
+resolvable packages never imported."""
 
 from __future__ import annotations
 
@@ -49,7 +52,9 @@ def dead_pid() -> int:
 
 def test_origin_paths_are_dropped_from_the_saved_configs(tmp_path: Path) -> None:
     staging = tmp_path / "staging"
-    vae = write(staging / "vae" / "config.json", '{"_name_or_path": "/home/me/m", "b": 1, "a": [2]}')
+    vae = write(
+        staging / "vae" / "config.json", '{"_name_or_path": "/home/me/m", "b": 1, "a": [2]}'
+    )
     kept = {
         # no origin path: left byte for byte as the library wrote it
         "text_encoder/config.json": '{"z": 1,   "_name_or_path_x": 2}',
@@ -67,7 +72,9 @@ def test_origin_paths_are_dropped_from_the_saved_configs(tmp_path: Path) -> None
     for name, text in kept.items():
         assert (staging / name).read_text() == text
 
-    index = write(staging / "model_index.json", '{"_name_or_path": "/home/me/m", "_class_name": "P"}')
+    index = write(
+        staging / "model_index.json", '{"_name_or_path": "/home/me/m", "_class_name": "P"}'
+    )
     write(staging / "unet" / "config.json", '{"_name_or_path": "x", "c": {"y": 1, "x": 2}}')
     _drop_origin_paths(staging)
     assert index.read_text() == '{\n  "_class_name": "P"\n}\n'
@@ -267,3 +274,158 @@ def test_the_folder_beside_dir_must_take_new_files(
     assert problems(save_target, parent / "saved") == [expected]
     denied = set()
     assert save_target(parent / "saved") == parent / "saved"
+
+
+# --- safety: what a config may not do (qconf/plan/safety.py) --------------------------------------
+
+BNB = "transformers.BitsAndBytesConfig"
+
+
+def write_problem(where: str, key: str) -> Problem:
+    return Problem(
+        where,
+        "a config file may not say where qconf writes",
+        f"pass {key}=... to safe_instantiate (or call qconf.save) instead",
+    )
+
+
+def test_a_config_may_not_say_where_a_loader_writes() -> None:
+    from qconf.plan.safety import _loader_write_problems
+
+    loader = {"_target_": "qconf.load", "max_shard_size": "5GB", "save": "/x", "force": False}
+    assert _loader_write_problems(loader) == [
+        write_problem("cfg.save", "save"),
+        write_problem("cfg.force", "force"),
+        write_problem("cfg.max_shard_size", "max_shard_size"),
+    ]
+    nested = {
+        "a": [1, {"x": {"_target_": "qconf.load_pipeline", "force": True, "model": {}}}],
+        "b": {"_target_": "qconf.validate", "save": "/x"},  # not a loader
+        "c": {"_target_": "qconf.load", "model": {"save": "/x"}},  # not beside the loader
+        "save": "/x",
+        "d": ({"_target_": "qconf.load", "save": "/x"},),  # plain data holds lists, not tuples
+    }
+    assert _loader_write_problems(nested, "p") == [write_problem("p.a[1].x.force", "force")]
+    assert _loader_write_problems([{"_target_": "qconf.load", "save": 1}]) == [
+        write_problem("cfg[0].save", "save")
+    ]
+    assert _loader_write_problems({"_target_": "qconf.load"}) == []
+    assert _loader_write_problems("save") == []
+
+
+def test_safe_instantiate_refuses_a_loader_told_where_to_write() -> None:
+    from qconf.plan.safety import safe_instantiate
+
+    cfg = {"pipe": {"_target_": "qconf.load_pipeline", "save": "/x", "model": {"source": "x"}}}
+    assert problems(safe_instantiate, cfg) == [write_problem("cfg.pipe.save", "save")]
+    # what is checked is the config (the Python caller passes save= as a keyword argument)
+    assert problems(safe_instantiate, {"_target_": "qconf.load", "force": True}, x="${y}") == [
+        write_problem("cfg.force", "force"),
+        Problem("kwargs.x", "resolves to another interpolation (${...})", "write the value itself"),
+    ]
+
+
+def test_which_targets_are_loaders() -> None:
+    from qconf.plan.safety import _is_loader
+
+    assert _is_loader("qconf.load") and _is_loader("qconf.load_pipeline")
+    for other in ("qconf.validate", "qconf.nothing_here", "qconf.", "os.system", "", None, 1):
+        assert not _is_loader(other), other
+
+
+def test_safe_instantiate_refuses_environment_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationKeyError
+
+    from qconf.plan.safety import safe_instantiate
+
+    monkeypatch.setenv("QCONF_SAVING_SECRET", "abc")
+    cfg = OmegaConf.create({"_target_": BNB, "a": "${oc.env:QCONF_SAVING_SECRET}"})
+    assert problems(safe_instantiate, cfg) == [
+        Problem(
+            "config",
+            "reads environment variable 'QCONF_SAVING_SECRET'",
+            "write the value itself",
+        )
+    ]
+    # any other error resolving the config is raised as it is
+    with pytest.raises(InterpolationKeyError, match="missing"):
+        safe_instantiate(OmegaConf.create({"_target_": BNB, "a": "${missing}"}))
+
+
+def test_safe_instantiate_in_a_running_hydra_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trust flags the app's files turned on are refused in cfg and args (not in kwargs: the
+    Python caller's own), named once each."""
+    import sys
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from qconf.plan.safety import safe_instantiate
+
+    monkeypatch.setattr(sys, "argv", ["app"])
+    write(tmp_path / "app" / "app.yaml", "x: 1\n")
+    pickle = {"source": "tiny-flux", "allow_pickle": True}
+    remote = {"source": "tiny-flux", "trust_remote_code": True}
+    with initialize_config_dir(str(tmp_path / "app"), version_base=None):
+        HydraConfig.instance().set_config(compose("app", return_hydra_config=True))
+        try:
+            found = problems(
+                safe_instantiate,
+                {"_target_": "qconf.load", "model": pickle},
+                {"model": remote},
+                {"model": pickle},
+                extra={"model": {"source": "tiny-flux", "trust_remote_code": "yes"}},
+            )
+        finally:
+            HydraConfig.instance().cfg = None
+    assert found == [
+        Problem(
+            "model.allow_pickle",
+            "turned on by the app's config files; it lets the model run code",
+            "type model.allow_pickle=true on the command line if you trust this model",
+        ),
+        Problem(
+            "model.trust_remote_code",
+            "turned on by the app's config files; it lets the model run code",
+            "type model.trust_remote_code=true on the command line if you trust this model",
+        ),
+    ]
+
+
+def test_other_spellings_of_allowed_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-canonical spelling is resolved and compared by object. The comparison is cut to the
+    allowed objects that resolve without diffusers and torchao (all of them: tests/test_security.py)."""
+    from hydra._internal.utils import _locate
+
+    import qconf.plan.safety as safety
+
+    light = [_locate(name) for name in sorted(safety.allowed_targets())
+             if name.split(".")[0] in ("qconf", "transformers")]  # fmt: skip
+    monkeypatch.setattr(safety, "_allowed_objects", lambda: light)
+    other = "transformers.utils.quantization_config.BitsAndBytesConfig"
+    assert safety._is_allowed_object(other)
+    assert safety._is_allowed_object(_locate(BNB))
+    for refused in ("transformers.utils.quantization_config.QuantizationMethod",
+                    "transformers.utils.nothing_here", "shutil.copyfile", "qconf.validate", 1):  # fmt: skip
+        assert not safety._is_allowed_object(refused), refused
+    made = safety.safe_instantiate({"_target_": other, "load_in_8bit": True})
+    assert isinstance(made, _locate(BNB)) and made.load_in_8bit
+
+
+def test_names_outside_the_resolvable_packages_are_never_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from qconf.plan.safety import safe_instantiate
+
+    imported = tmp_path / "imported"
+    write(tmp_path / "mods" / "qconf_probe_module.py", f"open({str(imported)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    target = "qconf_probe_module.f"
+    (line,) = [str(p) for p in problems(safe_instantiate, {"_target_": target})]
+    assert line.startswith(f"cfg._target_: '{target}' is not allowed — a config may name")
+    assert not imported.exists() and "qconf_probe_module" not in sys.modules
