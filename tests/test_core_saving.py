@@ -276,6 +276,48 @@ def test_the_folder_beside_dir_must_take_new_files(
     assert save_target(parent / "saved") == parent / "saved"
 
 
+def test_a_library_missing_from_the_can_save_table_is_not_saveable() -> None:
+    """Not listed is not saveable (the schema lets no such library through today)."""
+    from types import SimpleNamespace
+
+    from qconf.backends import REGISTRY
+    from qconf.loading.saving import save_problems
+
+    part = SimpleNamespace(
+        backend="torchao", library="other_lib", entry=SimpleNamespace(save_problem=lambda: None)
+    )
+    for mode, where in (("granular", "quant.mapping.vae"), ("global", "quant.backend")):
+        resolved = SimpleNamespace(quantized={"vae": part}, mode=mode)
+        assert save_problems(resolved) == [  # type: ignore[arg-type]
+            Problem(
+                where,
+                f"{REGISTRY['torchao'].key} on 'vae' (other_lib part) cannot be saved",
+                "pick a backend that saves there (qconf list backends), or drop --save",
+            )
+        ]
+
+
+def test_a_failed_save_raises_its_own_error(tmp_path: Path) -> None:
+    """Even when the staging folder is already gone, the cleanup does not mask the error."""
+    import shutil
+
+    from qconf.loading.loader import Loaded
+    from qconf.loading.saving import save_pipeline
+    from qconf.plan.schema import validate
+
+    class Vanishing:
+        components: dict = {}
+
+        def save_pretrained(self, folder: Path, **kwargs: object) -> None:
+            shutil.rmtree(folder)
+            raise RuntimeError("the disk went away")
+
+    resolved = validate({"model": {"source": "tiny-flux"}}).resolve()
+    with pytest.raises(RuntimeError, match="^the disk went away$"):
+        save_pipeline(Loaded(Vanishing(), resolved, 0.0), tmp_path / "saved")
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- safety: what a config may not do (qconf/plan/safety.py) --------------------------------------
 
 BNB = "transformers.BitsAndBytesConfig"
@@ -397,7 +439,7 @@ def test_safe_instantiate_in_a_running_hydra_app(
 
 def test_other_spellings_of_allowed_objects(monkeypatch: pytest.MonkeyPatch) -> None:
     """A non-canonical spelling is resolved and compared by object. The comparison is cut to the
-    allowed objects that resolve without diffusers and torchao (all of them: tests/test_security.py)."""
+    allowed objects that resolve without diffusers and torchao (all: tests/test_security.py)."""
     from hydra._internal.utils import _locate
 
     import qconf.plan.safety as safety
@@ -408,9 +450,15 @@ def test_other_spellings_of_allowed_objects(monkeypatch: pytest.MonkeyPatch) -> 
     other = "transformers.utils.quantization_config.BitsAndBytesConfig"
     assert safety._is_allowed_object(other)
     assert safety._is_allowed_object(_locate(BNB))
-    for refused in ("transformers.utils.quantization_config.QuantizationMethod",
-                    "transformers.utils.nothing_here", "shutil.copyfile", "qconf.validate", 1):  # fmt: skip
-        assert not safety._is_allowed_object(refused), refused
+    refused = (
+        "transformers.utils.quantization_config.QuantizationMethod",
+        "transformers.utils.nothing_here",
+        "shutil.copyfile",
+        "qconf.validate",
+        1,
+    )
+    for name in refused:
+        assert not safety._is_allowed_object(name), name
     made = safety.safe_instantiate({"_target_": other, "load_in_8bit": True})
     assert isinstance(made, _locate(BNB)) and made.load_in_8bit
 
