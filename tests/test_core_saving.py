@@ -348,7 +348,7 @@ def test_a_config_may_not_say_where_a_loader_writes() -> None:
         "d": ({"_target_": "qconf.load", "save": "/x"},),  # plain data holds lists, not tuples
     }
     assert _loader_write_problems(nested, "p") == [write_problem("p.a[1].x.force", "force")]
-    assert _loader_write_problems([{"_target_": "qconf.load", "save": 1}]) == [
+    assert _loader_write_problems([{"_target_": "qconf.load", "save": 1}, {"save": 1}]) == [
         write_problem("cfg[0].save", "save")
     ]
     assert _loader_write_problems({"_target_": "qconf.load"}) == []
@@ -477,3 +477,28 @@ def test_names_outside_the_resolvable_packages_are_never_imported(
     (line,) = [str(p) for p in problems(safe_instantiate, {"_target_": target})]
     assert line.startswith(f"cfg._target_: '{target}' is not allowed — a config may name")
     assert not imported.exists() and "qconf_probe_module" not in sys.modules
+
+
+def test_a_config_object_counts_as_a_level_of_nesting() -> None:
+    """plain's depth bound (100) counts a DictConfig or dataclass as one level, its values as the
+    next: 98 lists around one are read, 99 are too deep."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from qconf.plan.safety import plain
+
+    @dataclasses.dataclass
+    class Leaf:
+        a: int = 1
+
+    def nest(levels: int, value: object) -> object:
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    for make in (lambda: OmegaConf.create({"a": 1}), Leaf):
+        assert plain(nest(98, make())) == nest(98, {"a": 1})
+        assert problems(plain, nest(99, make())) == [
+            Problem("config", "nested deeper than 100 levels", "")
+        ]
