@@ -318,6 +318,53 @@ def test_a_failed_save_raises_its_own_error(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+class Pipe:
+    """Stands in for a loaded pipeline: save_pretrained writes model_index.json."""
+
+    components: dict = {}
+
+    def save_pretrained(self, folder: Path, **kwargs: object) -> None:
+        (Path(folder) / "model_index.json").write_text("{}")
+
+
+def test_dir_recreated_while_it_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staged race: with --force the old DIR is moved aside into a hidden folder beside it; DIR
+    is written again (by someone else) before the new one is moved in. Both stay: theirs in DIR,
+    the old content where the message says."""
+    from qconf.loading.loader import Loaded
+    from qconf.loading.saving import save_pipeline, snapshot
+    from qconf.plan.schema import validate
+
+    target = tmp_path / "saved"
+    write(target / "old.txt", "old")
+    listing = snapshot(target)
+    real = saving._listing
+
+    def racing(path: Path) -> list[tuple]:
+        found = real(path)
+        if path.parent.name.startswith(".saved.qconf-old-"):
+            write(target / "theirs.txt", "t")
+        return found
+
+    monkeypatch.setattr(saving, "_listing", racing)
+    resolved = validate({"model": {"source": "tiny-flux"}}).resolve()
+    (problem,) = problems(
+        save_pipeline, Loaded(Pipe(), resolved, 0.0), target, force=True, listing=listing
+    )
+    retired, saved = sorted(tmp_path.iterdir())
+    assert saved == target and retired.name.startswith(f".saved.qconf-old-{os.getpid()}-")
+    assert problem == Problem(
+        "--save",
+        f"'{target}' changed while saving; its old content is in '{retired / 'saved'}'",
+        "move it back, then save again",
+    )
+    assert [p.name for p in retired.iterdir()] == ["saved"]
+    assert [p.name for p in (retired / "saved").iterdir()] == ["old.txt"]
+    assert [p.name for p in target.iterdir()] == ["theirs.txt"]
+
+
 # --- safety: what a config may not do (qconf/plan/safety.py) --------------------------------------
 
 BNB = "transformers.BitsAndBytesConfig"
