@@ -174,6 +174,52 @@ def test_a_live_marker_is_refused_as_read(tmp_path: Path, monkeypatch: pytest.Mo
     assert lock.read_text() == dead
 
 
+def test_the_owner_is_probed_never_signalled(tmp_path: Path) -> None:
+    """Checking a live owner sends it no signal (a sleeper that dies of SIGHUP survives)."""
+    import signal
+    import subprocess
+
+    target = tmp_path / "saved"
+    lock = tmp_path / ".saved.qconf-lock"
+    live = subprocess.Popen(
+        ["sleep", "60"], preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    )
+    try:
+        lock.write_text(str(live.pid))
+        (problem,) = problems(_save_lock(target).__enter__)
+        assert problem.what == f"another qconf process (pid {live.pid}) is saving into '{target}'"
+        with pytest.raises(subprocess.TimeoutExpired):
+            live.wait(timeout=0.2)
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_another_users_process_is_alive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signalling another user's process is refused (PermissionError): it is alive. Tests run as
+    root, so the refusal is staged."""
+    target = tmp_path / "saved"
+    lock = tmp_path / ".saved.qconf-lock"
+    theirs = dead_pid()
+    real = os.kill
+
+    def kill(pid: int, sig: int) -> None:
+        if pid == theirs:
+            raise PermissionError(1, "Operation not permitted")
+        real(pid, sig)
+
+    monkeypatch.setattr(os, "kill", kill)
+    lock.write_text(str(theirs))
+    assert problems(_save_lock(target).__enter__) == [
+        Problem(
+            "--save",
+            f"another qconf process (pid {theirs}) is saving into '{target}'",
+            "wait for it, or pick another folder",
+        )
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".saved.qconf-lock"]
+
+
 # --- where a save may go --------------------------------------------------------------------------
 
 FLUX_INDEX = {
