@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -409,6 +410,52 @@ def test_dir_recreated_while_it_is_replaced(
     assert [p.name for p in retired.iterdir()] == ["saved"]
     assert [p.name for p in (retired / "saved").iterdir()] == ["old.txt"]
     assert [p.name for p in target.iterdir()] == ["theirs.txt"]
+
+
+@pytest.fixture
+def immutable(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Files named `immutable.bin` cannot be removed (staged: root removes anything else)."""
+    real = os.unlink
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if os.path.basename(path) == "immutable.bin":
+            raise PermissionError(1, "Operation not permitted", path)
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    return "immutable.bin"
+
+
+def test_a_stale_folder_that_cannot_be_removed_is_left(tmp_path: Path, immutable: str) -> None:
+    from qconf.loading.saving import _remove_stale
+
+    stale = tmp_path / f".saved.qconf-tmp-{dead_pid()}-a"
+    write(stale / immutable, "x")
+    write(stale / "part" / "weights.bin", "w")
+    _remove_stale(tmp_path / "saved")
+    assert [p.name for p in tmp_path.iterdir()] == [stale.name]
+    assert [p.name for p in stale.iterdir()] == [immutable]
+
+
+def test_a_replaced_dir_that_cannot_be_removed_is_left_beside(
+    tmp_path: Path, immutable: str
+) -> None:
+    """The new DIR is in place; the old one stays in the hidden retired folder (removed by a
+    later save once this process is gone)."""
+    from qconf.loading.loader import Loaded
+    from qconf.loading.saving import save_pipeline
+    from qconf.plan.schema import validate
+
+    target = tmp_path / "saved"
+    write(target / immutable, "x")
+    write(target / "old.txt", "old")
+    resolved = validate({"model": {"source": "tiny-flux"}}).resolve()
+    assert save_pipeline(Loaded(Pipe(), resolved, 0.0), target, force=True) == target
+    assert sorted(p.name for p in target.iterdir()) == ["model_index.json", "qconf.yaml"]
+    retired, saved = sorted(tmp_path.iterdir())
+    assert saved == target and retired.name.startswith(f".saved.qconf-old-{os.getpid()}-")
+    assert [p.name for p in retired.iterdir()] == ["saved"]
+    assert [p.name for p in (retired / "saved").iterdir()] == [immutable]
 
 
 # --- safety: what a config may not do (qconf/plan/safety.py) --------------------------------------
