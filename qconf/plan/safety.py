@@ -180,8 +180,8 @@ def _loader_write_problems(data: Any, path: str = "cfg") -> list[Problem]:
 
 
 def _is_loader(target: Any) -> bool:
-    if not isinstance(target, str) or not target.startswith("qconf"):
-        return False
+    if not isinstance(target, str) or not target.startswith("qconf."):
+        return False  # (not "qconf…": a module `qconfx` would be imported to compare)
     from hydra._internal.utils import _locate
 
     try:
