@@ -1,1 +1,246 @@
-"""Fast pins of the plan core for `make mutate` (filled per module)."""
+"""Fast pins of the plan core for `make mutate`: the cross-field checks (qconf/plan/checks.py)
+called directly on Part/PipelineParts built in memory (saved quantization blocks, unread weight
+files, saved-only backends), the schema's helpers, the message helpers, compose's
+app_command_line and resolve's accessors. Each assertion pins an exact Problem or value, so a
+mutant that changes a string, a condition or an argument fails here in milliseconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qconf import PlanError
+from qconf.errors import Problem
+from qconf.plan.checks import raw_name_problems, saved_entries, saved_problems, source_problems
+from qconf.plan.schema import ModelSpec, validate
+from qconf.source.parts import Part, PipelineParts
+
+FLUX = {"source": "tiny-flux"}
+SVDQ = {"precision": "int4", "group_size": 64, "rank": 32, "targets": ["transformer_blocks.0"]}
+NUNCHAKU = {"backend": "nunchaku_lite", "kwargs": {"svdq_w4a4": SVDQ}}
+AUTO_ROUND = {"backend": "auto-round", "kwargs": {"bits": 4, "group_size": 32}}
+SAVED_FIX = "compare it with a config.json {} writes, or re-save the model"
+TRUST_FIX = "set model.trust_remote_code=true only if you trust this model's code"
+
+
+def problems(call: Any) -> list[Problem]:
+    with pytest.raises(PlanError) as caught:
+        call()
+    return caught.value.problems
+
+
+def saved_part(library: str, block: dict) -> dict[str, Part]:
+    return {"x": Part("x", library, "SomeModel", True, saved_quantization=block)}
+
+
+def flux_folder(root: Path, **configs: dict) -> Path:
+    """A Flux pipeline folder as validation sees it (as in tests/test_core.py)."""
+    index = {
+        "_class_name": "FluxPipeline",
+        "_diffusers_version": "0.42.1",
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "T5TokenizerFast"],
+        "transformer": ["diffusers", "FluxTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    root.mkdir(parents=True)
+    (root / "model_index.json").write_text(json.dumps(index))
+    for part, weights in (
+        ("text_encoder", "model.safetensors"),
+        ("text_encoder_2", "model.safetensors"),
+        ("transformer", "diffusion_pytorch_model.safetensors"),
+        ("vae", "diffusion_pytorch_model.safetensors"),
+    ):
+        (root / part).mkdir()
+        (root / part / "config.json").write_text(json.dumps(configs.get(part, {})))
+        (root / part / weights).write_bytes(b"")
+    return root
+
+
+# --- checks: saved quantization blocks ----------------------------------------------------------
+
+
+def test_a_saved_method_that_cannot_be_reloaded_and_has_no_file() -> None:
+    assert problems(
+        lambda: saved_entries(saved_part("diffusers", {"quant_method": "modelopt"}))
+    ) == [
+        Problem(
+            "model.source (x/config.json)",
+            "part 'x' says quant_method 'modelopt', which cannot be reloaded from a saved folder",
+            "load the unquantized model and quantize it with a plan",
+        )
+    ]
+
+
+def test_a_saved_block_of_the_wrong_shape() -> None:
+    block = {"quant_method": "torchao", "quant_type": {"default": 5}}
+    assert problems(lambda: saved_entries(saved_part("diffusers", block))) == [
+        Problem(
+            "model.source (x/config.json)",
+            "quantization_config has a field of the wrong shape (AttributeError: 'int' object "
+            "has no attribute 'get')",
+            SAVED_FIX.format("torchao"),
+        )
+    ]
+    # the exception's text is cut at 80 characters
+    long = {"quant_method": "torchao", "quant_type": {"default": 5, "x" * 200: 1}}
+    (problem,) = problems(lambda: saved_entries(saved_part("diffusers", long)))
+    assert problem.what == (
+        "quantization_config has a field of the wrong shape (AttributeError: 'int' object "
+        "has no attribute 'get')"
+    )
+
+
+def test_a_saved_block_breaking_the_backend_rules() -> None:
+    block = {"quant_method": "auto-round", "bits": 4, "group_size": 0}
+    assert problems(lambda: saved_entries(saved_part("diffusers", block))) == [
+        Problem(
+            "model.source (x/config.json)",
+            "quantization_config → kwargs.group_size: 0 inputs per group",
+            SAVED_FIX.format("auto-round"),
+        )
+    ]
+    bad = {"quant_method": "nunchaku_lite", "svdq_w4a4": {**SVDQ, "group_size": 16, "targets": []}}
+    where = "model.source (x/config.json)"
+    assert problems(lambda: saved_entries(saved_part("diffusers", bad))) == [
+        Problem(
+            where,
+            "quantization_config → kwargs.svdq_w4a4.targets: is empty",
+            SAVED_FIX.format("nunchaku_lite"),
+        ),
+        Problem(
+            where,
+            "quantization_config → kwargs.svdq_w4a4.group_size: 16, but int4 SVDQ needs 64",
+            SAVED_FIX.format("nunchaku_lite"),
+        ),
+    ]
+
+
+def test_a_saved_method_read_on_diffusers_parts_only() -> None:
+    block = {"quant_method": "auto-round", "bits": 4, "group_size": 32}
+    assert problems(lambda: saved_entries(saved_part("transformers", block))) == [
+        Problem(
+            "model.source (x/config.json)",
+            "part 'x' (transformers) says quant_method 'auto-round', which qconf reads on "
+            "diffusers parts only",
+            "load the unquantized model and quantize it with a plan",
+        )
+    ]
+    # a part of another library is not refused here (its own check says what it is)
+    (entry,) = saved_entries(saved_part("my_lib", block)).values()
+    assert entry.canonical() == {"backend": "auto-round", "kwargs": {"group_size": 32}}
+    (entry,) = saved_entries(saved_part("diffusers", block)).values()
+    assert entry.spec.key == "auto-round"
+    quanto = {"quant_method": "quanto", "weights": "int8"}
+    assert list(saved_entries(saved_part("transformers", quanto))) == ["x"]
+
+
+# --- checks: backends that only read saved folders ----------------------------------------------
+
+
+def test_a_saved_only_backend_on_a_plain_part() -> None:
+    def refused(quant: dict) -> list[Problem]:
+        return problems(lambda: validate({"model": FLUX, "quant": quant}))
+
+    what = "{} reads pre-quantized folders only; 'transformer' of built-in tiny-flux is not one"
+    assert refused({"mapping": {"transformer": NUNCHAKU}}) == [
+        Problem(
+            "quant.mapping.transformer",
+            what.format("nunchaku_lite"),
+            "point model.source at a folder saved with nunchaku_lite and leave quant empty",
+        )
+    ]
+    assert refused({**NUNCHAKU, "components": ["transformer"]}) == [
+        Problem(
+            "quant",
+            what.format("nunchaku_lite"),
+            "point model.source at a folder saved with nunchaku_lite and leave quant empty",
+        )
+    ]
+    assert refused({"mapping": {"transformer": AUTO_ROUND}}) == [
+        Problem(
+            "quant.mapping.transformer",
+            what.format("auto-round"),
+            "point model.source at a folder saved with auto-round and leave quant empty, or "
+            "name the part's own folder: {backend: auto-round, folder: ...}",
+        )
+    ]
+
+
+def test_a_saved_only_backend_naming_its_own_folder(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    entry = {**AUTO_ROUND, "folder": str(tmp_path)}
+    plan = validate({"model": FLUX, "quant": {"mapping": {"transformer": entry}}})
+    assert plan.targets()["transformer"].own_source() == str(tmp_path)
+
+
+def test_a_saved_only_backend_on_its_saved_part(tmp_path: Path) -> None:
+    block = {"quant_method": "nunchaku_lite", "svdq_w4a4": SVDQ}
+    folder = flux_folder(tmp_path / "flux", transformer={"quantization_config": block})
+    model = {"source": str(folder)}
+    plan = validate({"model": model, "quant": {"mapping": {"transformer": NUNCHAKU}}})
+    found = plan.parts()
+    assert saved_problems(plan, found) == []
+    assert list(saved_entries(found.weighted)) == ["transformer"]
+    as_saved = validate({"model": model})
+    assert saved_problems(as_saved, found) == []
+    assert as_saved.targets()["transformer"].canonical() == NUNCHAKU
+
+
+# --- checks: source problems and raw names ------------------------------------------------------
+
+
+def test_weights_in_a_file_the_library_does_not_read() -> None:
+    unread = ("model.safetensors", "diffusion_pytorch_model.safetensors")
+    parts = {
+        "a": Part("a", "diffusers", "C", True, unread_weights=unread),
+        "b": Part("b", "diffusers", "C", True, pickle_only=True, unread_weights=unread),
+        "c": Part("c", "diffusers", "C", False, unread_weights=unread),
+        "d": Part("d", "transformers", "C", True),
+    }
+    found = PipelineParts("P", parts, "o")
+    assert source_problems(ModelSpec(source="x", allow_pickle=True), found) == [
+        Problem(
+            "model.source (a/)",
+            "its weights are in model.safetensors, which diffusers does not read (it reads "
+            "diffusion_pytorch_model.safetensors)",
+            "rename the file to diffusion_pytorch_model.safetensors",
+        )
+    ]
+    assert source_problems(ModelSpec(source="x"), found)[1] == Problem(
+        "model.source",
+        "part 'b' has only pickle weights (.bin/.pt/.ckpt), which can run code",
+        "convert them to .safetensors, or set model.allow_pickle=true to trust them",
+    )
+
+
+def test_source_problems_for_custom_code() -> None:
+    parts = {"a": Part("a", "my_lib", "C", True, custom_code="its class comes from 'my_lib'")}
+    found = PipelineParts("P", parts, "o", custom_code="a pipeline file")
+    assert source_problems(ModelSpec(source="x"), found) == [
+        Problem("model.source", "the pipeline needs custom code: a pipeline file", TRUST_FIX),
+        Problem(
+            "model.source", "part 'a' needs custom code: its class comes from 'my_lib'", TRUST_FIX
+        ),
+    ]
+    assert source_problems(ModelSpec(source="x", trust_remote_code=True), found) == []
+
+
+def test_raw_name_problems_pass_only_a_string_pipeline() -> None:
+    asked: list[tuple[str, Any]] = []
+
+    def open_source(source: str, pipeline: Any) -> tuple[None, list[Problem]]:
+        asked.append((source, pipeline))
+        return None, [Problem("model.source", "x", "y")]
+
+    data = {"model": {"source": "tiny-flux", "pipeline": 5}, "quant": {}}
+    assert raw_name_problems(data, open_source) == [Problem("model.source", "x", "y")]
+    data = {"model": {"source": "tiny-flux", "pipeline": "FluxPipeline"}, "quant": {}}
+    assert raw_name_problems(data, open_source) == [Problem("model.source", "x", "y")]
+    assert asked == [("tiny-flux", None), ("tiny-flux", "FluxPipeline")]
