@@ -244,3 +244,163 @@ def test_raw_name_problems_pass_only_a_string_pipeline() -> None:
     data = {"model": {"source": "tiny-flux", "pipeline": "FluxPipeline"}, "quant": {}}
     assert raw_name_problems(data, open_source) == [Problem("model.source", "x", "y")]
     assert asked == [("tiny-flux", None), ("tiny-flux", "FluxPipeline")]
+
+
+# --- schema ---------------------------------------------------------------------------------------
+
+BACKEND_FIX = (
+    "set one of: bitsandbytes_4bit, bitsandbytes_8bit, torchao, quanto, sdnq, gguf, bfl, "
+    "nunchaku_lite, modelopt, auto-round; or per part: quant.mapping.<part>=<option>"
+)
+CONF_FIX = "set the value (e.g. model=tiny-flux)"
+OUTSIDE_FIX = (
+    "plans are written into saved and run folders, so qconf never resolves {}; put the value "
+    "itself on the command line"
+)
+
+
+def test_a_backend_name_that_is_not_a_string() -> None:
+    assert problems(lambda: validate({"model": FLUX, "quant": {"backend": []}})) == [
+        Problem("quant.backend", "[] is not a backend name", BACKEND_FIX)
+    ]
+    assert problems(lambda: validate({"model": FLUX, "quant": {"backend": {"a": 1}}})) == [
+        Problem("quant.backend", "a mapping is not a backend name", BACKEND_FIX)
+    ]
+    assert validate({"model": FLUX, "quant": {"backend": None}}).quant.backend is None
+
+
+def test_omegaconf_values_that_cannot_be_read() -> None:
+    from omegaconf import OmegaConf
+
+    def refused(source: str) -> list[Problem]:
+        return problems(lambda: validate(OmegaConf.create({"model": {"source": source}})))
+
+    assert refused("???") == [Problem("model.source", "Missing mandatory value: source", CONF_FIX)]
+    assert refused("${nope}") == [
+        Problem("model.source", "Interpolation key 'nope' not found", CONF_FIX)
+    ]
+    assert refused("${oc.decode:'[1'}") == [
+        Problem(
+            "model.source",
+            "GrammarParseError raised while resolving interpolation: missing BRACKET_CLOSE at "
+            "'<EOF>'",
+            CONF_FIX,
+        )
+    ]
+    nested = OmegaConf.create({"model": {"source": "tiny-flux"}, "run": {"prompt": "${x.y}"}})
+    assert problems(lambda: validate({"model": nested.model, "run": nested.run})) == [
+        Problem("run.prompt", "Interpolation key 'x.y' not found", CONF_FIX)
+    ]
+    ok = validate(OmegaConf.create({"model": {"source": "tiny-flux"}, "run": {"steps": 3}}))
+    assert (ok.model.source, ok.run.steps) == ("tiny-flux", 3)
+
+
+def test_environment_reads_and_app_resolvers_are_refused() -> None:
+    from omegaconf import OmegaConf
+
+    def refused(source: str) -> list[Problem]:
+        return problems(lambda: validate(OmegaConf.create({"model": {"source": source}})))
+
+    assert refused("${oc.env:HOME}") == [
+        Problem(
+            "model.source",
+            "reads environment variable 'HOME' (${oc.env:...})",
+            OUTSIDE_FIX.format("environment variables"),
+        )
+    ]
+    OmegaConf.register_new_resolver("qconf_test_resolver", lambda: "x", replace=True)
+    try:
+        assert refused("${qconf_test_resolver:}") == [
+            Problem(
+                "model.source",
+                "calls resolver 'qconf_test_resolver', which qconf does not run inside a plan "
+                "(${qconf_test_resolver:...})",
+                OUTSIDE_FIX.format("resolvers an app registered"),
+            )
+        ]
+    finally:
+        OmegaConf.clear_resolver("qconf_test_resolver")
+
+
+def test_opened_source_opens_each_source_once_per_context() -> None:
+    from qconf.plan.schema import opened_source
+
+    context: dict[str, Any] = {"options": {}}
+    first = opened_source(context, "tiny-flux", None)
+    assert (first[0].given, first[0].pipeline_asked, first[1]) == ("tiny-flux", None, [])
+    assert context["sources"] == {("tiny-flux", None): first}
+    assert opened_source(context, "tiny-flux", None) is first
+    other = opened_source(context, "tiny-flux", "FluxPipeline")
+    assert other is not first and other[0].pipeline_asked == "FluxPipeline"
+    assert list(context["sources"]) == [("tiny-flux", None), ("tiny-flux", "FluxPipeline")]
+    assert opened_source(None, "tiny-flux", None) is not first
+
+
+def test_validate_keeps_the_source_it_opened() -> None:
+    plan = validate({"model": FLUX})
+    assert plan._source is not None
+    assert (plan._source.given, plan._source.kind, plan._source.pipeline_asked) == (
+        "tiny-flux",
+        "tiny",
+        None,
+    )
+    assert plan.source is plan._source
+    asked = validate({"model": {**FLUX, "pipeline": "FluxPipeline"}})
+    assert asked._source is not None and asked._source.pipeline_asked == "FluxPipeline"
+    again = validate(plan)
+    assert again == plan and again._source is not None
+
+
+def test_run_images_are_prompts_times_seeds() -> None:
+    from qconf.plan.schema import RunSpec
+
+    assert RunSpec().images() == [("a photo of a cat wearing a tiny hat", 0)]
+    assert RunSpec(prompt=["a", "b"], seed=[1, 2]).images() == [
+        ("a", 1),
+        ("a", 2),
+        ("b", 1),
+        ("b", 2),
+    ]
+    assert RunSpec(prompt="p", seed=[3, 4]).images() == [("p", 3), ("p", 4)]
+    assert RunSpec(prompt=["p", "q"], seed=5).images() == [("p", 5), ("q", 5)]
+
+
+# --- messages -------------------------------------------------------------------------------------
+
+SCHEMA_FIX = "fix the value (qconf schema)"
+
+
+def test_a_union_error_is_said_once_per_field() -> None:
+    def refused(run: dict) -> list[Problem]:
+        return problems(lambda: validate({"model": FLUX, "run": run}))
+
+    # run.seed is int | list[int] (constrained ints): one error, at run.seed itself
+    assert refused({"seed": "x"}) == [
+        Problem("run.seed", "Input should be a valid integer (got 'x')", SCHEMA_FIX)
+    ]
+    # the member that got furthest is kept
+    assert refused({"seed": [1, "x"]}) == [
+        Problem("run.seed.1", "Input should be a valid integer (got 'x')", SCHEMA_FIX)
+    ]
+    # two union fields and a plain one, each said once, in pydantic's order
+    assert refused({"prompt": 5, "seed": "x", "steps": 0}) == [
+        Problem("run.prompt", "Input should be a valid string (got 5)", SCHEMA_FIX),
+        Problem("run.steps", "Input should be greater than or equal to 1 (got 0)", SCHEMA_FIX),
+        Problem("run.seed", "Input should be a valid integer (got 'x')", SCHEMA_FIX),
+    ]
+
+
+def test_a_withheld_library_kwarg_says_why() -> None:
+    why = (
+        "not offered: transformers' quanto quantizer refuses quantized activations at load "
+        "(\"We don't support quantizing the activations\")"
+    )
+    kwargs = {"weights_dtype": "int8", "activations": "int8"}
+    mapping = {"mapping": {"vae": {"backend": "quanto", "kwargs": kwargs}}}
+    assert problems(lambda: validate({"model": FLUX, "quant": mapping})) == [
+        Problem("quant.mapping.vae.kwargs.activations", why, "remove it")
+    ]
+    quant = {"backend": "quanto", "kwargs": kwargs}
+    assert problems(lambda: validate({"model": FLUX, "quant": quant})) == [
+        Problem("quant.kwargs.activations", why, "remove it")
+    ]
