@@ -404,3 +404,131 @@ def test_a_withheld_library_kwarg_says_why() -> None:
     assert problems(lambda: validate({"model": FLUX, "quant": quant})) == [
         Problem("quant.kwargs.activations", why, "remove it")
     ]
+
+
+# --- compose: a Hydra app's own command line ----------------------------------------------------
+
+EXAMPLE_CONF = Path(__file__).resolve().parent.parent / "examples" / "conf"
+QUANTO_INT8 = [
+    "++quant.mapping.transformer=null",
+    "++quant.mapping.transformer={backend:'quanto',kwargs:{weights_dtype:'int8'}}",
+]
+PLUGIN_FIX = "pick one by name: hydra/launcher=basic|joblib|submitit_local|submitit_slurm"
+JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+
+
+def app_line(argv: list[str], config_name: str = "train") -> list[str]:
+    from qconf.plan.compose import app_command_line
+
+    return app_command_line(EXAMPLE_CONF, config_name, argv)
+
+
+def user_launcher_dir(root: Path) -> Path:
+    """A --config-dir whose preset picks a launcher option defined in the dir itself."""
+    (root / "preset").mkdir(parents=True)
+    (root / "hydra" / "launcher").mkdir(parents=True)
+    (root / "preset" / "par.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/launcher: mine\n"
+    )
+    (root / "hydra" / "launcher" / "mine.yaml").write_text(f"_target_: {JOBLIB}\nn_jobs: 2\n")
+    return root
+
+
+def test_the_app_command_line_rewrites_per_part_overrides() -> None:
+    # the app's own file sets hydra.job.name: trusted, as the app's tree is
+    assert app_line(["quant.mapping.transformer=quanto-int8", "train.rank=8"]) == [
+        *QUANTO_INT8,
+        "train.rank=8",
+    ]
+    assert app_line(["steps=3"], "app") == ["steps=3"]
+
+
+def test_the_app_command_line_keeps_hydra_flags_in_front() -> None:
+    assert app_line(["-cn", "app", "steps=3"], "nosuch") == ["-cn", "app", "steps=3"]
+    assert app_line(["--config-name", "app", "steps=3"], "nosuch") == [
+        "--config-name",
+        "app",
+        "steps=3",
+    ]
+    argv = ["--cfg", "job", "-m", "quant.mapping.transformer=quanto-int8", "-p", "x"]
+    assert app_line([*argv, "--experimental-rerun", "y", "-c", "all", "--package", "z"]) == [
+        "--cfg",
+        "job",
+        "-m",
+        "-p",
+        "x",
+        "--experimental-rerun",
+        "y",
+        "-c",
+        "all",
+        "--package",
+        "z",
+        *QUANTO_INT8,
+    ]
+    # a flag with nothing after it is kept as a flag
+    assert app_line(["train.rank=8", "--config-dir"]) == ["--config-dir", "train.rank=8"]
+    assert app_line(["train.rank=8", "-cn"]) == ["-cn", "train.rank=8"]
+    assert app_line(["train.rank=8", "--cfg"]) == ["--cfg", "train.rank=8"]
+
+
+def test_the_app_command_line_reads_the_users_config_dir(tmp_path: Path) -> None:
+    user = user_launcher_dir(tmp_path / "conf")
+    refused = [
+        Problem(
+            "hydra.launcher._target_",
+            f"'{JOBLIB}' comes from a config file, not from an installed Hydra plugin that qconf "
+            "runs",
+            PLUGIN_FIX,
+        )
+    ]
+    assert problems(lambda: app_line([f"--config-dir={user}", "preset=par"])) == refused
+    assert problems(lambda: app_line(["-cd", str(user), "preset=par"])) == refused
+    assert problems(lambda: app_line(["--config-dir", str(user), "preset=par"])) == refused
+    (missing,) = problems(lambda: app_line(["preset=par"]))
+    assert (missing.where, missing.what) == ("override 'preset=par'", "unknown preset 'par'")
+    assert problems(lambda: app_line(["-cd", str(user), "hydra/launcher=mine"])) == [
+        Problem(
+            "override 'hydra/launcher=mine'",
+            "names a Hydra option found only in a config file (its settings would run as Hydra's "
+            "own)",
+            "use one from qconf or an installed Hydra plugin, e.g. "
+            "hydra/launcher=basic|joblib|submitit_local|submitit_slurm",
+        )
+    ]
+    assert app_line(["-cd", str(user), "train.rank=2"]) == ["-cd", str(user), "train.rank=2"]
+
+
+def test_the_app_command_line_checks() -> None:
+    from qconf.plan.compose import check_app_command_line
+
+    assert check_app_command_line(EXAMPLE_CONF, "train", ["train.rank=8"]) is None
+    bad = [
+        Problem(
+            "override 'hydra.job.name=bad name!'",
+            "bad override syntax (token recognition error at: '!')",
+            "write key=value, +key=value, ~key or group=option; quote values with spaces",
+        )
+    ]
+    assert problems(lambda: app_line(["hydra.job.name=bad name!"])) == bad
+    assert problems(lambda: check_app_command_line(EXAMPLE_CONF, "train", ["x=bad name!"]))[
+        0
+    ].what == ("bad override syntax (token recognition error at: '!')")
+    assert problems(lambda: app_line(["steps=3"], "nosuch")) == [
+        Problem(
+            "config",
+            "Cannot find primary config 'nosuch'. Check that it's in your config search path.",
+            "check --config-name/--config-dir",
+        )
+    ]
+
+
+def test_a_composed_config_is_marked_and_open() -> None:
+    from omegaconf import OmegaConf
+
+    from qconf.plan.compose import compose
+    from qconf.plan.trust import COMPOSED_FLAG
+
+    cfg = compose(["model=tiny-flux"])
+    assert cfg._get_flag(COMPOSED_FLAG) is True
+    assert OmegaConf.is_struct(cfg) is False
+    assert "hydra" not in cfg
