@@ -88,12 +88,18 @@ def test_a_saved_block_of_the_wrong_shape() -> None:
             SAVED_FIX.format("torchao"),
         )
     ]
-    # the exception's text is cut at 80 characters
-    long = {"quant_method": "torchao", "quant_type": {"default": 5, "x" * 200: 1}}
-    (problem,) = problems(lambda: saved_entries(saved_part("diffusers", long)))
+
+
+def test_a_wrong_shape_is_said_in_80_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    import qconf.plan.checks
+
+    def from_saved(saved: dict) -> dict:
+        raise ValueError("0123456789" * 9)
+
+    monkeypatch.setattr(qconf.plan.checks, "entry_from_saved", from_saved)
+    (problem,) = problems(lambda: saved_entries(saved_part("diffusers", {"quant_method": "sdnq"})))
     assert problem.what == (
-        "quantization_config has a field of the wrong shape (AttributeError: 'int' object "
-        "has no attribute 'get')"
+        f"quantization_config has a field of the wrong shape (ValueError: {'0123456789' * 8})"
     )
 
 
@@ -532,3 +538,31 @@ def test_a_composed_config_is_marked_and_open() -> None:
     assert cfg._get_flag(COMPOSED_FLAG) is True
     assert OmegaConf.is_struct(cfg) is False
     assert "hydra" not in cfg
+
+
+# --- resolve --------------------------------------------------------------------------------------
+
+
+def test_a_part_read_from_its_own_file_names_it_in_json(tmp_path: Path) -> None:
+    file = tmp_path / "t.gguf"
+    file.write_bytes(b"")
+    gguf = {"backend": "gguf", "file": str(file)}
+    plan = validate({"model": FLUX, "quant": {"mapping": {"transformer": gguf, "vae": "int8wo"}}})
+    components = plan.resolve().to_json()["components"]
+    assert components == {
+        "text_encoder": None,
+        "text_encoder_2": None,
+        "transformer": {
+            "backend": "gguf",
+            "library": "diffusers",
+            "config_class": "GGUFQuantizationConfig",
+            "kwargs": {},
+            "file": str(file),
+        },
+        "vae": {
+            "backend": "torchao",
+            "library": "diffusers",
+            "config_class": "TorchAoConfig",
+            "kwargs": {"quant_type": {"name": "Int8WeightOnlyConfig"}},
+        },
+    }
