@@ -399,7 +399,7 @@ def test_a_union_error_is_said_once_per_field() -> None:
 def test_a_withheld_library_kwarg_says_why() -> None:
     why = (
         "not offered: transformers' quanto quantizer refuses quantized activations at load "
-        "(\"We don't support quantizing the activations\")"
+        '("We don\'t support quantizing the activations")'
     )
     kwargs = {"weights_dtype": "int8", "activations": "int8"}
     mapping = {"mapping": {"vae": {"backend": "quanto", "kwargs": kwargs}}}
@@ -414,7 +414,21 @@ def test_a_withheld_library_kwarg_says_why() -> None:
 
 # --- compose: a Hydra app's own command line ----------------------------------------------------
 
-EXAMPLE_CONF = Path(__file__).resolve().parent.parent / "examples" / "conf"
+# An app's own conf tree over qconf's (as examples/conf/train.yaml, which `make mutate` does not
+# copy): its file sets hydra.job.name, which the app's tree makes trusted.
+APP_TRAIN = """defaults:
+  - qconf
+  - _self_
+
+train:
+  rank: 4
+
+hydra:
+  searchpath: [pkg://qconf.conf]
+  job:
+    name: train_lora
+"""
+APP_OTHER = "steps: 2\npipe:\n  model:\n    source: tiny-flux\n"
 QUANTO_INT8 = [
     "++quant.mapping.transformer=null",
     "++quant.mapping.transformer={backend:'quanto',kwargs:{weights_dtype:'int8'}}",
@@ -423,10 +437,23 @@ PLUGIN_FIX = "pick one by name: hydra/launcher=basic|joblib|submitit_local|submi
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 
 
-def app_line(argv: list[str], config_name: str = "train") -> list[str]:
+@pytest.fixture(scope="module")
+def app_conf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    conf = tmp_path_factory.mktemp("app") / "conf"
+    conf.mkdir()
+    (conf / "train.yaml").write_text(APP_TRAIN)
+    (conf / "app.yaml").write_text(APP_OTHER)
+    return conf
+
+
+@pytest.fixture
+def app_line(app_conf: Path) -> Any:
     from qconf.plan.compose import app_command_line
 
-    return app_command_line(EXAMPLE_CONF, config_name, argv)
+    def line(argv: list[str], config_name: str = "train") -> list[str]:
+        return app_command_line(app_conf, config_name, argv)
+
+    return line
 
 
 def user_launcher_dir(root: Path) -> Path:
@@ -440,7 +467,7 @@ def user_launcher_dir(root: Path) -> Path:
     return root
 
 
-def test_the_app_command_line_rewrites_per_part_overrides() -> None:
+def test_the_app_command_line_rewrites_per_part_overrides(app_line: Any) -> None:
     # the app's own file sets hydra.job.name: trusted, as the app's tree is
     assert app_line(["quant.mapping.transformer=quanto-int8", "train.rank=8"]) == [
         *QUANTO_INT8,
@@ -449,7 +476,7 @@ def test_the_app_command_line_rewrites_per_part_overrides() -> None:
     assert app_line(["steps=3"], "app") == ["steps=3"]
 
 
-def test_the_app_command_line_keeps_hydra_flags_in_front() -> None:
+def test_the_app_command_line_keeps_hydra_flags_in_front(app_line: Any) -> None:
     assert app_line(["-cn", "app", "steps=3"], "nosuch") == ["-cn", "app", "steps=3"]
     assert app_line(["--config-name", "app", "steps=3"], "nosuch") == [
         "--config-name",
@@ -477,7 +504,7 @@ def test_the_app_command_line_keeps_hydra_flags_in_front() -> None:
     assert app_line(["train.rank=8", "--cfg"]) == ["--cfg", "train.rank=8"]
 
 
-def test_the_app_command_line_reads_the_users_config_dir(tmp_path: Path) -> None:
+def test_the_app_command_line_reads_the_users_config_dir(app_line: Any, tmp_path: Path) -> None:
     user = user_launcher_dir(tmp_path / "conf")
     refused = [
         Problem(
@@ -504,10 +531,10 @@ def test_the_app_command_line_reads_the_users_config_dir(tmp_path: Path) -> None
     assert app_line(["-cd", str(user), "train.rank=2"]) == ["-cd", str(user), "train.rank=2"]
 
 
-def test_the_app_command_line_checks() -> None:
+def test_the_app_command_line_checks(app_conf: Path, app_line: Any) -> None:
     from qconf.plan.compose import check_app_command_line
 
-    assert check_app_command_line(EXAMPLE_CONF, "train", ["train.rank=8"]) is None
+    assert check_app_command_line(app_conf, "train", ["train.rank=8"]) is None
     bad = [
         Problem(
             "override 'hydra.job.name=bad name!'",
@@ -516,9 +543,9 @@ def test_the_app_command_line_checks() -> None:
         )
     ]
     assert problems(lambda: app_line(["hydra.job.name=bad name!"])) == bad
-    assert problems(lambda: check_app_command_line(EXAMPLE_CONF, "train", ["x=bad name!"]))[
-        0
-    ].what == ("bad override syntax (token recognition error at: '!')")
+    assert problems(lambda: check_app_command_line(app_conf, "train", ["x=bad name!"]))[0].what == (
+        "bad override syntax (token recognition error at: '!')"
+    )
     assert problems(lambda: app_line(["steps=3"], "nosuch")) == [
         Problem(
             "config",
