@@ -314,6 +314,13 @@ def test_environment_reads_and_app_resolvers_are_refused() -> None:
             OUTSIDE_FIX.format("environment variables"),
         )
     ]
+    assert refused("${env:HOME}") == [  # the legacy name is an environment read too
+        Problem(
+            "model.source",
+            "reads environment variable 'HOME' (${oc.env:...})",
+            OUTSIDE_FIX.format("environment variables"),
+        )
+    ]
     OmegaConf.register_new_resolver("qconf_test_resolver", lambda: "x", replace=True)
     try:
         assert refused("${qconf_test_resolver:}") == [
@@ -326,6 +333,32 @@ def test_environment_reads_and_app_resolvers_are_refused() -> None:
         ]
     finally:
         OmegaConf.clear_resolver("qconf_test_resolver")
+
+
+def test_omegaconf_values_too_deep_once_resolved() -> None:
+    from omegaconf import OmegaConf
+
+    def wrapped(value: Any, levels: int) -> Any:
+        for _ in range(levels):
+            value = {"a": value}
+        return value
+
+    # 25 interpolations (at most 30 are read), each 20 levels above the next: shallow as
+    # written, a stack overflow once resolved
+    run = {f"x{i}": wrapped(f"${{run.x{i + 1}}}", 20) for i in range(25)}
+    cfg = OmegaConf.create({"model": FLUX, "run": {**run, "x25": 1}})
+    assert problems(lambda: validate(cfg)) == [
+        Problem("plan", "values are nested too deeply", "check the nested values")
+    ]
+    # written 35 levels deep in a DictConfig (whose own depth reads as 1): refused once plain
+    deep = OmegaConf.create({"model": FLUX, "run": wrapped(1, 35)})
+    assert problems(lambda: validate(deep)) == [
+        Problem(
+            "plan",
+            "values are nested more than 32 levels deep",
+            "a plan is a few levels deep: check the nested values you wrote",
+        )
+    ]
 
 
 def test_opened_source_opens_each_source_once_per_context() -> None:
