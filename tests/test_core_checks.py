@@ -448,7 +448,8 @@ def test_a_withheld_library_kwarg_says_why() -> None:
 # --- compose: a Hydra app's own command line ----------------------------------------------------
 
 # An app's own conf tree over qconf's (as examples/conf/train.yaml, which `make mutate` does not
-# copy): its file sets hydra.job.name, which the app's tree makes trusted.
+# copy): its file sets hydra.run.dir, which the app's tree makes trusted (a --config-dir's may
+# not), and it has a backend option of its own.
 APP_TRAIN = """defaults:
   - qconf
   - _self_
@@ -458,9 +459,10 @@ train:
 
 hydra:
   searchpath: [pkg://qconf.conf]
-  job:
-    name: train_lora
+  run:
+    dir: outputs/train
 """
+MINE = "backend: quanto\nkwargs:\n  weights_dtype: int4\n"
 APP_OTHER = "steps: 2\npipe:\n  model:\n    source: tiny-flux\n"
 QUANTO_INT8 = [
     "++quant.mapping.transformer=null",
@@ -476,6 +478,8 @@ def app_conf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     conf.mkdir()
     (conf / "train.yaml").write_text(APP_TRAIN)
     (conf / "app.yaml").write_text(APP_OTHER)
+    (conf / "backend").mkdir()
+    (conf / "backend" / "mine.yaml").write_text(MINE)
     return conf
 
 
@@ -501,12 +505,36 @@ def user_launcher_dir(root: Path) -> Path:
 
 
 def test_the_app_command_line_rewrites_per_part_overrides(app_line: Any) -> None:
-    # the app's own file sets hydra.job.name: trusted, as the app's tree is
+    # the app's own file sets hydra.run.dir: trusted, as the app's tree is
     assert app_line(["quant.mapping.transformer=quanto-int8", "train.rank=8"]) == [
         *QUANTO_INT8,
         "train.rank=8",
     ]
     assert app_line(["steps=3"], "app") == ["steps=3"]
+    # an option of the app's own tree expands as qconf's do
+    assert app_line(["quant.mapping.vae=mine"]) == [
+        "++quant.mapping.vae=null",
+        "++quant.mapping.vae={backend:'quanto',kwargs:{weights_dtype:'int4'}}",
+    ]
+    assert problems(lambda: app_line(["train.rank=2", "run.nokey=1"])) == [
+        Problem(
+            "override 'run.nokey=1'",
+            "no key 'run.nokey' in the plan",
+            "check the spelling (`qconf show` prints every key); prefix + to add a new key",
+        )
+    ]
+
+
+def test_the_app_config_dir_is_named_in_its_problems() -> None:
+    from qconf.plan.compose import app_command_line
+
+    assert problems(lambda: app_command_line("~nosuchuserqq/conf", "train", [])) == [
+        Problem(
+            "the app's config dir",
+            "'~nosuchuserqq/conf': no user 'nosuchuserqq' on this machine",
+            "write the full path, or ~/... for your own home",
+        )
+    ]
 
 
 def test_the_app_command_line_keeps_hydra_flags_in_front(app_line: Any) -> None:
@@ -535,10 +563,11 @@ def test_the_app_command_line_keeps_hydra_flags_in_front(app_line: Any) -> None:
     assert app_line(["train.rank=8", "--config-dir"]) == ["--config-dir", "train.rank=8"]
     assert app_line(["train.rank=8", "-cn"]) == ["-cn", "train.rank=8"]
     assert app_line(["train.rank=8", "--cfg"]) == ["--cfg", "train.rank=8"]
+    assert app_line(["-m", "-cn", "app", "steps=3"], "nosuch") == ["-m", "-cn", "app", "steps=3"]
 
 
 def test_the_app_command_line_reads_the_users_config_dir(app_line: Any, tmp_path: Path) -> None:
-    user = user_launcher_dir(tmp_path / "conf")
+    user = user_launcher_dir(tmp_path / "c=1")  # a path with "=" in it
     refused = [
         Problem(
             "hydra.launcher._target_",
@@ -562,6 +591,16 @@ def test_the_app_command_line_reads_the_users_config_dir(app_line: Any, tmp_path
         )
     ]
     assert app_line(["-cd", str(user), "train.rank=2"]) == ["-cd", str(user), "train.rank=2"]
+    assert app_line(["-m", "-cd", str(user), "steps=3"], "app") == [
+        "-m",
+        "-cd",
+        str(user),
+        "steps=3",
+    ]
+    assert app_line([f"--config-dir={user}", "train.rank=2"]) == [
+        f"--config-dir={user}",
+        "train.rank=2",
+    ]
 
 
 def test_the_app_command_line_checks(app_conf: Path, app_line: Any) -> None:
@@ -608,7 +647,8 @@ def test_a_part_read_from_its_own_file_names_it_in_json(tmp_path: Path) -> None:
     file.write_bytes(b"")
     gguf = {"backend": "gguf", "file": str(file)}
     plan = validate({"model": FLUX, "quant": {"mapping": {"transformer": gguf, "vae": "int8wo"}}})
-    components = plan.resolve().to_json()["components"]
+    resolved = plan.resolve()
+    components = resolved.to_json()["components"]
     assert components == {
         "text_encoder": None,
         "text_encoder_2": None,
@@ -626,3 +666,13 @@ def test_a_part_read_from_its_own_file_names_it_in_json(tmp_path: Path) -> None:
             "kwargs": {"quant_type": {"name": "Int8WeightOnlyConfig"}},
         },
     }
+    only_file = validate({"model": FLUX, "quant": {"mapping": {"transformer": gguf}}})
+    assert only_file.resolve().quant_mapping() == {}  # a part read from its file builds nothing
+
+
+def test_parts_saved_pre_quantized_build_no_config(tmp_path: Path) -> None:
+    block = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+    folder = flux_folder(tmp_path / "flux", vae={"quantization_config": block})
+    resolved = validate({"model": {"source": str(folder)}}).resolve()
+    assert list(resolved.quantized) == ["vae"]
+    assert resolved.quant_mapping() == {}
