@@ -676,3 +676,17 @@ def test_parts_saved_pre_quantized_build_no_config(tmp_path: Path) -> None:
     resolved = validate({"model": {"source": str(folder)}}).resolve()
     assert list(resolved.quantized) == ["vae"]
     assert resolved.quant_mapping() == {}
+
+
+def test_a_defaults_chain_too_deep_for_hydra(tmp_path: Path) -> None:
+    from qconf.plan.compose import compose
+
+    (tmp_path / "preset").mkdir()
+    for i in range(600):  # each preset's defaults name the next: Hydra recurses once per file
+        (tmp_path / "preset" / f"p{i}.yaml").write_text(
+            f"# @package _global_\ndefaults:\n  - /preset/p{i + 1}\n"
+        )
+    (tmp_path / "preset" / "p600.yaml").write_text("# @package _global_\n{}\n")
+    assert problems(lambda: compose(["preset=p0"], config_dir=tmp_path)) == [
+        Problem("config", "nested too deeply", "flatten the value or the file")
+    ]
