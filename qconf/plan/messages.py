@@ -72,7 +72,7 @@ def _model_at(
     return cls
 
 
-_UNION_MEMBER = re.compile(r"(str|int|float|bool|list\[\w+\])")
+_UNION_MEMBER = re.compile(r"(str|int|float|bool|constrained-\w+|list\[[\w-]+\])")
 
 
 def _one_per_union(errors: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
